@@ -1,0 +1,197 @@
+"""Configuration from environment variables, validated once at start-up.
+
+Every problem is reported as a ConfigError that names the variable, so a
+misconfigured deployment fails at boot with a message an operator can act on
+instead of failing later on the first webhook.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ULTRAVOX_API_BASE = "https://api.ultravox.ai"
+DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
+DEFAULT_TELNYX_API_BASE = "https://api.telnyx.com/v2"
+DEFAULT_PLIVO_API_BASE = "https://api.plivo.com"
+GENERATED_KEY_FILE = "credentials.key"
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or invalid. The message names it."""
+
+    def __init__(self, variable: str, problem: str):
+        self.variable = variable
+        super().__init__(f"{variable}: {problem}")
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str
+    port: int = 8000
+    public_base_url: str = "http://localhost:8000"
+    credentials_keys: tuple[str, ...] = ()
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    jwt_audience: str = "authenticated"
+    ultravox_api_base: str = DEFAULT_ULTRAVOX_API_BASE
+    twilio_api_base: str = DEFAULT_TWILIO_API_BASE
+    telnyx_api_base: str = DEFAULT_TELNYX_API_BASE
+    plivo_api_base: str = DEFAULT_PLIVO_API_BASE
+    upstream_connect_timeout: float = 3.05
+    upstream_read_timeout: float = 10.0
+    inbound_ultravox_budget: float = 5.0
+    max_body_bytes: int = 64 * 1024
+    log_level: str = "INFO"
+    production: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def upstream_timeout(self) -> tuple[float, float]:
+        return (self.upstream_connect_timeout, self.upstream_read_timeout)
+
+    def with_overrides(self, **changes) -> "Config":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, instance_path: str | Path = "instance") -> "Config":
+        env = os.environ if env is None else env
+        instance = Path(instance_path)
+        production = _bool(env, "APP_ENV_PRODUCTION", default=False) or env.get("APP_ENV", "") == "production"
+
+        database_url = normalize_database_url(
+            env.get("DATABASE_URL", "").strip() or f"sqlite:///{(instance / 'telephony.db').resolve()}")
+        if not (database_url.startswith("sqlite") or database_url.startswith("postgresql")):
+            raise ConfigError("DATABASE_URL", "must be a sqlite:// or postgresql:// URL")
+
+        port = _int(env, "PORT", 8000, 1, 65535)
+        public_base_url = _url(env, "PUBLIC_BASE_URL", f"http://localhost:{port}").rstrip("/")
+
+        keys = tuple(k.strip() for k in env.get("CREDENTIALS_KEYS", "").split(",") if k.strip())
+        for position, key in enumerate(keys, start=1):
+            try:
+                Fernet(key)
+            except (ValueError, TypeError):
+                raise ConfigError("CREDENTIALS_KEYS", f"key #{position} is not a valid Fernet key "
+                                  "(32 url-safe base64-encoded bytes)") from None
+        if not keys:
+            if production or not database_url.startswith("sqlite"):
+                raise ConfigError("CREDENTIALS_KEYS", "is required outside the SQLite development default "
+                                  "(generate one with `flask credentials generate-key`)")
+            keys = (_generated_dev_key(instance),)
+
+        jwt_secret = env.get("SUPABASE_JWT_SECRET", "").strip() or None
+        jwks_url = env.get("SUPABASE_JWKS_URL", "").strip() or None
+        if jwks_url:
+            _url(env, "SUPABASE_JWKS_URL", None)
+        if jwt_secret is not None and len(jwt_secret) < 32:
+            raise ConfigError("SUPABASE_JWT_SECRET", "must be at least 32 characters")
+        if production and not (jwt_secret or jwks_url):
+            raise ConfigError("SUPABASE_JWT_SECRET", "or SUPABASE_JWKS_URL is required in production")
+
+        return cls(
+            database_url=database_url,
+            port=port,
+            public_base_url=public_base_url,
+            credentials_keys=keys,
+            jwt_secret=jwt_secret,
+            jwks_url=jwks_url,
+            jwt_audience=env.get("SUPABASE_JWT_AUDIENCE", "authenticated").strip() or "authenticated",
+            ultravox_api_base=_url(env, "ULTRAVOX_API_BASE", DEFAULT_ULTRAVOX_API_BASE).rstrip("/"),
+            twilio_api_base=_url(env, "TWILIO_API_BASE", DEFAULT_TWILIO_API_BASE).rstrip("/"),
+            telnyx_api_base=_url(env, "TELNYX_API_BASE", DEFAULT_TELNYX_API_BASE).rstrip("/"),
+            plivo_api_base=_url(env, "PLIVO_API_BASE", DEFAULT_PLIVO_API_BASE).rstrip("/"),
+            upstream_connect_timeout=_float(env, "UPSTREAM_CONNECT_TIMEOUT", 3.05, 0.01, 60),
+            upstream_read_timeout=_float(env, "UPSTREAM_READ_TIMEOUT", 10.0, 0.01, 300),
+            inbound_ultravox_budget=_float(env, "INBOUND_ULTRAVOX_BUDGET", 5.0, 0.1, 14),
+            log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            production=production,
+        )
+
+
+def normalize_database_url(url: str) -> str:
+    """Pin PostgreSQL URLs to psycopg2 (SQLAlchemy 2.1 would pick psycopg 3) and
+    accept Heroku-style postgres:// URLs."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+def _generated_dev_key(instance: Path) -> str:
+    """Development convenience: one key generated once and kept in the instance folder."""
+    path = instance / GENERATED_KEY_FILE
+    if path.exists():
+        return path.read_text().strip()
+    instance.mkdir(parents=True, exist_ok=True)
+    key = Fernet.generate_key().decode()
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    log.warning("CREDENTIALS_KEYS is not set: generated a development key in %s. "
+                "Set CREDENTIALS_KEYS in production.", path)
+    return key
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number of seconds, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, f"must be true or false, got {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().upper() or default
+    if raw not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _url(env: Mapping[str, str], name: str, default: str | None) -> str:
+    raw = env.get(name, "").strip() or default
+    if raw is None:
+        raise ConfigError(name, "is required")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(name, f"must be an http(s) URL, got {raw!r}")
+    return raw

@@ -1,0 +1,228 @@
+"""SQLAlchemy 2 typed models. Alembic (migrations/) owns the schema.
+
+Every table holding agency data carries `agency_id`; services always filter on
+it, so one agency can never read or change another's rows.
+"""
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text,
+                        TypeDecorator, UniqueConstraint, Uuid)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC datetimes")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[str]: JSONType}
+
+
+class Role(str, enum.Enum):
+    member = "member"
+    admin = "admin"
+
+
+class Carrier(str, enum.Enum):
+    twilio = "twilio"
+    telnyx = "telnyx"
+    plivo = "plivo"
+
+
+class CallSource(str, enum.Enum):
+    webrtc = "webrtc"
+    twilio = "twilio"
+    telnyx = "telnyx"
+    plivo = "plivo"
+    websocket = "websocket"
+
+
+class CallDirection(str, enum.Enum):
+    inbound = "inbound"
+    outbound = "outbound"
+
+
+def _enum(enum_cls: type[enum.Enum], name: str) -> Enum:
+    # Stored as plain strings with a CHECK constraint: portable, and adding a
+    # value later is a small migration rather than an ALTER TYPE dance.
+    return Enum(enum_cls, name=name, native_enum=False, length=16, validate_strings=True,
+                create_constraint=True)
+
+
+class Agency(Base):
+    __tablename__ = "agencies"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    # Prepaid call time in seconds; call.billed deducts from it, and public web
+    # calls are refused once it reaches zero.
+    credit_balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # The Supabase JWT `sub` claim.
+    auth_subject: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    agency_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agencies.id", ondelete="SET NULL"), index=True)
+    role: Mapped[Role] = mapped_column(_enum(Role, "user_role"), default=Role.member)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentMapping(Base):
+    __tablename__ = "agent_mappings"
+    __table_args__ = (UniqueConstraint("agency_id", "ultravox_agent_id", name="uq_agent_mappings_agency_agent"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    ultravox_agent_id: Mapped[str] = mapped_column(String(64))
+    recording_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PhoneNumber(Base):
+    __tablename__ = "phone_numbers"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    # E.164; unique across agencies because the carrier routes by it.
+    e164: Mapped[str] = mapped_column(String(16), unique=True)
+    carrier: Mapped[Carrier] = mapped_column(_enum(Carrier, "carrier"))
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agent_mappings.id", ondelete="SET NULL"),
+                                                       index=True)
+    fallback_number: Mapped[str | None] = mapped_column(String(16))
+    # None: follow the agent's setting.
+    recording_enabled: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgencyCredential(Base):
+    """One encrypted secret per row (e.g. name='twilio.auth_token').
+
+    Only telephony.credentials reads or writes `ciphertext`.
+    """
+
+    __tablename__ = "agency_credentials"
+    __table_args__ = (UniqueConstraint("agency_id", "name", name="uq_agency_credentials_agency_name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Call(Base):
+    __tablename__ = "calls"
+    __table_args__ = (
+        UniqueConstraint("source", "carrier_call_id", name="uq_calls_source_carrier_call"),
+        Index("ix_calls_agency_created", "agency_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"))
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agent_mappings.id", ondelete="SET NULL"))
+    ultravox_call_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    source: Mapped[CallSource] = mapped_column(_enum(CallSource, "call_source"))
+    direction: Mapped[CallDirection] = mapped_column(_enum(CallDirection, "call_direction"))
+    from_number: Mapped[str | None] = mapped_column(String(64))
+    to_number: Mapped[str | None] = mapped_column(String(64))
+    carrier_call_id: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(32), default="created")
+    end_reason: Mapped[str | None] = mapped_column(String(64))
+    has_recording: Mapped[bool] = mapped_column(Boolean, default=False)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    joined_at: Mapped[datetime | None] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column()
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    billed_duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    summary: Mapped[str | None] = mapped_column(Text)
+
+
+class ApiKey(Base):
+    """Server-side agency API key. Only a SHA-256 of the key is stored: keys are
+    256-bit random strings, so a slow hash adds nothing and a fast one keeps the
+    per-request lookup a single indexed query."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class ProcessedWebhookEvent(Base):
+    """Idempotency ledger: a (provider, event_key) pair is inserted once; a
+    duplicate delivery hits the unique constraint and is skipped."""
+
+    __tablename__ = "processed_webhook_events"
+    __table_args__ = (UniqueConstraint("provider", "event_key", name="uq_processed_webhook_events_key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    event_key: Mapped[str] = mapped_column(String(255))
+    agency_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """Durable background work, claimed by workers (FOR UPDATE SKIP LOCKED on PostgreSQL)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_due", "status", "run_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    agency_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, running, done, failed
+    run_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=8)
+    locked_until: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
