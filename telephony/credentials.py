@@ -1,0 +1,193 @@
+"""The per-agency credential store: the only module that encrypts or decrypts.
+
+Each secret is one row of agency_credentials holding a Fernet token. The
+plaintext inside the token also names the agency and the secret, and is checked
+on decryption, so a ciphertext copied into another agency's row (or another
+field) is refused rather than silently used.
+
+Keys come from CREDENTIALS_KEYS: the first encrypts, all decrypt (MultiFernet),
+so a new key can be prepended, `flask credentials rotate` run, and the old key
+removed afterwards.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from .models import AgencyCredential, utcnow
+
+# provider -> the fields an agency can store for it. The order is the display order.
+PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
+    "ultravox": ("api_key", "webhook_secret"),
+    "twilio": ("account_sid", "auth_token"),
+    "telnyx": ("api_key", "public_key", "connection_id"),
+    "plivo": ("auth_id", "auth_token"),
+}
+MAX_SECRET_LENGTH = 4096
+
+
+class CredentialError(Exception):
+    """A stored credential cannot be decrypted (wrong keys, tampered row)."""
+
+
+class UnknownCredential(ValueError):
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+class ProviderCredentials(Mapping[str, str]):
+    """Decrypted secrets of one provider for one agency.
+
+    Behaves as a read-only mapping; its repr names the fields but never shows a
+    value, so an accidental log line or traceback cannot leak them.
+    """
+
+    def __init__(self, provider: str, values: Mapping[str, str]):
+        self.provider = provider
+        self._values = dict(values)
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"<ProviderCredentials {self.provider}: {', '.join(sorted(self._values)) or 'none'} (hidden)>"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class SecretStatus:
+    set: bool
+    last4: str | None
+
+    def as_dict(self) -> dict:
+        return {"set": self.set, "last4": self.last4}
+
+
+def mask(value: str) -> str:
+    """The last 4 characters, and only when the secret is long enough that
+    showing them does not give most of it away."""
+    return value[-4:] if len(value) >= 12 else ""
+
+
+def validate_fields(provider: str, names: Iterable[str]) -> None:
+    if provider not in PROVIDER_FIELDS:
+        raise UnknownCredential("provider", f"unknown provider {provider!r}; expected one of "
+                                f"{', '.join(PROVIDER_FIELDS)}")
+    for name in names:
+        if name not in PROVIDER_FIELDS[provider]:
+            raise UnknownCredential(name, f"{provider} has no credential field {name!r}; expected one of "
+                                    f"{', '.join(PROVIDER_FIELDS[provider])}")
+
+
+class CredentialStore:
+    def __init__(self, keys: Sequence[str]):
+        if not keys:
+            raise ValueError("at least one encryption key is required")
+        self._fernet = MultiFernet([Fernet(key) for key in keys])
+
+    # -- writing -----------------------------------------------------------
+    def set(self, session: Session, agency_id: uuid.UUID, provider: str, values: Mapping[str, str | None]) -> None:
+        """Store (or, with None, delete) some fields of one provider. Fields not
+        named are left as they are."""
+        validate_fields(provider, values)
+        for name, value in values.items():
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise UnknownCredential(name, f"{name} must be a non-empty string")
+            if value is not None and len(value) > MAX_SECRET_LENGTH:
+                raise UnknownCredential(name, f"{name} is longer than {MAX_SECRET_LENGTH} characters")
+        existing = {row.name: row for row in session.scalars(
+            select(AgencyCredential).where(AgencyCredential.agency_id == agency_id,
+                                           AgencyCredential.name.in_([f"{provider}.{n}" for n in values])))}
+        for name, value in values.items():
+            full_name = f"{provider}.{name}"
+            row = existing.get(full_name)
+            if value is None:
+                if row is not None:
+                    session.delete(row)
+                continue
+            token = self._encrypt(agency_id, full_name, value.strip())
+            if row is None:
+                session.add(AgencyCredential(agency_id=agency_id, name=full_name, ciphertext=token))
+            else:
+                row.ciphertext = token
+                row.updated_at = utcnow()
+        session.flush()
+
+    def delete_provider(self, session: Session, agency_id: uuid.UUID, provider: str) -> int:
+        validate_fields(provider, ())
+        result = session.execute(delete(AgencyCredential).where(
+            AgencyCredential.agency_id == agency_id, AgencyCredential.name.like(f"{provider}.%")))
+        return result.rowcount or 0
+
+    # -- reading -----------------------------------------------------------
+    def get(self, session: Session, agency_id: uuid.UUID, provider: str) -> ProviderCredentials:
+        """All stored fields of one provider, decrypted (one query)."""
+        validate_fields(provider, ())
+        rows = session.scalars(select(AgencyCredential).where(
+            AgencyCredential.agency_id == agency_id, AgencyCredential.name.like(f"{provider}.%")))
+        values = {row.name.split(".", 1)[1]: self._decrypt(agency_id, row) for row in rows}
+        return ProviderCredentials(provider, values)
+
+    def describe(self, session: Session, agency_id: uuid.UUID) -> dict[str, dict[str, dict]]:
+        """What the API may show: per provider and field, whether it is set and its last 4 characters."""
+        rows = session.scalars(select(AgencyCredential).where(AgencyCredential.agency_id == agency_id))
+        stored = {row.name: self._decrypt(agency_id, row) for row in rows}
+        result: dict[str, dict[str, dict]] = {}
+        for provider, fields in PROVIDER_FIELDS.items():
+            result[provider] = {}
+            for name in fields:
+                value = stored.get(f"{provider}.{name}")
+                status = SecretStatus(set=value is not None, last4=mask(value) if value is not None else None)
+                result[provider][name] = status.as_dict()
+        return result
+
+    # -- key rotation --------------------------------------------------------
+    def rotate(self, session: Session, batch_size: int = 500) -> int:
+        """Re-encrypt every stored secret under the first (newest) key."""
+        count = 0
+        last_id = None
+        while True:
+            query = select(AgencyCredential).order_by(AgencyCredential.id).limit(batch_size)
+            if last_id is not None:
+                query = query.where(AgencyCredential.id > last_id)
+            rows = list(session.scalars(query))
+            if not rows:
+                return count
+            for row in rows:
+                try:
+                    row.ciphertext = self._fernet.rotate(row.ciphertext.encode()).decode()
+                except InvalidToken:
+                    raise CredentialError(f"credential {row.id} cannot be decrypted with any configured key") \
+                        from None
+                count += 1
+            session.flush()
+            last_id = rows[-1].id
+
+    # -- internals -----------------------------------------------------------
+    def _encrypt(self, agency_id: uuid.UUID, name: str, value: str) -> str:
+        plaintext = json.dumps({"a": str(agency_id), "n": name, "v": value}, separators=(",", ":"))
+        return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def _decrypt(self, agency_id: uuid.UUID, row: AgencyCredential) -> str:
+        try:
+            payload = json.loads(self._fernet.decrypt(row.ciphertext.encode()))
+        except (InvalidToken, ValueError):
+            raise CredentialError(f"credential {row.name} of agency {agency_id} cannot be decrypted "
+                                  "with the configured keys") from None
+        if payload.get("a") != str(agency_id) or payload.get("n") != row.name:
+            raise CredentialError(f"credential {row.name} of agency {agency_id} does not belong to this row")
+        return payload["v"]
