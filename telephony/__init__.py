@@ -1,0 +1,39 @@
+"""Telephony backbone: connects agencies' Ultravox agents to phones and browsers."""
+from __future__ import annotations
+
+from flask import Flask
+
+from .config import Config
+
+
+def create_app(config: Config | None = None, *, instance_path: str | None = None) -> Flask:
+    """The application factory. Without a Config, one is read from the environment."""
+    from . import cli
+    from .api import errors, hooks, management, ops
+    from .auth import JwtVerifier
+    from .credentials import CredentialStore
+    from .db import Database, close_session
+    from .logging import configure_logging
+
+    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
+    if config is None:
+        configure_logging()  # so warnings while reading the configuration are JSON too
+        config = Config.from_env(instance_path=app.instance_path)
+    configure_logging(config.log_level)
+
+    # Bodies above the limit are refused with 413 before any view runs.
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["telephony.config"] = config
+    app.extensions["telephony.db"] = Database(config.database_url)
+    app.extensions["telephony.credentials"] = CredentialStore(config.credentials_keys)
+    app.extensions["telephony.jwt"] = JwtVerifier(secret=config.jwt_secret, jwks_url=config.jwks_url,
+                                                  audience=config.jwt_audience, timeout=config.upstream_timeout)
+
+    hooks.register(app)
+    errors.register(app)
+    app.teardown_appcontext(close_session)
+    app.register_blueprint(ops.bp)
+    app.register_blueprint(management.bp)
+    cli.register(app)
+    return app

@@ -1,0 +1,55 @@
+"""Every error leaves as JSON with a defined status; nothing leaks a traceback."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ..credentials import CredentialError, UnknownCredential
+from ..errors import ApiError, DomainError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: ApiError):
+    response = jsonify(error.body())
+    response.status_code = error.status
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def handle_api_error(error: ApiError):
+        return error_response(error)
+
+    @app.errorhandler(DomainError)
+    def handle_domain_error(error: DomainError):
+        fields = {error.field: error.message} if error.field else None
+        return error_response(ApiError(error.status, error.message, code=error.code, fields=fields))
+
+    @app.errorhandler(UnknownCredential)
+    def handle_unknown_credential(error: UnknownCredential):
+        return error_response(ApiError(400, str(error), code="invalid_input", fields={error.field: str(error)}))
+
+    @app.errorhandler(CredentialError)
+    def handle_credential_error(error: CredentialError):
+        log.error("credential store failure: %s", error)
+        return error_response(ApiError(500, "Failed to retrieve API credentials", code="credentials_unavailable"))
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(error: HTTPException):
+        messages = {404: "Not found", 405: "Method not allowed",
+                    413: "Request body too large", 415: "Unsupported media type"}
+        api_error = ApiError(error.code or 500, messages.get(error.code or 500, error.description or error.name))
+        response = error_response(api_error)
+        if error.code == 405 and getattr(error, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):
+        log.exception("unhandled error")
+        return error_response(ApiError(500, "Unexpected server error", code="internal_error"))

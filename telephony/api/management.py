@@ -1,0 +1,365 @@
+"""Agency management API (/api/v1): agents, phone numbers, credentials, API keys.
+
+Admin only (a dashboard user with the admin role, or an API key with the
+`admin` scope). Every call is scoped to the caller's agency; another agency's
+resource is a 404, the same as a missing one.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from flask import Blueprint, jsonify
+from pydantic import Field
+
+from ..auth import ALL_SCOPES, current_principal, require_auth
+from ..context import get_credentials
+from ..db import get_session
+from ..services import agents as agent_service
+from ..services import api_keys as api_key_service
+from ..services import phone_numbers as number_service
+from .schema import RequestModel, ResponseModel, document, parse_body
+
+bp = Blueprint("management", __name__, url_prefix="/api/v1")
+
+ADMIN = ["bearerAuth", "apiKeyAuth"]
+UltravoxId = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+CarrierName = Literal["twilio", "telnyx", "plivo"]
+Scope = Literal["calls:read", "calls:write", "campaigns:read", "campaigns:write", "admin"]
+assert set(Scope.__args__) == set(ALL_SCOPES)  # type: ignore[attr-defined]
+
+
+# -- schemas ---------------------------------------------------------------------
+
+class AgentIn(RequestModel):
+    name: str = Field(min_length=1, max_length=200)
+    ultravox_agent_id: str = UltravoxId
+    recording_enabled: bool = False
+
+
+class AgentPatch(RequestModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    ultravox_agent_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    recording_enabled: bool | None = None
+
+
+class AgentOut(ResponseModel):
+    id: uuid.UUID
+    name: str
+    ultravox_agent_id: str
+    recording_enabled: bool
+    created_at: datetime
+
+
+class AgentList(ResponseModel):
+    agents: list[AgentOut]
+
+
+class PhoneNumberIn(RequestModel):
+    e164: str = Field(min_length=2, max_length=32, description="E.164, e.g. +14155550100")
+    carrier: CarrierName
+    agent_id: uuid.UUID | None = None
+    fallback_number: str | None = Field(default=None, min_length=2, max_length=32)
+    recording_enabled: bool | None = None
+
+
+class PhoneNumberPatch(RequestModel):
+    carrier: CarrierName | None = None
+    agent_id: uuid.UUID | None = None
+    fallback_number: str | None = Field(default=None, min_length=2, max_length=32)
+    recording_enabled: bool | None = None
+
+
+class PhoneNumberOut(ResponseModel):
+    id: uuid.UUID
+    e164: str
+    carrier: CarrierName
+    agent_id: uuid.UUID | None
+    fallback_number: str | None
+    recording_enabled: bool | None
+    created_at: datetime
+
+
+class PhoneNumberList(ResponseModel):
+    phone_numbers: list[PhoneNumberOut]
+
+
+Secret = Field(default=None, min_length=1, max_length=4096)
+
+
+class UltravoxCredentialsIn(RequestModel):
+    api_key: str | None = Secret
+    webhook_secret: str | None = Secret
+
+
+class TwilioCredentialsIn(RequestModel):
+    account_sid: str | None = Secret
+    auth_token: str | None = Secret
+
+
+class TelnyxCredentialsIn(RequestModel):
+    api_key: str | None = Secret
+    public_key: str | None = Secret
+    connection_id: str | None = Secret
+
+
+class PlivoCredentialsIn(RequestModel):
+    auth_id: str | None = Secret
+    auth_token: str | None = Secret
+
+
+CREDENTIAL_MODELS: dict[str, type[RequestModel]] = {
+    "ultravox": UltravoxCredentialsIn, "twilio": TwilioCredentialsIn,
+    "telnyx": TelnyxCredentialsIn, "plivo": PlivoCredentialsIn,
+}
+
+
+class SecretStatusOut(ResponseModel):
+    set: bool
+    last4: str | None = Field(description="Last 4 characters, empty for short secrets, null when not set.")
+
+
+class CredentialsOut(ResponseModel):
+    ultravox: dict[str, SecretStatusOut]
+    twilio: dict[str, SecretStatusOut]
+    telnyx: dict[str, SecretStatusOut]
+    plivo: dict[str, SecretStatusOut]
+
+
+class ApiKeyIn(RequestModel):
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[Scope] = Field(min_length=1, max_length=len(ALL_SCOPES))
+
+
+class ApiKeyOut(ResponseModel):
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The key itself. Shown only in this response; store it now.")
+
+
+class ApiKeyList(ResponseModel):
+    api_keys: list[ApiKeyOut]
+
+
+class MeOut(ResponseModel):
+    agency_id: uuid.UUID
+    kind: Literal["user", "api_key"]
+    scopes: list[str]
+
+
+def _json(model: type[ResponseModel], obj, status: int = 200):
+    return jsonify(model.model_validate(obj).model_dump(mode="json")), status
+
+
+NOT_FOUND = (None, "Not found, or another agency's.")
+
+
+# -- who am I ----------------------------------------------------------------------
+
+@bp.get("/me")
+@require_auth()
+@document(summary="The caller's agency and permissions", tags=["management"], responses={200: (MeOut, "Caller")})
+def me():
+    principal = current_principal()
+    return _json(MeOut, {"agency_id": principal.agency_id, "kind": principal.kind,
+                         "scopes": sorted(principal.scopes)})
+
+
+# -- agents --------------------------------------------------------------------------
+
+@bp.get("/agents")
+@require_auth(scope="admin")
+@document(summary="List agent mappings", tags=["agents"], responses={200: (AgentList, "Agents")})
+def list_agents():
+    agents = agent_service.list_agents(get_session(), current_principal().agency_id)
+    return _json(AgentList, {"agents": agents})
+
+
+@bp.post("/agents")
+@require_auth(scope="admin")
+@document(summary="Map an Ultravox agent", tags=["agents"], request_model=AgentIn,
+          responses={201: (AgentOut, "Created"), 409: (None, "Already mapped")})
+def create_agent():
+    body = parse_body(AgentIn)
+    session = get_session()
+    agent = agent_service.create_agent(session, current_principal().agency_id, **body.model_dump())
+    session.commit()
+    return _json(AgentOut, agent, 201)
+
+
+@bp.get("/agents/<uuid:agent_id>")
+@require_auth(scope="admin")
+@document(summary="Get an agent mapping", tags=["agents"], responses={200: (AgentOut, "Agent"), 404: NOT_FOUND})
+def get_agent(agent_id: uuid.UUID):
+    return _json(AgentOut, agent_service.get_agent(get_session(), current_principal().agency_id, agent_id))
+
+
+@bp.patch("/agents/<uuid:agent_id>")
+@require_auth(scope="admin")
+@document(summary="Change an agent mapping", tags=["agents"], request_model=AgentPatch,
+          responses={200: (AgentOut, "Updated"), 404: NOT_FOUND})
+def update_agent(agent_id: uuid.UUID):
+    body = parse_body(AgentPatch)
+    session = get_session()
+    agent = agent_service.update_agent(session, current_principal().agency_id, agent_id,
+                                       **body.model_dump(exclude_unset=True, exclude_none=True))
+    session.commit()
+    return _json(AgentOut, agent)
+
+
+@bp.delete("/agents/<uuid:agent_id>")
+@require_auth(scope="admin")
+@document(summary="Delete an agent mapping", tags=["agents"], responses={204: (None, "Deleted"), 404: NOT_FOUND})
+def delete_agent(agent_id: uuid.UUID):
+    session = get_session()
+    agent_service.delete_agent(session, current_principal().agency_id, agent_id)
+    session.commit()
+    return "", 204
+
+
+# -- phone numbers -------------------------------------------------------------------
+
+@bp.get("/phone-numbers")
+@require_auth(scope="admin")
+@document(summary="List phone numbers", tags=["phone numbers"], responses={200: (PhoneNumberList, "Numbers")})
+def list_numbers():
+    numbers = number_service.list_numbers(get_session(), current_principal().agency_id)
+    return _json(PhoneNumberList, {"phone_numbers": numbers})
+
+
+@bp.post("/phone-numbers")
+@require_auth(scope="admin")
+@document(summary="Register a phone number", tags=["phone numbers"], request_model=PhoneNumberIn,
+          responses={201: (PhoneNumberOut, "Created"), 404: (None, "Unknown agent"),
+                     409: (None, "Number already registered")})
+def create_number():
+    body = parse_body(PhoneNumberIn)
+    session = get_session()
+    number = number_service.add_number(session, current_principal().agency_id, **body.model_dump())
+    session.commit()
+    return _json(PhoneNumberOut, number, 201)
+
+
+@bp.get("/phone-numbers/<uuid:number_id>")
+@require_auth(scope="admin")
+@document(summary="Get a phone number", tags=["phone numbers"],
+          responses={200: (PhoneNumberOut, "Number"), 404: NOT_FOUND})
+def get_number(number_id: uuid.UUID):
+    return _json(PhoneNumberOut, number_service.get_number(get_session(), current_principal().agency_id, number_id))
+
+
+@bp.patch("/phone-numbers/<uuid:number_id>")
+@require_auth(scope="admin")
+@document(summary="Change a phone number (agent, fallback, recording); null clears a field",
+          tags=["phone numbers"], request_model=PhoneNumberPatch,
+          responses={200: (PhoneNumberOut, "Updated"), 404: NOT_FOUND})
+def update_number(number_id: uuid.UUID):
+    body = parse_body(PhoneNumberPatch)
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("carrier", "") is None:
+        changes.pop("carrier")
+    session = get_session()
+    number = number_service.update_number(session, current_principal().agency_id, number_id, **changes)
+    session.commit()
+    return _json(PhoneNumberOut, number)
+
+
+@bp.delete("/phone-numbers/<uuid:number_id>")
+@require_auth(scope="admin")
+@document(summary="Remove a phone number", tags=["phone numbers"],
+          responses={204: (None, "Deleted"), 404: NOT_FOUND})
+def delete_number(number_id: uuid.UUID):
+    session = get_session()
+    number_service.delete_number(session, current_principal().agency_id, number_id)
+    session.commit()
+    return "", 204
+
+
+# -- credentials (write-only secrets) ---------------------------------------------------
+
+@bp.get("/credentials")
+@require_auth(scope="admin")
+@document(summary="Which credentials are set (never their values)", tags=["credentials"],
+          responses={200: (CredentialsOut, "Per provider and field: set, last 4 characters")})
+def get_credentials_status():
+    return _json(CredentialsOut, get_credentials().describe(get_session(), current_principal().agency_id))
+
+
+def _credentials_view(provider: str, model: type[RequestModel]):
+    @require_auth(scope="admin")
+    @document(summary=f"Set {provider} credentials (write-only; null deletes a field; omitted fields are kept)",
+              tags=["credentials"], request_model=model,
+              responses={200: (CredentialsOut, "Stored; the response shows only set/last 4")})
+    def put_credentials():
+        body = parse_body(model)
+        session = get_session()
+        agency_id = current_principal().agency_id
+        get_credentials().set(session, agency_id, provider, body.model_dump(exclude_unset=True))
+        session.commit()
+        return _json(CredentialsOut, get_credentials().describe(session, agency_id))
+
+    return put_credentials
+
+
+def _credentials_delete_view(provider: str):
+    @require_auth(scope="admin")
+    @document(summary=f"Delete all {provider} credentials", tags=["credentials"],
+              responses={204: (None, "Deleted")})
+    def delete_credentials():
+        session = get_session()
+        get_credentials().delete_provider(session, current_principal().agency_id, provider)
+        session.commit()
+        return "", 204
+
+    return delete_credentials
+
+
+for _provider, _model in CREDENTIAL_MODELS.items():
+    bp.add_url_rule(f"/credentials/{_provider}", f"put_{_provider}_credentials",
+                    _credentials_view(_provider, _model), methods=["PUT"])
+    bp.add_url_rule(f"/credentials/{_provider}", f"delete_{_provider}_credentials",
+                    _credentials_delete_view(_provider), methods=["DELETE"])
+
+
+# -- API keys ---------------------------------------------------------------------------
+
+@bp.get("/api-keys")
+@require_auth(scope="admin")
+@document(summary="List API keys (never the keys themselves)", tags=["api keys"],
+          responses={200: (ApiKeyList, "Keys")})
+def list_api_keys():
+    keys = api_key_service.list_api_keys(get_session(), current_principal().agency_id)
+    return _json(ApiKeyList, {"api_keys": keys})
+
+
+@bp.post("/api-keys")
+@require_auth(scope="admin")
+@document(summary="Create an API key (the key is shown once)", tags=["api keys"], request_model=ApiKeyIn,
+          responses={201: (ApiKeyCreated, "Created")})
+def create_api_key():
+    body = parse_body(ApiKeyIn)
+    session = get_session()
+    row, plaintext = api_key_service.create_api_key(session, current_principal().agency_id, name=body.name,
+                                                    scopes=body.scopes)
+    session.commit()
+    out = ApiKeyOut.model_validate(row).model_dump(mode="json")
+    return jsonify({**out, "key": plaintext}), 201
+
+
+@bp.delete("/api-keys/<uuid:key_id>")
+@require_auth(scope="admin")
+@document(summary="Revoke an API key", tags=["api keys"], responses={200: (ApiKeyOut, "Revoked"), 404: NOT_FOUND})
+def revoke_api_key(key_id: uuid.UUID):
+    session = get_session()
+    row = api_key_service.revoke_api_key(session, current_principal().agency_id, key_id)
+    session.commit()
+    return _json(ApiKeyOut, row)

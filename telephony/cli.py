@@ -1,0 +1,285 @@
+"""Management commands: `flask --app wsgi <group> <command>`.
+
+Secrets are read from standard input or the environment, never from argv
+(argv is visible to every user on the machine and lands in shell history).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+
+import click
+from cryptography.fernet import Fernet
+from flask import Flask
+from flask.cli import AppGroup
+
+from .context import get_config, get_credentials
+from .credentials import PROVIDER_FIELDS
+from .errors import DomainError
+from .models import Carrier, Role
+
+
+def _db():
+    from .db import get_db
+    return get_db()
+
+
+def _emit(payload: dict) -> None:
+    click.echo(json.dumps(payload, default=str))
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        _fail(f"{what} must be a UUID, got {value!r}")
+        raise  # unreachable
+
+
+db_cli = AppGroup("db", help="Database migrations.")
+agency_cli = AppGroup("agency", help="Agencies.")
+user_cli = AppGroup("user", help="Dashboard users.")
+agent_cli = AppGroup("agent", help="Agent mappings.")
+number_cli = AppGroup("number", help="Phone numbers.")
+credentials_cli = AppGroup("credentials", help="The encrypted credential store.")
+apikey_cli = AppGroup("apikey", help="Agency server API keys.")
+token_cli = AppGroup("token", help="Development JWTs.")
+worker_cli = AppGroup("worker", help="The background worker.")
+
+
+@db_cli.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations."""
+    from .migrate import upgrade
+    upgrade(get_config().database_url, revision)
+    click.echo(f"database at {revision}", err=True)
+
+
+@db_cli.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (e.g. base)."""
+    from .migrate import downgrade
+    downgrade(get_config().database_url, revision)
+
+
+@agency_cli.command("create")
+@click.argument("name")
+@click.option("--credits", "credit_balance", type=int, default=0, show_default=True,
+              help="Prepaid call time in seconds.")
+def agency_create(name: str, credit_balance: int) -> None:
+    from .services.agencies import create_agency
+    with _db().session() as session:
+        agency = create_agency(session, name, credit_balance=credit_balance)
+        _emit({"id": agency.id, "name": agency.name, "credit_balance": agency.credit_balance})
+
+
+@agency_cli.command("list")
+def agency_list() -> None:
+    from .services.agencies import list_agencies
+    with _db().session() as session:
+        for agency in list_agencies(session):
+            _emit({"id": agency.id, "name": agency.name, "credit_balance": agency.credit_balance})
+
+
+@agency_cli.command("set-credits")
+@click.argument("agency_id")
+@click.argument("seconds", type=int)
+def agency_set_credits(agency_id: str, seconds: int) -> None:
+    from .services.agencies import get_agency
+    with _db().session() as session:
+        agency = get_agency(session, _uuid(agency_id, "AGENCY_ID"))
+        agency.credit_balance = seconds
+        _emit({"id": agency.id, "credit_balance": seconds})
+
+
+@user_cli.command("add")
+@click.argument("auth_subject")
+@click.option("--agency", "agency_id", help="Agency id; omit for a user not yet in an agency.")
+@click.option("--role", type=click.Choice([r.value for r in Role]), default="member", show_default=True)
+@click.option("--email")
+def user_add(auth_subject: str, agency_id: str | None, role: str, email: str | None) -> None:
+    """Add a user by their Supabase auth subject (the JWT `sub`)."""
+    from .services.agencies import add_user
+    with _db().session() as session:
+        user = add_user(session, auth_subject=auth_subject, role=Role(role), email=email,
+                        agency_id=_uuid(agency_id, "--agency") if agency_id else None)
+        _emit({"id": user.id, "auth_subject": user.auth_subject, "agency_id": user.agency_id, "role": role})
+
+
+@agent_cli.command("add")
+@click.option("--agency", "agency_id", required=True)
+@click.option("--name", required=True)
+@click.option("--ultravox-agent-id", required=True)
+@click.option("--recording/--no-recording", default=False, show_default=True)
+def agent_add(agency_id: str, name: str, ultravox_agent_id: str, recording: bool) -> None:
+    from .services.agents import create_agent
+    with _db().session() as session:
+        agent = create_agent(session, _uuid(agency_id, "--agency"), name=name, ultravox_agent_id=ultravox_agent_id,
+                             recording_enabled=recording)
+        _emit({"id": agent.id, "name": agent.name, "ultravox_agent_id": agent.ultravox_agent_id})
+
+
+@number_cli.command("add")
+@click.argument("e164")
+@click.option("--agency", "agency_id", required=True)
+@click.option("--carrier", type=click.Choice([c.value for c in Carrier]), required=True)
+@click.option("--agent", "agent_id", help="Agent mapping id (ours) answering this number.")
+@click.option("--fallback", "fallback_number", help="E.164 number to dial when the agent cannot be reached.")
+def number_add(e164: str, agency_id: str, carrier: str, agent_id: str | None, fallback_number: str | None) -> None:
+    from .services.phone_numbers import add_number
+    with _db().session() as session:
+        number = add_number(session, _uuid(agency_id, "--agency"), e164=e164, carrier=carrier,
+                            agent_id=_uuid(agent_id, "--agent") if agent_id else None,
+                            fallback_number=fallback_number)
+        _emit({"id": number.id, "e164": number.e164, "carrier": number.carrier.value, "agent_id": number.agent_id})
+
+
+@credentials_cli.command("set")
+@click.argument("provider", type=click.Choice(sorted(PROVIDER_FIELDS)))
+@click.option("--agency", "agency_id", required=True)
+@click.option("--from-env", is_flag=True,
+              help="Read PROVIDER_FIELD variables, e.g. TWILIO_AUTH_TOKEN, ULTRAVOX_API_KEY.")
+def credentials_set(provider: str, agency_id: str, from_env: bool) -> None:
+    """Store secrets for PROVIDER. Reads `field=value` lines from stdin, prompts
+    when stdin is a terminal, or takes environment variables with --from-env."""
+    fields = PROVIDER_FIELDS[provider]
+    values: dict[str, str] = {}
+    if from_env:
+        for name in fields:
+            value = os.environ.get(f"{provider}_{name}".upper())
+            if value:
+                values[name] = value
+    elif sys.stdin.isatty():
+        for name in fields:
+            value = click.prompt(f"{provider} {name} (empty to keep)", default="", hide_input=True,
+                                 show_default=False)
+            if value:
+                values[name] = value
+    else:
+        for line_number, line in enumerate(sys.stdin, start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, value = line.partition("=")
+            if not sep:
+                _fail(f"stdin line {line_number}: expected field=value")
+            values[name.strip()] = value.strip()
+    if not values:
+        _fail(f"no {provider} credentials given; fields are: {', '.join(fields)}")
+    store = get_credentials()
+    with _db().session() as session:
+        agency = _uuid(agency_id, "--agency")
+        from .services.agencies import get_agency
+        get_agency(session, agency)
+        try:
+            store.set(session, agency, provider, values)
+        except ValueError as exc:
+            _fail(str(exc))
+        _emit({"agency_id": agency, provider: store.describe(session, agency)[provider]})
+
+
+@credentials_cli.command("show")
+@click.option("--agency", "agency_id", required=True)
+def credentials_show(agency_id: str) -> None:
+    """Which secrets are set, with their last 4 characters only."""
+    with _db().session() as session:
+        _emit(get_credentials().describe(session, _uuid(agency_id, "--agency")))
+
+
+@credentials_cli.command("rotate")
+def credentials_rotate() -> None:
+    """Re-encrypt every stored secret under the first key of CREDENTIALS_KEYS."""
+    with _db().session() as session:
+        count = get_credentials().rotate(session)
+    _emit({"re_encrypted": count})
+
+
+@credentials_cli.command("generate-key")
+def credentials_generate_key() -> None:
+    """Print a new Fernet key for CREDENTIALS_KEYS (prepend it, rotate, then drop the old one)."""
+    click.echo(Fernet.generate_key().decode())
+
+
+@apikey_cli.command("create")
+@click.option("--agency", "agency_id", required=True)
+@click.option("--name", required=True)
+@click.option("--scope", "scopes", multiple=True, required=True,
+              help="Repeatable: calls:read, calls:write, campaigns:read, campaigns:write, admin.")
+def apikey_create(agency_id: str, name: str, scopes: tuple[str, ...]) -> None:
+    """Create a key. It is printed once; only its hash is stored."""
+    from .services.api_keys import create_api_key
+    with _db().session() as session:
+        row, plaintext = create_api_key(session, _uuid(agency_id, "--agency"), name=name, scopes=scopes)
+        _emit({"id": row.id, "name": row.name, "scopes": row.scopes, "key": plaintext})
+
+
+@apikey_cli.command("list")
+@click.option("--agency", "agency_id", required=True)
+def apikey_list(agency_id: str) -> None:
+    from .services.api_keys import list_api_keys
+    with _db().session() as session:
+        for row in list_api_keys(session, _uuid(agency_id, "--agency")):
+            _emit({"id": row.id, "name": row.name, "prefix": row.prefix, "scopes": row.scopes,
+                   "revoked_at": row.revoked_at})
+
+
+@apikey_cli.command("revoke")
+@click.argument("key_id")
+@click.option("--agency", "agency_id", required=True)
+def apikey_revoke(key_id: str, agency_id: str) -> None:
+    from .services.api_keys import revoke_api_key
+    with _db().session() as session:
+        row = revoke_api_key(session, _uuid(agency_id, "--agency"), _uuid(key_id, "KEY_ID"))
+        _emit({"id": row.id, "revoked_at": row.revoked_at})
+
+
+@token_cli.command("mint")
+@click.argument("auth_subject")
+@click.option("--ttl", type=int, default=3600, show_default=True, help="Lifetime in seconds.")
+def token_mint(auth_subject: str, ttl: int) -> None:
+    """Print an HS256 access token for a user (needs SUPABASE_JWT_SECRET)."""
+    from .auth import mint_token
+    config = get_config()
+    if not config.jwt_secret:
+        _fail("SUPABASE_JWT_SECRET is not set; dev tokens are signed with it")
+    click.echo(mint_token(config.jwt_secret, auth_subject, audience=config.jwt_audience, ttl_seconds=ttl))
+
+
+@worker_cli.command("run")
+@click.option("--poll-interval", type=float, default=1.0, show_default=True)
+def worker_run(poll_interval: float) -> None:
+    """Claim and run background jobs until SIGTERM."""
+    from flask import current_app
+    from .worker import main_loop
+    main_loop(current_app._get_current_object(), poll_interval=poll_interval)
+
+
+def register(app: Flask) -> None:
+    for group in (db_cli, agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, token_cli,
+                  worker_cli):
+        app.cli.add_command(group)
+
+    # Domain errors from services become one-line CLI errors, not tracebacks.
+    for group in (agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli):
+        for command in group.commands.values():
+            command.callback = _domain_errors_as_click(command.callback)
+
+
+def _domain_errors_as_click(callback):
+    from functools import wraps
+
+    @wraps(callback)
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except DomainError as exc:
+            raise click.ClickException(exc.message) from None
+    return wrapper

@@ -1,0 +1,63 @@
+"""Agent mappings: an agency's name for an Ultravox agent."""
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..errors import Conflict, NotFound
+from ..models import AgentMapping
+
+
+def list_agents(session: Session, agency_id: uuid.UUID) -> list[AgentMapping]:
+    return list(session.scalars(select(AgentMapping).where(AgentMapping.agency_id == agency_id)
+                                .order_by(AgentMapping.created_at, AgentMapping.id)))
+
+
+def get_agent(session: Session, agency_id: uuid.UUID, agent_id: uuid.UUID) -> AgentMapping:
+    """By our id. Another agency's agent is reported exactly like a missing one."""
+    agent = session.scalar(select(AgentMapping).where(AgentMapping.id == agent_id,
+                                                      AgentMapping.agency_id == agency_id))
+    if agent is None:
+        raise NotFound("Agent not found", field="agent_id")
+    return agent
+
+
+def get_agent_by_ultravox_id(session: Session, agency_id: uuid.UUID, ultravox_agent_id: str) -> AgentMapping:
+    agent = session.scalar(select(AgentMapping).where(AgentMapping.ultravox_agent_id == ultravox_agent_id,
+                                                      AgentMapping.agency_id == agency_id))
+    if agent is None:
+        raise NotFound("Agent not found or does not belong to your agency", field="agent_id")
+    return agent
+
+
+def create_agent(session: Session, agency_id: uuid.UUID, *, name: str, ultravox_agent_id: str,
+                 recording_enabled: bool = False) -> AgentMapping:
+    agent = AgentMapping(agency_id=agency_id, name=name, ultravox_agent_id=ultravox_agent_id,
+                         recording_enabled=recording_enabled)
+    session.add(agent)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict("this Ultravox agent is already mapped for your agency", field="ultravox_agent_id") from None
+    return agent
+
+
+def update_agent(session: Session, agency_id: uuid.UUID, agent_id: uuid.UUID, **changes) -> AgentMapping:
+    agent = get_agent(session, agency_id, agent_id)
+    for name, value in changes.items():
+        setattr(agent, name, value)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict("this Ultravox agent is already mapped for your agency", field="ultravox_agent_id") from None
+    return agent
+
+
+def delete_agent(session: Session, agency_id: uuid.UUID, agent_id: uuid.UUID) -> None:
+    session.delete(get_agent(session, agency_id, agent_id))
+    session.flush()

@@ -1,0 +1,83 @@
+"""Phone numbers an agency owns at a carrier, and the agent answering each."""
+from __future__ import annotations
+
+import uuid
+
+import phonenumbers
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..errors import Conflict, InvalidInput, NotFound
+from ..models import Carrier, PhoneNumber
+from .agents import get_agent
+
+
+def normalize_e164(value: str, *, field: str = "number") -> str:
+    """'+1 (415) 555-0100' -> '+14155550100'. Requires the leading + and country code."""
+    raw = value.strip() if isinstance(value, str) else ""
+    if not raw.startswith("+"):
+        raise InvalidInput(f"{field} must be in E.164 format, e.g. +14155550100", field=field)
+    try:
+        parsed = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException:
+        raise InvalidInput(f"{field} is not a phone number in E.164 format", field=field) from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise InvalidInput(f"{field} is not a possible phone number", field=field)
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def list_numbers(session: Session, agency_id: uuid.UUID) -> list[PhoneNumber]:
+    return list(session.scalars(select(PhoneNumber).where(PhoneNumber.agency_id == agency_id)
+                                .order_by(PhoneNumber.created_at, PhoneNumber.id)))
+
+
+def get_number(session: Session, agency_id: uuid.UUID, number_id: uuid.UUID) -> PhoneNumber:
+    number = session.scalar(select(PhoneNumber).where(PhoneNumber.id == number_id,
+                                                      PhoneNumber.agency_id == agency_id))
+    if number is None:
+        raise NotFound("Phone number not found", field="number_id")
+    return number
+
+
+def add_number(session: Session, agency_id: uuid.UUID, *, e164: str, carrier: Carrier | str,
+               agent_id: uuid.UUID | None = None, fallback_number: str | None = None,
+               recording_enabled: bool | None = None) -> PhoneNumber:
+    e164 = normalize_e164(e164, field="e164")
+    if agent_id is not None:
+        get_agent(session, agency_id, agent_id)
+    if fallback_number is not None:
+        fallback_number = normalize_e164(fallback_number, field="fallback_number")
+        if fallback_number == e164:
+            raise InvalidInput("fallback_number must differ from the number itself", field="fallback_number")
+    number = PhoneNumber(agency_id=agency_id, e164=e164, carrier=Carrier(carrier), agent_id=agent_id,
+                         fallback_number=fallback_number, recording_enabled=recording_enabled)
+    session.add(number)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        # The number is unique across agencies; say so without revealing who has it.
+        raise Conflict("this phone number is already registered", field="e164") from None
+    return number
+
+
+def update_number(session: Session, agency_id: uuid.UUID, number_id: uuid.UUID, **changes) -> PhoneNumber:
+    number = get_number(session, agency_id, number_id)
+    if "agent_id" in changes and changes["agent_id"] is not None:
+        get_agent(session, agency_id, changes["agent_id"])
+    if changes.get("fallback_number") is not None:
+        changes["fallback_number"] = normalize_e164(changes["fallback_number"], field="fallback_number")
+        if changes["fallback_number"] == number.e164:
+            raise InvalidInput("fallback_number must differ from the number itself", field="fallback_number")
+    if "carrier" in changes:
+        changes["carrier"] = Carrier(changes["carrier"])
+    for name, value in changes.items():
+        setattr(number, name, value)
+    session.flush()
+    return number
+
+
+def delete_number(session: Session, agency_id: uuid.UUID, number_id: uuid.UUID) -> None:
+    session.delete(get_number(session, agency_id, number_id))
+    session.flush()

@@ -1,0 +1,151 @@
+"""Shared fixtures. Database tests run on SQLite and on PostgreSQL.
+
+The PostgreSQL leg uses TEST_DATABASE_URL, or postgresql://postgres@127.0.0.1:5432/test
+when a server answers there. Each test session creates its own throw-away
+database next to it (so parallel runs do not collide) and applies the real
+Alembic migrations to it. With REQUIRE_POSTGRES=1 (CI) an unreachable server
+fails the run instead of skipping the leg.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import create_engine, text
+
+from telephony import create_app
+from telephony.config import Config, normalize_database_url
+from telephony.migrate import upgrade
+from telephony.models import Base
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+JWT_SECRET = "test-jwt-secret-that-is-long-enough-0123456789"
+
+
+def _pg_base_url() -> str | None:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return normalize_database_url(url)
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=0.5):
+            return normalize_database_url(DEFAULT_PG_URL)
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgresql_url():
+    base = _pg_base_url()
+    if base is None:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail("REQUIRE_POSTGRES=1 but no PostgreSQL answers (set TEST_DATABASE_URL)")
+        pytest.skip("PostgreSQL not reachable; set TEST_DATABASE_URL to run this leg")
+    name = f"telephony_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"cannot create a PostgreSQL test database: {exc.__class__.__name__}")
+    parts = urlsplit(base)
+    url = parts._replace(path=f"/{name}").geturl()
+    upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+def _clean(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str:
+    url = request.getfixturevalue(f"{request.param}_url")
+    _clean(url)
+    return url
+
+
+@pytest.fixture
+def config(database_url, tmp_path) -> Config:
+    return Config(
+        database_url=database_url,
+        public_base_url="https://voice.example.test",
+        credentials_keys=(Fernet.generate_key().decode(),),
+        jwt_secret=JWT_SECRET,
+        jwks_url=None,
+        ultravox_api_base="https://api.ultravox.ai",
+    )
+
+
+@pytest.fixture
+def app(config, tmp_path):
+    app = create_app(config, instance_path=str(tmp_path / "instance"))
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["telephony.db"].dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app):
+    return app.extensions["telephony.db"]
+
+
+@dataclass
+class Tenant:
+    agency_id: uuid.UUID
+    admin_token: str
+    member_token: str
+    admin_subject: str
+    member_subject: str
+
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def member(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.member_token}"}
+
+
+@pytest.fixture
+def make_tenant(app, db):
+    from telephony.auth import mint_token
+    from telephony.models import Role
+    from telephony.services.agencies import add_user, create_agency
+
+    def make(name: str = "Agency", credit_balance: int = 3600) -> Tenant:
+        suffix = uuid.uuid4().hex[:8]
+        with db.session() as session:
+            agency = create_agency(session, name, credit_balance=credit_balance)
+            add_user(session, auth_subject=f"admin-{suffix}", agency_id=agency.id, role=Role.admin)
+            add_user(session, auth_subject=f"member-{suffix}", agency_id=agency.id, role=Role.member)
+            agency_id = agency.id
+        return Tenant(agency_id=agency_id, admin_subject=f"admin-{suffix}", member_subject=f"member-{suffix}",
+                      admin_token=mint_token(JWT_SECRET, f"admin-{suffix}"),
+                      member_token=mint_token(JWT_SECRET, f"member-{suffix}"))
+
+    return make
