@@ -1,0 +1,40 @@
+# Two commands are all the set-up: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+export FLASK_APP := wsgi
+
+.PHONY: run test migrate sim bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(VENV)/.runtime-installed $@
+
+## make run: install, migrate (SQLite by default), serve web + worker on $(PORT)
+run: $(VENV)/.runtime-installed migrate
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile --port $(PORT) web worker
+
+migrate: $(VENV)/.runtime-installed
+	$(BIN)/flask db upgrade
+
+## make test: install and run every test (SQLite, plus PostgreSQL when reachable)
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make sim: the local Ultravox (9100) and carrier (9200) simulators
+sim: $(VENV)/.runtime-installed
+	$(BIN)/python -m telephony.sim all
+
+clean:
+	rm -rf $(VENV) .pytest_cache
