@@ -172,6 +172,12 @@ class Call(Base):
     duration_seconds: Mapped[int | None] = mapped_column(Integer)
     billed_duration_seconds: Mapped[int | None] = mapped_column(Integer)
     summary: Mapped[str | None] = mapped_column(Text)
+    # Kept only so a repeated carrier webhook gets the same answer; it is useless
+    # once the call is joined or the join timeout has passed.
+    join_url: Mapped[str | None] = mapped_column(Text)
+    # Highest carrier callback sequence applied (Twilio SequenceNumber), so a
+    # late or duplicated callback never moves the call backwards.
+    carrier_status_seq: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):
@@ -190,6 +196,40 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class PublicKey(Base):
+    """A public web-call key (x-api-access-key) for embeddable widgets.
+
+    Separate from server API keys: it can only start web calls, only for the
+    listed agents, optionally only from listed browser origins, under a rate
+    limit, and it can be revoked. Stored hashed like API keys."""
+
+    __tablename__ = "public_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Our agent_mappings ids (as strings) this key may start calls for.
+    agent_ids: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # Exact origins like "https://www.example.com"; empty means any origin.
+    allowed_origins: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    rate_limit_per_minute: Mapped[int] = mapped_column(Integer, default=30)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class RateLimitWindow(Base):
+    """Fixed-window counters shared by every web process (one upsert per hit)."""
+
+    __tablename__ = "rate_limit_windows"
+
+    bucket: Mapped[str] = mapped_column(String(128), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ProcessedWebhookEvent(Base):
