@@ -9,7 +9,8 @@ from .config import Config
 def create_app(config: Config | None = None, *, instance_path: str | None = None) -> Flask:
     """The application factory. Without a Config, one is read from the environment."""
     from . import cli
-    from .api import errors, hooks, management, ops
+    from .api import (calls, errors, event_endpoints, hooks, management, ops, public_keys, ultravox_webhooks,
+                      web_calls, webhooks)
     from .auth import JwtVerifier
     from .credentials import CredentialStore
     from .db import Database, close_session
@@ -35,5 +36,11 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.teardown_appcontext(close_session)
     app.register_blueprint(ops.bp)
     app.register_blueprint(management.bp)
+    app.register_blueprint(public_keys.bp)
+    app.register_blueprint(web_calls.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(ultravox_webhooks.bp)
+    app.register_blueprint(calls.bp)
+    app.register_blueprint(event_endpoints.bp)
     cli.register(app)
     return app

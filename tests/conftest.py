@@ -149,3 +149,49 @@ def make_tenant(app, db):
                       member_token=mint_token(JWT_SECRET, f"member-{suffix}"))
 
     return make
+
+
+# -- local simulators (one server per test session, state reset per test) ------
+
+@pytest.fixture(scope="session")
+def _ultravox_sim_server():
+    from telephony.sim import ultravox as ultravox_sim
+    from telephony.sim.common import serve_in_thread
+    with serve_in_thread(ultravox_sim.create_app()) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="session")
+def _carrier_sim_server():
+    from telephony.sim import carriers as carrier_sim
+    from telephony.sim.common import serve_in_thread
+    with serve_in_thread(carrier_sim.create_app()) as handle:
+        yield handle
+
+
+@pytest.fixture
+def ultravox_sim(_ultravox_sim_server):
+    """The Ultravox simulator, reset (no latency, no failures, no calls). `.base_url`."""
+    import requests
+    requests.post(f"{_ultravox_sim_server.base_url}/_sim/reset", timeout=5).raise_for_status()
+    return _ultravox_sim_server
+
+
+@pytest.fixture
+def carrier_sim(_carrier_sim_server):
+    """The Twilio/Telnyx/Plivo simulator, reset. `.base_url`."""
+    import requests
+    requests.post(f"{_carrier_sim_server.base_url}/_sim/reset", timeout=5).raise_for_status()
+    return _carrier_sim_server
+
+
+@pytest.fixture
+def sim_app(config, tmp_path, ultravox_sim, carrier_sim):
+    """An app whose upstreams are the local simulators."""
+    app = create_app(config.with_overrides(
+        ultravox_api_base=ultravox_sim.base_url, twilio_api_base=carrier_sim.base_url,
+        telnyx_api_base=f"{carrier_sim.base_url}/v2", plivo_api_base=carrier_sim.base_url,
+    ), instance_path=str(tmp_path / "sim-instance"))
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["telephony.db"].dispose()

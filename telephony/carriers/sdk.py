@@ -1,0 +1,169 @@
+"""Factories for the official carrier SDK clients, pointed at a configurable base URL.
+
+The real hosts are the defaults; tests, benchmarks and the README point them at the
+local simulator (``python -m telephony.sim carriers``). Every factory:
+
+- never lets the SDK re-send a request by itself: placing a call is not idempotent, and
+  a POST that timed out or failed with a 5xx may still have placed the call. Retrying
+  is the caller's decision (Telnyx: with the same ``command_id``);
+- refuses empty credentials instead of letting the SDK fall back to process-wide
+  environment variables (TWILIO_AUTH_TOKEN, TELNYX_API_KEY, PLIVO_AUTH_TOKEN), which
+  would silently bill the wrong tenant;
+- keeps secrets out of exception messages (only the parameter name is reported).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import plivo
+import telnyx
+from requests.adapters import HTTPAdapter
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client as TwilioClient
+
+DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
+DEFAULT_TELNYX_API_BASE = "https://api.telnyx.com/v2"
+DEFAULT_PLIVO_API_BASE = "https://api.plivo.com"
+# Enough pooled connections for concurrent use of one client from a thread pool.
+_POOL_SIZE = 32
+
+
+def _require(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string")
+
+
+def _clean_base(name: str, api_base: str) -> str:
+    _require(name, api_base)
+    if not api_base.startswith(("https://", "http://")):
+        raise ValueError(f"{name} must be an http(s) URL")
+    return api_base.rstrip("/")
+
+
+# -- Twilio --------------------------------------------------------------------------------
+
+
+def twilio_client(
+    account_sid: str,
+    auth_token: str,
+    *,
+    api_base: str = DEFAULT_TWILIO_API_BASE,
+    timeout: float = 10.0,
+) -> TwilioClient:
+    """A twilio.rest.Client whose ``api`` domain (``/2010-04-01``, Calls) uses ``api_base``.
+
+    Only the ``api`` domain is redirected; other Twilio products keep their real hosts.
+    """
+    _require("account_sid", account_sid)
+    _require("auth_token", auth_token)
+    base = _clean_base("api_base", api_base)
+    # max_retries=0 and explicit adapters on both schemes: TwilioHttpClient mounts its
+    # adapter for https:// only, and urllib3 must never re-send a call-creating POST.
+    http_client = TwilioHttpClient(timeout=timeout, max_retries=0)
+    assert http_client.session is not None  # pool_connections=True creates one
+    for scheme in ("https://", "http://"):
+        http_client.session.mount(scheme, HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE))
+    client = TwilioClient(account_sid, auth_token, http_client=http_client)
+    # TWILIO_EDGE / TWILIO_REGION from the environment would rewrite the host
+    # (api.<edge>.<region>.twilio.com), mangling a custom base; api_base is authoritative.
+    client.edge = None
+    client.region = None
+    # The SDK hard-codes "https://api.twilio.com" in ApiBase.__init__; the Domain keeps it
+    # as an instance attribute, so overriding it here affects this client only.
+    client.api.base_url = base
+    return client
+
+
+# -- Telnyx --------------------------------------------------------------------------------
+
+
+def telnyx_client(
+    api_key: str,
+    *,
+    api_base: str = DEFAULT_TELNYX_API_BASE,
+    public_key: str | None = None,
+    timeout: float = 10.0,
+) -> telnyx.Telnyx:
+    """A telnyx.Telnyx client. ``api_base`` must include ``/v2`` (the SDK appends
+    ``/calls`` etc. to it). ``public_key`` (base64 Ed25519) verifies webhooks.
+
+    max_retries=0: by default the SDK re-sends 408/409/429/5xx and connection errors up
+    to twice, and a dial that may have gone through must never be repeated silently.
+    """
+    _require("api_key", api_key)
+    if public_key is not None:
+        _require("public_key", public_key)
+    base = _clean_base("api_base", api_base)
+    return telnyx.Telnyx(
+        api_key=api_key,
+        public_key=public_key,
+        base_url=base,
+        timeout=timeout,
+        max_retries=0,
+    )
+
+
+# -- Plivo ---------------------------------------------------------------------------------
+
+
+class _PinnedPlivoClient(plivo.RestClient):
+    """plivo.RestClient that talks to one base URL and never re-sends a request.
+
+    Why a subclass: in plivo 4.63 ``Client.request()`` reassigns ``self.base_uri`` from
+    module constants (PLIVO_API_BASE_URI, API_VOICE_BASE_URI, API_VOICE_BASE_URI_FALLBACK_1/2)
+    on every request, so setting ``client.base_uri`` is overwritten at once, and patching
+    the module constants would redirect every Plivo client in the process, across threads.
+    And for "voice" requests (calls.create, hangup, ...) a 5xx makes it call itself again
+    against the "fallback" URIs, up to three POSTs for one calls.create (duplicate calls).
+
+    (a) ``base_uri`` is a read-only property here: the parent's assignments are ignored,
+        and every URL it builds (create_request / create_multipart_request read
+        ``self.base_uri``) starts with this client's own base. No globals change, and
+        there is no window where another thread could observe a different value.
+    (b) ``request()`` drops the ``is_voice_request`` flag before delegating. Voice and
+        non-voice requests differ only in which base URI constant is chosen (overridden
+        by (a)) and in the 5xx fallback loop, so without the flag the parent sends the
+        request exactly once and maps a 5xx to PlivoServerError / PlivoRestError.
+    Both hooks are small and checked by tests/test_sim_carriers.py against the installed
+    SDK, so an SDK upgrade that changes this internal behaviour fails loudly.
+    Not covered: Call Insights (stats.plivo.com) and Lookup requests, which build
+    absolute URLs of their own; this service does not use them.
+    """
+
+    def __init__(self, auth_id: str, auth_token: str, *, api_base: str, timeout: float) -> None:
+        # Set before the parent's __init__, whose own base_uri assignment is ignored.
+        self._pinned_base_uri = f"{api_base}/v1/Account"
+        super().__init__(auth_id=auth_id, auth_token=auth_token, timeout=timeout)
+        # Plain requests sessions retry nothing on their own (HTTPAdapter max_retries=0),
+        # but mount explicit adapters so that stays true and the pool fits concurrency.
+        for session in (self.session, self.multipart_session):
+            for scheme in ("https://", "http://"):
+                session.mount(scheme, HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE))
+
+    @property  # type: ignore[override]
+    def base_uri(self) -> str:
+        return self._pinned_base_uri
+
+    @base_uri.setter
+    def base_uri(self, _value: str) -> None:
+        # The parent reassigns module-level URIs on every request; ignore them.
+        return None
+
+    def request(self, method: str, path: Any = None, data: Any = None, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("is_voice_request", None)  # disables the 5xx "fallback" re-send loop
+        return super().request(method, path, data, *args, **kwargs)
+
+
+def plivo_client(
+    auth_id: str,
+    auth_token: str,
+    *,
+    api_base: str = DEFAULT_PLIVO_API_BASE,
+    timeout: float = 10.0,
+) -> plivo.RestClient:
+    """A plivo.RestClient sending every request to ``api_base`` (host only, no
+    ``/v1``) exactly once. See ``_PinnedPlivoClient`` for why this needs a subclass."""
+    _require("auth_id", auth_id)
+    _require("auth_token", auth_token)
+    base = _clean_base("api_base", api_base)
+    return _PinnedPlivoClient(auth_id, auth_token, api_base=base, timeout=timeout)
