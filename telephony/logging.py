@@ -71,3 +71,5 @@ def configure_logging(level: str = "INFO") -> None:
     # urllib3 logs full URLs at DEBUG; keep it quiet (URLs are fine, noise is not).
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # The Twilio SDK logs every API request (URL, params) at INFO.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)

@@ -38,11 +38,7 @@ def create_agent(session: Session, agency_id: uuid.UUID, *, name: str, ultravox_
     agent = AgentMapping(agency_id=agency_id, name=name, ultravox_agent_id=ultravox_agent_id,
                          recording_enabled=recording_enabled)
     session.add(agent)
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError:
-        raise Conflict("this Ultravox agent is already mapped for your agency", field="ultravox_agent_id") from None
+    _flush_unique(session)
     return agent
 
 
@@ -50,12 +46,17 @@ def update_agent(session: Session, agency_id: uuid.UUID, agent_id: uuid.UUID, **
     agent = get_agent(session, agency_id, agent_id)
     for name, value in changes.items():
         setattr(agent, name, value)
+    _flush_unique(session)
+    return agent
+
+
+def _flush_unique(session: Session) -> None:
+    """Flush in a savepoint so a duplicate mapping is a clean 409, not a broken session."""
     try:
         with session.begin_nested():
             session.flush()
     except IntegrityError:
         raise Conflict("this Ultravox agent is already mapped for your agency", field="ultravox_agent_id") from None
-    return agent
 
 
 def delete_agent(session: Session, agency_id: uuid.UUID, agent_id: uuid.UUID) -> None:
