@@ -177,17 +177,39 @@ class CredentialStore:
             session.flush()
             last_id = rows[-1].id
 
+    # -- sealed values kept in other tables -------------------------------------
+    # Secrets that belong to a row elsewhere (e.g. an event endpoint's signing
+    # secret) use the same Fernet keys and agency binding. `purpose` names the
+    # owner (e.g. "event_endpoint:<id>") and is checked on unsealing, so a token
+    # moved to another agency or another row is refused. The "sealed:" prefix
+    # keeps these names apart from agency_credentials names.
+    def seal(self, agency_id: uuid.UUID, purpose: str, value: str) -> str:
+        return self._encrypt(agency_id, f"sealed:{purpose}", value)
+
+    def unseal(self, agency_id: uuid.UUID, purpose: str, token: str) -> str:
+        return self._open(agency_id, f"sealed:{purpose}", token)
+
+    def reseal(self, token: str) -> str:
+        """The same sealed value re-encrypted under the newest key (key rotation)."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken:
+            raise CredentialError("a sealed value cannot be decrypted with any configured key") from None
+
     # -- internals -----------------------------------------------------------
     def _encrypt(self, agency_id: uuid.UUID, name: str, value: str) -> str:
         plaintext = json.dumps({"a": str(agency_id), "n": name, "v": value}, separators=(",", ":"))
         return self._fernet.encrypt(plaintext.encode()).decode()
 
     def _decrypt(self, agency_id: uuid.UUID, row: AgencyCredential) -> str:
+        return self._open(agency_id, row.name, row.ciphertext)
+
+    def _open(self, agency_id: uuid.UUID, name: str, token: str) -> str:
         try:
-            payload = json.loads(self._fernet.decrypt(row.ciphertext.encode()))
+            payload = json.loads(self._fernet.decrypt(token.encode()))
         except (InvalidToken, ValueError):
-            raise CredentialError(f"credential {row.name} of agency {agency_id} cannot be decrypted "
+            raise CredentialError(f"credential {name} of agency {agency_id} cannot be decrypted "
                                   "with the configured keys") from None
-        if payload.get("a") != str(agency_id) or payload.get("n") != row.name:
-            raise CredentialError(f"credential {row.name} of agency {agency_id} does not belong to this row")
+        if payload.get("a") != str(agency_id) or payload.get("n") != name:
+            raise CredentialError(f"credential {name} of agency {agency_id} does not belong to this row")
         return payload["v"]
