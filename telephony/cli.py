@@ -49,6 +49,7 @@ agent_cli = AppGroup("agent", help="Agent mappings.")
 number_cli = AppGroup("number", help="Phone numbers.")
 credentials_cli = AppGroup("credentials", help="The encrypted credential store.")
 apikey_cli = AppGroup("apikey", help="Agency server API keys.")
+publickey_cli = AppGroup("publickey", help="Public web-call keys (x-api-access-key) for widgets.")
 token_cli = AppGroup("token", help="Development JWTs.")
 worker_cli = AppGroup("worker", help="The background worker.")
 
@@ -241,6 +242,49 @@ def apikey_revoke(key_id: str, agency_id: str) -> None:
         _emit({"id": row.id, "revoked_at": row.revoked_at})
 
 
+@publickey_cli.command("create")
+@click.option("--agency", "agency_id", required=True)
+@click.option("--name", required=True)
+@click.option("--agent", "agent_ids", multiple=True, required=True,
+              help="Repeatable: an agent mapping id (ours) the key may start calls for.")
+@click.option("--origin", "origins", multiple=True,
+              help="Repeatable: a browser origin allowed to use the key, e.g. https://www.example.com. "
+                   "None: any origin.")
+@click.option("--rate-limit", "rate_limit_per_minute", type=int, default=30, show_default=True,
+              help="Calls per minute.")
+def publickey_create(agency_id: str, name: str, agent_ids: tuple[str, ...], origins: tuple[str, ...],
+                     rate_limit_per_minute: int) -> None:
+    """Create a key. It is printed once; only its hash is stored."""
+    from .services.public_keys import create_public_key
+    with _db().session() as session:
+        row, plaintext = create_public_key(session, _uuid(agency_id, "--agency"), name=name,
+                                           agent_ids=[_uuid(agent, "--agent") for agent in agent_ids],
+                                           allowed_origins=origins, rate_limit_per_minute=rate_limit_per_minute)
+        _emit({"id": row.id, "name": row.name, "agent_ids": row.agent_ids, "allowed_origins": row.allowed_origins,
+               "rate_limit_per_minute": row.rate_limit_per_minute, "key": plaintext})
+
+
+@publickey_cli.command("list")
+@click.option("--agency", "agency_id", required=True)
+def publickey_list(agency_id: str) -> None:
+    from .services.public_keys import list_public_keys
+    with _db().session() as session:
+        for row in list_public_keys(session, _uuid(agency_id, "--agency")):
+            _emit({"id": row.id, "name": row.name, "prefix": row.prefix, "agent_ids": row.agent_ids,
+                   "allowed_origins": row.allowed_origins, "rate_limit_per_minute": row.rate_limit_per_minute,
+                   "revoked_at": row.revoked_at})
+
+
+@publickey_cli.command("revoke")
+@click.argument("key_id")
+@click.option("--agency", "agency_id", required=True)
+def publickey_revoke(key_id: str, agency_id: str) -> None:
+    from .services.public_keys import revoke_public_key
+    with _db().session() as session:
+        row = revoke_public_key(session, _uuid(agency_id, "--agency"), _uuid(key_id, "KEY_ID"))
+        _emit({"id": row.id, "revoked_at": row.revoked_at})
+
+
 @token_cli.command("mint")
 @click.argument("auth_subject")
 @click.option("--ttl", type=int, default=3600, show_default=True, help="Lifetime in seconds.")
@@ -263,12 +307,12 @@ def worker_run(poll_interval: float) -> None:
 
 
 def register(app: Flask) -> None:
-    for group in (db_cli, agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, token_cli,
-                  worker_cli):
+    for group in (db_cli, agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, publickey_cli,
+                  token_cli, worker_cli):
         app.cli.add_command(group)
 
     # Domain errors from services become one-line CLI errors, not tracebacks.
-    for group in (agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli):
+    for group in (agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, publickey_cli):
         for command in group.commands.values():
             command.callback = _domain_errors_as_click(command.callback)
 

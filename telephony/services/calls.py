@@ -10,12 +10,14 @@ success") can be recreated from Ultravox's own webhooks later: nothing is lost.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -41,12 +43,24 @@ class MissingUltravoxKey(DomainError):
         super().__init__("Ultravox API key not configured for the agency")
 
 
+class InvalidUltravoxKey(DomainError):
+    status = 400
+    code = "ultravox_key_invalid"
+
+    def __init__(self) -> None:
+        super().__init__("The agency's Ultravox API key is malformed (it contains spaces or non-ASCII characters)")
+
+
 def ultravox_client_for(session: Session, agency_id: uuid.UUID) -> UltravoxClient:
-    """The agency's Ultravox client; raises MissingUltravoxKey if none is stored."""
+    """The agency's Ultravox client; raises MissingUltravoxKey if none is stored
+    and InvalidUltravoxKey if the stored one could never be sent as a header."""
     api_key = get_credentials().get(session, agency_id, "ultravox").get("api_key")
     if not api_key:
         raise MissingUltravoxKey()
-    return UltravoxClient.from_config(api_key, get_config())
+    try:
+        return UltravoxClient.from_config(api_key, get_config())
+    except ValueError:  # the client refuses such a key without repeating it; so do we
+        raise InvalidUltravoxKey() from None
 
 
 def call_metadata(*, call_id: uuid.UUID, agency_id: uuid.UUID, agent: AgentMapping, source: CallSource,
@@ -134,6 +148,29 @@ def start_call(session: Session, *, agency_id: uuid.UUID, agent: AgentMapping, m
         started.call_id = None
         started.warning = PARTIAL_SUCCESS_WARNING
     return started
+
+
+def insert_if_absent(session: Session, model: type, values: dict[str, Any], conflict_columns: list[str]) -> bool:
+    """INSERT ... ON CONFLICT (conflict_columns) DO NOTHING: True if this call inserted
+    the row, False if a row with the same unique key already existed. `values` are
+    keyed by column name; column defaults (ids, timestamps) apply as usual.
+
+    One atomic statement, so concurrent requests racing for the same key (duplicate
+    carrier webhooks, repeated webhook events) have exactly one winner, on PostgreSQL
+    and SQLite alike, without the failed-transaction cleanup an IntegrityError needs.
+    """
+    statement = _insert_if_absent_statement(model.__table__, session.get_bind().dialect.name,  # type: ignore[attr-defined]
+                                            tuple(conflict_columns))
+    return session.execute(statement, values).first() is not None
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_if_absent_statement(table: Any, dialect_name: str, conflict_columns: tuple[str, ...]) -> Any:
+    # Built once per table and dialect (webhooks are a hot path); values are bound per
+    # execution. A Core statement: no ORM bookkeeping for a row nobody loads.
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return (dialect.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+            .returning(*table.primary_key.columns))
 
 
 def _parse_time(value: Any) -> datetime | None:
