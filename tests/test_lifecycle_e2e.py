@@ -76,9 +76,12 @@ def test_a_call_from_start_to_enriched_history_and_agency_events(world):
     _sim(world, f"/_sim/calls/{uv_id}/end", {"endReason": "hangup", "billedDuration": "42.5s"})
     call = _wait_until(lambda: (c := get_call(db, started.call_id)) and c.credits_charged_seconds is not None and c)
     assert call.status == "completed" and call.end_reason == "hangup" and call.joined_at is not None
-    attempts = requests.get(f"{world['sim']}/_sim/webhooks", timeout=5).json()["attempts"]
-    assert [(a["event"], a["status"]) for a in attempts] == [
-        ("call.joined", 204), ("call.ended", 204), ("call.billed", 204)]
+    attempts = _wait_until(lambda: (a := requests.get(f"{world['sim']}/_sim/webhooks", timeout=5).json()["attempts"])
+                           and len(a) >= 3 and a)
+    # The simulator sends join and end from separate threads, as Ultravox may
+    # reorder them too: assert the set, not the order.
+    assert sorted((a["event"], a["status"]) for a in attempts) == [
+        ("call.billed", 204), ("call.ended", 204), ("call.joined", 204)]
 
     _drain(app)  # enrichment against the simulator, then our deliveries to the agency
     call = get_call(db, started.call_id)
@@ -89,8 +92,8 @@ def test_a_call_from_start_to_enriched_history_and_agency_events(world):
     received = world["receiver"].requests
     assert all(verify_standard_webhook(world["secret"], headers, body) for headers, body in received)
     bodies = [json.loads(body) for _, body in received]
-    assert [b["type"] for b in bodies] == ["call.answered", "call.ended"]
-    ended = bodies[1]["data"]
+    assert sorted(b["type"] for b in bodies) == ["call.answered", "call.ended"]
+    ended = next(b["data"] for b in bodies if b["type"] == "call.ended")
     assert ended["call_id"] == str(started.call_id) and ended["ultravox_call_id"] == uv_id
     assert ended["status"] == "completed" and ended["end_reason"] == "hangup"
 

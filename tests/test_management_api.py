@@ -191,3 +191,16 @@ def test_unknown_route_and_wrong_method_are_json(client, make_tenant):
     response = client.put("/api/v1/agents", headers=tenant.admin(), json={})
     assert response.status_code == 405 and response.json["code"] == "method_not_allowed"
     assert "GET" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/api/v1/agents", {"name": "a\u0000b", "ultravox_agent_id": AGENT_ID}, "name"),
+    ("/api/v1/api-keys", {"name": "k\u0000", "scopes": ["admin"]}, "name"),
+    ("/api/v1/credentials/twilio", {"auth_token": "tok\u0000en"}, "auth_token"),
+])
+def test_nul_characters_are_400_not_500(client, make_tenant, path, body, field):
+    tenant = make_tenant()
+    method = client.put if "credentials" in path else client.post
+    response = method(path, json=body, headers=tenant.admin())
+    assert response.status_code == 400
+    assert field in response.json["fields"]

@@ -40,7 +40,7 @@ MAX_EXAMPLES = 10
 # other features and their tests; event endpoints would also make the app
 # look up generated host names, and this test must stay on 127.0.0.1.
 COVERED_PATHS = (r"^/(functions/v1/|calls/public/|recordings/|api/v1/calls/websocket$|"
-                 r"api/v1/(me|agents|phone-numbers|credentials|api-keys|public-keys)(/|$))")
+                 r"api/v1/(me|agents|phone-numbers|credentials|api-keys|public-keys|calls|event-endpoints)(/|$))")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 

@@ -46,17 +46,38 @@ def parse_body(model: type[M]) -> M:
     if not raw.strip():
         raw = b"{}" if request.method in ("DELETE",) else raw
     try:
-        return model.model_validate_json(raw or b"null")
+        parsed = model.model_validate_json(raw or b"null")
     except ValidationError as exc:
         raise validation_error(exc) from None
+    _reject_nul(parsed.model_dump(), "")
+    return parsed
 
 
 def parse_query(model: type[M]) -> M:
     try:
         # Query values are strings; allow pydantic's lax conversion here only.
-        return model.model_validate(request.args.to_dict(), strict=False)
+        parsed = model.model_validate(request.args.to_dict(), strict=False)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    _reject_nul(parsed.model_dump(), "")
+    return parsed
+
+
+def _reject_nul(value: Any, location: str) -> None:
+    """PostgreSQL text cannot hold NUL characters; refuse them as input errors
+    (400 naming the field) instead of failing at INSERT time with a 500."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            field = location or "body"
+            raise ApiError(400, f"{field}: must not contain NUL characters", code="invalid_input",
+                           fields={field: "must not contain NUL characters"})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nul(key, location)
+            _reject_nul(item, f"{location}.{key}" if location else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _reject_nul(item, f"{location}.{index}" if location else str(index))
 
 
 F = TypeVar("F", bound=Callable[..., Any])
