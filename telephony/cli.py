@@ -197,10 +197,13 @@ def credentials_show(agency_id: str) -> None:
 
 @credentials_cli.command("rotate")
 def credentials_rotate() -> None:
-    """Re-encrypt every stored secret under the first key of CREDENTIALS_KEYS."""
+    """Re-encrypt every stored secret (credentials and event-endpoint signing
+    secrets) under the first key of CREDENTIALS_KEYS."""
+    from .services.event_endpoints import reseal_secrets
     with _db().session() as session:
         count = get_credentials().rotate(session)
-    _emit({"re_encrypted": count})
+        endpoints = reseal_secrets(session)
+    _emit({"re_encrypted": count, "event_endpoint_secrets": endpoints})
 
 
 @credentials_cli.command("generate-key")

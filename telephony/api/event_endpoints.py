@@ -18,7 +18,7 @@ from ..auth import current_principal, require_auth
 from ..db import get_session
 from ..services import event_endpoints as endpoint_service
 from ..services.events import EVENT_TYPES
-from .schema import RequestModel, ResponseModel, document, parse_body, parse_query
+from .schema import RequestModel, ResponseModel, document, parse_body, parse_query, render
 
 bp = Blueprint("event_endpoints", __name__, url_prefix="/api/v1")
 
@@ -91,10 +91,6 @@ class DeliveryList(ResponseModel):
     deliveries: list[DeliveryOut]
 
 
-def _json(model: type[ResponseModel], obj, status: int = 200):
-    return jsonify(model.model_validate(obj).model_dump(mode="json")), status
-
-
 def _with_secret(endpoint, secret: str, status: int):
     return jsonify({**EndpointOut.model_validate(endpoint).model_dump(mode="json"), "secret": secret}), status
 
@@ -105,7 +101,7 @@ def _with_secret(endpoint, secret: str, status: int):
           responses={200: (EndpointList, "Endpoints")})
 def list_endpoints():
     endpoints = endpoint_service.list_endpoints(get_session(), current_principal().agency_id)
-    return _json(EndpointList, {"event_endpoints": endpoints})
+    return render(EndpointList, {"event_endpoints": endpoints})
 
 
 @bp.post("/event-endpoints")
@@ -126,7 +122,7 @@ def create_endpoint():
 @document(summary="Get an event endpoint", tags=["event endpoints"],
           responses={200: (EndpointOut, "Endpoint"), 404: NOT_FOUND})
 def get_endpoint(endpoint_id: uuid.UUID):
-    return _json(EndpointOut, endpoint_service.get_endpoint(get_session(), current_principal().agency_id,
+    return render(EndpointOut, endpoint_service.get_endpoint(get_session(), current_principal().agency_id,
                                                             endpoint_id))
 
 
@@ -140,7 +136,7 @@ def update_endpoint(endpoint_id: uuid.UUID):
     endpoint = endpoint_service.update_endpoint(session, current_principal().agency_id, endpoint_id,
                                                 **body.model_dump(exclude_unset=True, exclude_none=True))
     session.commit()
-    return _json(EndpointOut, endpoint)
+    return render(EndpointOut, endpoint)
 
 
 @bp.delete("/event-endpoints/<uuid:endpoint_id>")
@@ -177,4 +173,4 @@ def list_deliveries(endpoint_id: uuid.UUID):
     query = parse_query(DeliveryQuery)
     deliveries = endpoint_service.list_deliveries(get_session(), current_principal().agency_id, endpoint_id,
                                                   limit=query.limit, status=query.status)
-    return _json(DeliveryList, {"deliveries": deliveries})
+    return render(DeliveryList, {"deliveries": deliveries})

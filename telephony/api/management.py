@@ -19,7 +19,7 @@ from ..db import get_session
 from ..services import agents as agent_service
 from ..services import api_keys as api_key_service
 from ..services import phone_numbers as number_service
-from .schema import RequestModel, ResponseModel, document, parse_body
+from .schema import RequestModel, ResponseModel, document, parse_body, render
 
 bp = Blueprint("management", __name__, url_prefix="/api/v1")
 
@@ -156,10 +156,6 @@ class MeOut(ResponseModel):
     scopes: list[str]
 
 
-def _json(model: type[ResponseModel], obj, status: int = 200):
-    return jsonify(model.model_validate(obj).model_dump(mode="json")), status
-
-
 NOT_FOUND = (None, "Not found, or another agency's.")
 
 
@@ -170,7 +166,7 @@ NOT_FOUND = (None, "Not found, or another agency's.")
 @document(summary="The caller's agency and permissions", tags=["management"], responses={200: (MeOut, "Caller")})
 def me():
     principal = current_principal()
-    return _json(MeOut, {"agency_id": principal.agency_id, "kind": principal.kind,
+    return render(MeOut, {"agency_id": principal.agency_id, "kind": principal.kind,
                          "scopes": sorted(principal.scopes)})
 
 
@@ -181,7 +177,7 @@ def me():
 @document(summary="List agent mappings", tags=["agents"], responses={200: (AgentList, "Agents")})
 def list_agents():
     agents = agent_service.list_agents(get_session(), current_principal().agency_id)
-    return _json(AgentList, {"agents": agents})
+    return render(AgentList, {"agents": agents})
 
 
 @bp.post("/agents")
@@ -193,14 +189,14 @@ def create_agent():
     session = get_session()
     agent = agent_service.create_agent(session, current_principal().agency_id, **body.model_dump())
     session.commit()
-    return _json(AgentOut, agent, 201)
+    return render(AgentOut, agent, 201)
 
 
 @bp.get("/agents/<uuid:agent_id>")
 @require_auth(scope="admin")
 @document(summary="Get an agent mapping", tags=["agents"], responses={200: (AgentOut, "Agent"), 404: NOT_FOUND})
 def get_agent(agent_id: uuid.UUID):
-    return _json(AgentOut, agent_service.get_agent(get_session(), current_principal().agency_id, agent_id))
+    return render(AgentOut, agent_service.get_agent(get_session(), current_principal().agency_id, agent_id))
 
 
 @bp.patch("/agents/<uuid:agent_id>")
@@ -213,7 +209,7 @@ def update_agent(agent_id: uuid.UUID):
     agent = agent_service.update_agent(session, current_principal().agency_id, agent_id,
                                        **body.model_dump(exclude_unset=True, exclude_none=True))
     session.commit()
-    return _json(AgentOut, agent)
+    return render(AgentOut, agent)
 
 
 @bp.delete("/agents/<uuid:agent_id>")
@@ -233,7 +229,7 @@ def delete_agent(agent_id: uuid.UUID):
 @document(summary="List phone numbers", tags=["phone numbers"], responses={200: (PhoneNumberList, "Numbers")})
 def list_numbers():
     numbers = number_service.list_numbers(get_session(), current_principal().agency_id)
-    return _json(PhoneNumberList, {"phone_numbers": numbers})
+    return render(PhoneNumberList, {"phone_numbers": numbers})
 
 
 @bp.post("/phone-numbers")
@@ -246,7 +242,7 @@ def create_number():
     session = get_session()
     number = number_service.add_number(session, current_principal().agency_id, **body.model_dump())
     session.commit()
-    return _json(PhoneNumberOut, number, 201)
+    return render(PhoneNumberOut, number, 201)
 
 
 @bp.get("/phone-numbers/<uuid:number_id>")
@@ -254,7 +250,7 @@ def create_number():
 @document(summary="Get a phone number", tags=["phone numbers"],
           responses={200: (PhoneNumberOut, "Number"), 404: NOT_FOUND})
 def get_number(number_id: uuid.UUID):
-    return _json(PhoneNumberOut, number_service.get_number(get_session(), current_principal().agency_id, number_id))
+    return render(PhoneNumberOut, number_service.get_number(get_session(), current_principal().agency_id, number_id))
 
 
 @bp.patch("/phone-numbers/<uuid:number_id>")
@@ -270,7 +266,7 @@ def update_number(number_id: uuid.UUID):
     session = get_session()
     number = number_service.update_number(session, current_principal().agency_id, number_id, **changes)
     session.commit()
-    return _json(PhoneNumberOut, number)
+    return render(PhoneNumberOut, number)
 
 
 @bp.delete("/phone-numbers/<uuid:number_id>")
@@ -291,7 +287,7 @@ def delete_number(number_id: uuid.UUID):
 @document(summary="Which credentials are set (never their values)", tags=["credentials"],
           responses={200: (CredentialsOut, "Per provider and field: set, last 4 characters")})
 def get_credentials_status():
-    return _json(CredentialsOut, get_credentials().describe(get_session(), current_principal().agency_id))
+    return render(CredentialsOut, get_credentials().describe(get_session(), current_principal().agency_id))
 
 
 def _credentials_view(provider: str, model: type[RequestModel]):
@@ -305,7 +301,7 @@ def _credentials_view(provider: str, model: type[RequestModel]):
         agency_id = current_principal().agency_id
         get_credentials().set(session, agency_id, provider, body.model_dump(exclude_unset=True))
         session.commit()
-        return _json(CredentialsOut, get_credentials().describe(session, agency_id))
+        return render(CredentialsOut, get_credentials().describe(session, agency_id))
 
     return put_credentials
 
@@ -338,7 +334,7 @@ for _provider, _model in CREDENTIAL_MODELS.items():
           responses={200: (ApiKeyList, "Keys")})
 def list_api_keys():
     keys = api_key_service.list_api_keys(get_session(), current_principal().agency_id)
-    return _json(ApiKeyList, {"api_keys": keys})
+    return render(ApiKeyList, {"api_keys": keys})
 
 
 @bp.post("/api-keys")
@@ -362,4 +358,4 @@ def revoke_api_key(key_id: uuid.UUID):
     session = get_session()
     row = api_key_service.revoke_api_key(session, current_principal().agency_id, key_id)
     session.commit()
-    return _json(ApiKeyOut, row)
+    return render(ApiKeyOut, row)

@@ -15,8 +15,8 @@ from pydantic import Field
 from ..auth import current_principal, require_auth
 from ..db import get_session
 from ..services import public_keys as public_key_service
-from .management import NOT_FOUND, _json
-from .schema import RequestModel, ResponseModel, document, parse_body
+from .management import NOT_FOUND
+from .schema import RequestModel, ResponseModel, document, parse_body, render
 
 bp = Blueprint("public_keys", __name__, url_prefix="/api/v1")
 
@@ -61,7 +61,7 @@ class PublicKeyList(ResponseModel):
           responses={200: (PublicKeyList, "Keys")})
 def list_public_keys():
     keys = public_key_service.list_public_keys(get_session(), current_principal().agency_id)
-    return _json(PublicKeyList, {"public_keys": keys})
+    return render(PublicKeyList, {"public_keys": keys})
 
 
 @bp.post("/public-keys")
@@ -87,4 +87,4 @@ def revoke_public_key(key_id: uuid.UUID):
     session = get_session()
     row = public_key_service.revoke_public_key(session, current_principal().agency_id, key_id)
     session.commit()
-    return _json(PublicKeyOut, row)
+    return render(PublicKeyOut, row)

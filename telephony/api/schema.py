@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from flask import request
+from flask import jsonify, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ApiError
@@ -24,6 +24,11 @@ class RequestModel(BaseModel):
 
 class ResponseModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+
+
+def render(model: type[BaseModel], obj: Any, status: int = 200):
+    """Validate a response through its documented model, then send it as JSON."""
+    return jsonify(model.model_validate(obj).model_dump(mode="json")), status
 
 
 def validation_error(exc: ValidationError) -> ApiError:

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import Iterable
+from typing import Iterable, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..auth import ALL_SCOPES, new_api_key
 from ..errors import InvalidInput, NotFound
-from ..models import ApiKey, utcnow
+from ..models import ApiKey, PublicKey, utcnow
+
+K = TypeVar("K", ApiKey, PublicKey)
 
 
 def create_api_key(session: Session, agency_id: uuid.UUID, *, name: str,
@@ -34,9 +36,15 @@ def list_api_keys(session: Session, agency_id: uuid.UUID) -> list[ApiKey]:
 
 
 def revoke_api_key(session: Session, agency_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
-    row = session.scalar(select(ApiKey).where(ApiKey.id == key_id, ApiKey.agency_id == agency_id))
+    return revoke(session, ApiKey, agency_id, key_id, "API key")
+
+
+def revoke(session: Session, model: type[K], agency_id: uuid.UUID, key_id: uuid.UUID, label: str) -> K:
+    """Revoke one of the agency's keys (API or public); revoking twice is harmless.
+    Another agency's key is NotFound, like a missing one."""
+    row = session.scalar(select(model).where(model.id == key_id, model.agency_id == agency_id))
     if row is None:
-        raise NotFound("API key not found", field="key_id")
+        raise NotFound(f"{label} not found", field="key_id")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.flush()

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from ..auth import hash_api_key
 from ..errors import DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
+from .api_keys import revoke
 from ..models import AgentMapping, PublicKey, RateLimitWindow, utcnow
 
 PUBLIC_KEY_PREFIX = "pk_"
@@ -128,13 +129,7 @@ def list_public_keys(session: Session, agency_id: uuid.UUID) -> list[PublicKey]:
 
 
 def revoke_public_key(session: Session, agency_id: uuid.UUID, key_id: uuid.UUID) -> PublicKey:
-    row = session.scalar(select(PublicKey).where(PublicKey.id == key_id, PublicKey.agency_id == agency_id))
-    if row is None:
-        raise NotFound("public key not found", field="key_id")
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        session.flush()
-    return row
+    return revoke(session, PublicKey, agency_id, key_id, "public key")
 
 
 # -- use -------------------------------------------------------------------------------
