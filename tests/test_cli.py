@@ -85,7 +85,7 @@ def test_rotate_command_re_encrypts(app, db):
     _run(app, ["credentials", "set", "plivo", "--agency", agency["id"]], input="auth_id=MAXXXXXXXXXXXXXXXXXX\n")
     with db.engine.connect() as conn:
         before = conn.execute(text("SELECT ciphertext FROM agency_credentials")).scalar()
-    assert _json(_run(app, ["credentials", "rotate"])) == {"re_encrypted": 1}
+    assert _json(_run(app, ["credentials", "rotate"])) == {"re_encrypted": 1, "event_endpoint_secrets": 0}
     with db.engine.connect() as conn:
         after = conn.execute(text("SELECT ciphertext FROM agency_credentials")).scalar()
     assert before != after
