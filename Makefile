@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: run test migrate sim bench clean
+.PHONY: run test migrate sim bench try-inbound clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: $(VENV)/.dev-installed
 ## make sim: the local Ultravox (9100) and carrier (9200) simulators
 sim: $(VENV)/.runtime-installed
 	$(BIN)/python -m telephony.sim all
+
+## make bench: inbound-webhook benchmark (simulators + gunicorn, PostgreSQL when reachable, else SQLite)
+bench: $(VENV)/.runtime-installed
+	$(BIN)/python -m bench.inbound $(BENCH_ARGS)
+
+## make try-inbound: one signed Twilio webhook through the real service, answer printed
+try-inbound: $(VENV)/.runtime-installed
+	$(BIN)/python -m bench.try_inbound
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,7 +10,11 @@ import tempfile
 bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "64"))
+# Each inbound webhook holds its thread while Ultravox creates the call (up to
+# INBOUND_ULTRAVOX_BUDGET, 5 s), but holds no database connection meanwhile, so
+# threads are cheap: 2 x 128 serves a burst of 200 simultaneous calls in one wave
+# (bench/inbound.py). Database connections are pooled per process (db.py).
+threads = int(os.environ.get("GUNICORN_THREADS", "128"))
 # Twilio gives up on a webhook after 15 s; nothing of ours should run longer.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 20

@@ -1,4 +1,102 @@
-"""(being written)"""
-from flask import Blueprint
+"""Carrier webhooks (/webhooks/...): the URLs agencies configure at their carrier.
 
-bp = Blueprint("webhooks", __name__)
+Inbound calls (answered with XML, always 200 unless the signature is bad):
+  POST /webhooks/twilio/voice     Twilio number "A call comes in"
+  POST /webhooks/telnyx/texml     Telnyx TeXML application voice URL
+  POST /webhooks/plivo/answer     Plivo application answer_url
+Status callbacks (204; 403 for a bad signature):
+  POST /webhooks/twilio/status, /webhooks/telnyx/status (TeXML), /webhooks/plivo/hangup
+Telnyx Call Control (JSON events; answered through the REST API):
+  POST /webhooks/telnyx/call-control
+
+HTTP in, HTTP out: the use cases live in services/inbound.py and services/call_status.py.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from ..carriers.base import Answer, WebhookRequest
+from ..carriers.registry import xml_carrier
+from ..context import get_config
+from ..db import get_session
+from ..services import call_status, inbound
+from ..services.call_status import SignatureRejected
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+
+def _webhook_request() -> WebhookRequest:
+    # The URL the carrier signed is the public one (PUBLIC_BASE_URL), not the one this
+    # process sees behind a TLS-terminating proxy or load balancer.
+    query = request.query_string.decode("latin-1")
+    public_url = f"{get_config().public_base_url}{request.script_root}{request.path}" + (f"?{query}" if query else "")
+    body = request.get_data(cache=True)  # cached, so request.form still parses it
+    return WebhookRequest(method=request.method, public_url=public_url, headers=request.headers,
+                          form=request.form, body=body)
+
+
+def _inbound(carrier: str) -> Response:
+    adapter = xml_carrier(carrier)
+    ultravox_seconds = None
+    try:
+        outcome = inbound.answer_inbound(get_session(), adapter, _webhook_request())
+        answer, ultravox_seconds = outcome.answer, outcome.ultravox_seconds
+    except SignatureRejected:
+        raise  # 403 through the app's error handler
+    except Exception:  # the service has its own catch-all; this one guards the plumbing around it
+        log.exception("%s inbound webhook failed outside the service; apologising", carrier)
+        answer = Answer.say(inbound.APOLOGY)
+    response = Response(adapter.render(answer), status=200, mimetype="text/xml")
+    # Server-Timing: our own time vs the wait on Ultravox, so the benchmark (or anyone
+    # looking at a slow answer) can tell them apart.
+    timing = f"app;dur={(time.perf_counter() - g.get('started', time.perf_counter())) * 1000:.2f}"
+    if ultravox_seconds is not None:
+        timing += f", ultravox;dur={ultravox_seconds * 1000:.2f}"
+    response.headers["Server-Timing"] = timing
+    return response
+
+
+def _status(carrier: str) -> tuple[str, int]:
+    call_status.apply_status(get_session(), xml_carrier(carrier), _webhook_request())
+    return "", 204
+
+
+@bp.post("/twilio/voice")
+def twilio_voice() -> Response:
+    return _inbound("twilio")
+
+
+@bp.post("/telnyx/texml")
+def telnyx_texml() -> Response:
+    return _inbound("telnyx")
+
+
+@bp.post("/plivo/answer")
+def plivo_answer() -> Response:
+    return _inbound("plivo")
+
+
+@bp.post("/twilio/status")
+def twilio_status() -> tuple[str, int]:
+    return _status("twilio")
+
+
+@bp.post("/telnyx/status")
+def telnyx_status() -> tuple[str, int]:
+    return _status("telnyx")
+
+
+@bp.post("/plivo/hangup")
+def plivo_hangup() -> tuple[str, int]:
+    return _status("plivo")
+
+
+@bp.post("/telnyx/call-control")
+def telnyx_call_control():
+    inbound.handle_call_control_event(get_session(), _webhook_request())
+    return jsonify({}), 200

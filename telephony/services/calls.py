@@ -159,8 +159,8 @@ def insert_if_absent(session: Session, model: type, values: dict[str, Any], conf
     carrier webhooks, repeated webhook events) have exactly one winner, on PostgreSQL
     and SQLite alike, without the failed-transaction cleanup an IntegrityError needs.
     """
-    statement = _insert_if_absent_statement(model.__table__, session.get_bind().dialect.name,  # type: ignore[attr-defined]
-                                            tuple(conflict_columns))
+    table = model.__table__  # type: ignore[attr-defined]
+    statement = _insert_if_absent_statement(table, session.get_bind().dialect.name, tuple(conflict_columns))
     return session.execute(statement, values).first() is not None
 
 

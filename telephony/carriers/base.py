@@ -1,0 +1,127 @@
+"""The one interface every carrier adapter implements, and the plain values it speaks.
+
+An adapter knows one carrier's webhook dialect: how it signs requests, which form or
+JSON fields carry the call, and which XML makes the carrier stream audio, dial a number
+or speak. It knows nothing about agencies, databases or Ultravox: the use cases in
+``telephony.services.inbound`` / ``call_status`` drive it. Adding a carrier is one new
+module and one line in ``registry.py``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Mapping
+
+from werkzeug.datastructures import Headers, MultiDict
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """A carrier's HTTP request, as plain values (built by the blueprint).
+
+    ``public_url`` is the URL the carrier called (PUBLIC_BASE_URL + path + query), which
+    is what Twilio and Plivo sign; behind a TLS-terminating proxy the URL the app sees
+    differs from it.
+    """
+
+    method: str
+    public_url: str
+    headers: Headers
+    form: MultiDict[str, str]  # every value of repeated fields; empty for JSON bodies
+    body: bytes  # raw, exactly as received (Telnyx signs these bytes)
+
+    def field(self, name: str) -> str:
+        return (self.form.get(name) or "").strip()
+
+
+@dataclass(frozen=True)
+class InboundCall:
+    carrier_call_id: str
+    from_number: str
+    to_number: str  # as the carrier sent it; the service normalises it to E.164
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    carrier_call_id: str
+    status: str  # a telephony.call_states status
+    sequence: int | None = None  # Twilio/TeXML SequenceNumber: orders callbacks of one call
+    duration_seconds: int | None = None
+    event_id: str | None = None  # Telnyx Call Control event id (deduplicated in the database)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the carrier should do with the caller: carrier-neutral, rendered by an adapter."""
+
+    kind: Literal["stream", "dial", "say"]
+    join_url: str | None = None
+    number: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def stream(cls, join_url: str) -> "Answer":
+        return cls("stream", join_url=join_url)
+
+    @classmethod
+    def dial(cls, number: str) -> "Answer":
+        return cls("dial", number=number)
+
+    @classmethod
+    def say(cls, message: str) -> "Answer":
+        return cls("say", message=message)
+
+
+class CarrierAdapter(ABC):
+    """One carrier's webhook dialect: signatures and fields. Stateless: one shared
+    instance per carrier (see ``registry``)."""
+
+    name: ClassVar[str]  # the Carrier / CallSource value, also the credential provider name
+
+    @property
+    def medium(self) -> dict[str, Any]:
+        """Ultravox call medium for this carrier."""
+        return {self.name: {}}
+
+    @abstractmethod
+    def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
+        """True only if the request carries a valid signature made with these credentials."""
+
+    @abstractmethod
+    def parse_inbound(self, request: WebhookRequest) -> InboundCall:
+        """The call a voice webhook is about (empty strings for missing fields)."""
+
+    @abstractmethod
+    def parse_status(self, request: WebhookRequest) -> StatusEvent | None:
+        """The status a callback reports, or None when it carries nothing we track."""
+
+
+class XmlCarrierAdapter(CarrierAdapter):
+    """A carrier that asks a URL what to do and obeys the XML it gets back."""
+
+    @abstractmethod
+    def stream_response(self, join_url: str) -> str:
+        """XML connecting the caller to the Ultravox call at ``join_url``."""
+
+    @abstractmethod
+    def say_and_hangup(self, message: str) -> str:
+        """XML speaking ``message`` and hanging up."""
+
+    @abstractmethod
+    def dial_fallback(self, number: str) -> str:
+        """XML forwarding the caller to ``number`` (E.164)."""
+
+    def render(self, answer: Answer) -> str:
+        if answer.kind == "stream" and answer.join_url:
+            return self.stream_response(answer.join_url)
+        if answer.kind == "dial" and answer.number:
+            return self.dial_fallback(answer.number)
+        return self.say_and_hangup(answer.message or "")
+
+
+def parse_int(value: str | None) -> int | None:
+    """A non-negative integer form field, or None when absent or malformed."""
+    try:
+        number = int(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    return number if number is None or number >= 0 else None

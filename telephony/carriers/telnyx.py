@@ -1,0 +1,225 @@
+"""Telnyx: TeXML applications (Twilio-compatible XML) and Call Control (JSON events + REST).
+
+Both are signed the same way: Ed25519 over ``"{telnyx-timestamp}|{raw body}"`` with the
+account's public key, and a timestamp more than 300 s away from now is refused (replay).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+import telnyx
+from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
+
+from . import sdk
+from .base import Answer, CarrierAdapter, InboundCall, StatusEvent, WebhookRequest
+from .twilio import TwilioAdapter
+
+log = logging.getLogger(__name__)
+
+# Ultravox: codec and bidirectionalCodec "must have the same value because Telnyx only
+# tells us about one of them"; L16 at 16 kHz is HD audio.
+DEFAULT_CODEC = "L16"
+DEFAULT_SAMPLING_RATE = 16000
+# Marks the client_state of a call we answered only to speak a message and hang up.
+SAY_STATE_PREFIX = "telephony-say:"
+SPEAK_VOICE = "female"
+SPEAK_LANGUAGE = "en-US"
+
+
+def verify_ed25519(request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
+    public_key = credentials.get("public_key")
+    if not public_key:
+        return False
+    try:
+        # The raw bytes: re-serialised JSON or re-encoded form data would not match.
+        verify_webhook_signature(request.body, request.headers, public_key)
+    except WebhookVerificationError as exc:
+        log.info("telnyx signature rejected: %s", exc.message)
+        return False
+    return True
+
+
+class TelnyxTexmlAdapter(TwilioAdapter):
+    """TeXML is Twilio-compatible: the same form fields, status callbacks and verbs.
+
+    Differences: the Ed25519 signature, and <Stream> needs bidirectional RTP with one
+    codec for both directions (otherwise Telnyx streams one way only)."""
+
+    name = "telnyx"
+
+    def __init__(self, codec: str = DEFAULT_CODEC, sampling_rate: int = DEFAULT_SAMPLING_RATE) -> None:
+        self.codec = codec
+        self.sampling_rate = sampling_rate
+
+    def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
+        return verify_ed25519(request, credentials)
+
+    def _stream_attributes(self) -> dict[str, str]:
+        return {"bidirectional_mode": "rtp", "codec": self.codec, "bidirectional_codec": self.codec,
+                "bidirectional_sampling_rate": str(self.sampling_rate)}
+
+
+@dataclass(frozen=True)
+class CallControlEvent:
+    event_id: str
+    event_type: str
+    call_control_id: str
+    direction: str
+    client_state: str  # decoded from base64; "" when absent or undecodable
+    occurred_at: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def say(self) -> tuple[str, str] | None:
+        """(agency id, message) of a call we answered only to speak and hang up, else None.
+
+        The state rides in client_state, which Telnyx echoes on every later event, because
+        such a call may have no row of ours (an unassigned number) to look it up by."""
+        if not self.client_state.startswith(SAY_STATE_PREFIX):
+            return None
+        agency_id, sep, message = self.client_state[len(SAY_STATE_PREFIX):].partition(":")
+        return (agency_id, message) if sep else None
+
+
+# Call Control hangup causes -> our terminal statuses (anything else ended normally).
+_HANGUP_STATUS = {"user_busy": "busy", "timeout": "no-answer", "no_answer": "no-answer",
+                  "originator_cancel": "canceled", "call_rejected": "failed", "not_found": "failed"}
+
+
+class TelnyxCallControl(CarrierAdapter):
+    """Telnyx Call Control: events arrive as signed JSON and we act through the REST API
+    (the official SDK), so an answer is a command, not a response body."""
+
+    name = "telnyx"
+
+    def __init__(self, codec: str = DEFAULT_CODEC, sampling_rate: int = DEFAULT_SAMPLING_RATE) -> None:
+        self.codec = codec
+        self.sampling_rate = sampling_rate
+
+    def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
+        return verify_ed25519(request, credentials)
+
+    def parse_event(self, request: WebhookRequest) -> CallControlEvent:
+        try:
+            document = json.loads(request.body or b"{}")
+        except ValueError:
+            document = {}
+        data = document.get("data") if isinstance(document, dict) else None
+        data = data if isinstance(data, dict) else {}
+        payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+        return CallControlEvent(
+            event_id=str(data.get("id") or ""), event_type=str(data.get("event_type") or ""),
+            call_control_id=str(payload.get("call_control_id") or ""),
+            direction=str(payload.get("direction") or ""),
+            client_state=_decode_state(payload.get("client_state")),
+            occurred_at=str(data.get("occurred_at") or ""), payload=payload)
+
+    def parse_inbound(self, request: WebhookRequest) -> InboundCall:
+        event = self.parse_event(request)
+        return InboundCall(carrier_call_id=event.call_control_id, from_number=str(event.payload.get("from") or ""),
+                           to_number=str(event.payload.get("to") or ""))
+
+    def parse_status(self, request: WebhookRequest) -> StatusEvent | None:
+        event = self.parse_event(request)
+        if not event.call_control_id:
+            return None
+        if event.event_type == "call.answered":
+            return StatusEvent(event.call_control_id, "in-progress", event_id=event.event_id or None)
+        if event.event_type == "call.hangup":
+            status = _HANGUP_STATUS.get(str(event.payload.get("hangup_cause") or ""), "completed")
+            return StatusEvent(event.call_control_id, status, event_id=event.event_id or None,
+                               duration_seconds=_seconds_between(event.payload.get("start_time"), event.occurred_at))
+        return None
+
+    # -- commands ------------------------------------------------------------------------
+
+    def execute(self, answer: Answer, *, call_control_id: str, agency_id: str, credentials: Mapping[str, str],
+                api_base: str, command_id: str) -> None:
+        """Carry out ``answer`` on a parked incoming call.
+
+        ``command_id`` makes a repeated webhook's repeated command a no-op at Telnyx
+        (deduplicated for 60 s), so answering twice never starts two streams."""
+        def run(client: telnyx.Telnyx) -> None:
+            actions = client.calls.actions
+            if answer.kind == "stream" and answer.join_url:
+                actions.answer(call_control_id, stream_url=answer.join_url, stream_track="inbound_track",
+                               stream_codec=self.codec, stream_bidirectional_mode="rtp",  # type: ignore[arg-type]
+                               stream_bidirectional_codec=self.codec,  # type: ignore[arg-type]
+                               stream_bidirectional_target_legs="opposite",
+                               # Not a named argument of answer() in the SDK; the API takes it.
+                               extra_body={"stream_bidirectional_sampling_rate": self.sampling_rate},
+                               command_id=f"{command_id}:answer")
+            elif answer.kind == "dial" and answer.number:
+                actions.transfer(call_control_id, to=answer.number, command_id=f"{command_id}:transfer")
+            else:
+                # A parked call cannot speak: answer it, speak on call.answered, hang up on
+                # call.speak.ended (see continue_say). The message rides in client_state.
+                state = f"{SAY_STATE_PREFIX}{agency_id}:{answer.message or ''}"
+                actions.answer(call_control_id, client_state=_encode_state(state), command_id=f"{command_id}:answer")
+
+        self._with_client(credentials, api_base, run, call_control_id)
+
+    def continue_say(self, event: CallControlEvent, *, credentials: Mapping[str, str], api_base: str) -> bool:
+        """Next step of a speak-and-hang-up answer (the caller verified the event with the
+        agency named in its state); False when the event is not such a step."""
+        if event.say is None or event.event_type not in ("call.answered", "call.speak.ended"):
+            return False
+        message = event.say[1]
+
+        def run(client: telnyx.Telnyx) -> None:
+            actions = client.calls.actions
+            if event.event_type == "call.answered":
+                actions.speak(event.call_control_id, payload=message, voice=SPEAK_VOICE, language=SPEAK_LANGUAGE,
+                              client_state=_encode_state(event.client_state),
+                              command_id=f"{event.call_control_id}:speak")
+            else:
+                actions.hangup(event.call_control_id, command_id=f"{event.call_control_id}:hangup")
+
+        self._with_client(credentials, api_base, run, event.call_control_id)
+        return True
+
+    @staticmethod
+    def _with_client(credentials: Mapping[str, str], api_base: str, run: Any, call_control_id: str) -> None:
+        api_key = credentials.get("api_key")
+        if not api_key:
+            log.error("telnyx call %s: the agency has no Telnyx API key; cannot command the call", call_control_id)
+            return
+        client = sdk.telnyx_client(api_key, api_base=api_base, timeout=5.0)
+        try:
+            run(client)
+        except telnyx.APIError as exc:
+            # The webhook is answered 200 regardless: Telnyx retrying it cannot fix this.
+            log.error("telnyx call %s: command failed: %s", call_control_id, type(exc).__name__)
+        finally:
+            client.close()
+
+
+def _encode_state(value: str) -> str:
+    return base64.b64encode(value.encode("utf-8")).decode("ascii")
+
+
+def _decode_state(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        return ""
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+
+
+def _seconds_between(start: Any, end: Any) -> int | None:
+    try:
+        started = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
+        ended = datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if started.tzinfo is None or ended.tzinfo is None:
+        return None
+    seconds = int((ended - started).total_seconds())
+    return seconds if seconds >= 0 else None

@@ -1,0 +1,334 @@
+"""Answering a carrier's inbound-call webhook: the caller talks to the agency's agent.
+
+The normal path issues five SQL statements in two short transactions (three on SQLite,
+see call_status.end_reads_before_writing) and holds no database connection while
+Ultravox is asked for the call:
+
+1. SELECT the dialled number and its agent. Unknown or carrier-mismatched numbers get a
+   "not in service" message without verification: there are no credentials to verify
+   with, and the answer is a fixed message that writes nothing and starts nothing.
+2. SELECT the agency's carrier credentials and verify the signature; a missing, forged
+   or (Telnyx) replayed signature raises SignatureRejected (403) with nothing written.
+3. SELECT the agency's Ultravox key.
+4. INSERT the call ON CONFLICT (source, carrier_call_id) DO NOTHING, and COMMIT: the
+   atomic claim. A repeated webhook for the same carrier call loses it and gets the same
+   answer as the first one, without a second Ultravox call.
+5. POST /api/agents/{id}/calls, timeout = INBOUND_ULTRAVOX_BUDGET; then UPDATE the call
+   with the Ultravox id and joinUrl (or what was answered instead), and COMMIT.
+
+Whatever fails after that (Ultravox error, 429/503, timeout, database outage, a bug) the
+caller is forwarded to the number's fallback, or hears an apology: never an error page.
+If the call cannot be written, the caller is connected anyway; the Ultravox call's
+metadata (our call id, agency, agent, carrier and carrier call id, numbers) is what the
+Ultravox webhook ingest needs to rebuild the row.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from sqlalchemy import bindparam, case, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from .. import call_states
+from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
+from ..carriers.registry import TELNYX_CALL_CONTROL
+from ..context import get_config
+from ..credentials import ProviderCredentials
+from ..errors import InvalidInput
+from ..logging import agency_id_var, call_id_var
+from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
+from ..ultravox import UltravoxClient, UltravoxError, UltravoxServerError
+from . import call_status
+from .call_status import SignatureRejected
+from .calls import (METADATA_PREFIX, InvalidUltravoxKey, MissingUltravoxKey, agent_call_body, call_metadata,
+                    insert_if_absent, ultravox_client_for)
+from .phone_numbers import normalize_e164
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "We are sorry, we cannot take your call right now. Please try again later. Goodbye."
+NOT_IN_SERVICE = "The number you have called is not in service. Goodbye."
+# A repeated webhook whose first delivery is still waiting on Ultravox polls for its
+# answer; after the Ultravox budget plus this grace the first request is presumed dead.
+DUPLICATE_GRACE_SECONDS = 2.0
+DUPLICATE_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Route:
+    agency_id: uuid.UUID
+    e164: str
+    fallback_number: str | None
+    recording_enabled: bool | None  # the number's own setting; None follows the agent
+    agent: AgentMapping | None  # transient (not in the session): plain values
+
+
+@dataclass
+class InboundOutcome:
+    """The answer, and the carrier credentials once the request was verified (Telnyx
+    Call Control needs them to carry the answer out through the REST API)."""
+
+    answer: Answer = field(default_factory=lambda: Answer.say(APOLOGY))
+    agency_id: uuid.UUID | None = None
+    credentials: ProviderCredentials | None = None
+    ultravox_seconds: float | None = None  # time spent waiting on Ultravox (Server-Timing)
+
+
+def find_route(session: Session, carrier: str, e164: str) -> Route | None:
+    """The number (registered with this carrier) and its agent, in one query of plain
+    columns: the route outlives this read transaction, so it holds no ORM state that
+    ending the transaction would expire (and reading it again cost another query)."""
+    row = session.execute(_ROUTE_QUERY, {"e164": e164, "carrier": carrier}).first()
+    if row is None:
+        return None
+    agent = None
+    if row.agent_id is not None:
+        agent = AgentMapping(id=row.agent_id, agency_id=row.agency_id, name=row.agent_name,
+                             ultravox_agent_id=row.ultravox_agent_id, recording_enabled=row.agent_recording)
+    return Route(agency_id=row.agency_id, e164=row.e164, fallback_number=row.fallback_number,
+                 recording_enabled=row.recording_enabled, agent=agent)
+
+
+# Built once: a webhook is a hot path, and building the statement costs as much as running it.
+_ROUTE_QUERY = (
+    select(PhoneNumber.agency_id, PhoneNumber.e164, PhoneNumber.fallback_number, PhoneNumber.recording_enabled,
+           AgentMapping.id.label("agent_id"), AgentMapping.name.label("agent_name"), AgentMapping.ultravox_agent_id,
+           AgentMapping.recording_enabled.label("agent_recording"))
+    .outerjoin(AgentMapping, (AgentMapping.id == PhoneNumber.agent_id)
+               & (AgentMapping.agency_id == PhoneNumber.agency_id))
+    .where(PhoneNumber.e164 == bindparam("e164"), PhoneNumber.carrier == bindparam("carrier"))
+)
+
+
+def answer_inbound(session: Session, adapter: CarrierAdapter, request: WebhookRequest) -> InboundOutcome:
+    """What to tell the carrier about an inbound call. Raises only SignatureRejected."""
+    outcome = InboundOutcome()
+    try:
+        _answer(session, adapter, request, outcome)
+    except SignatureRejected:
+        raise
+    except Exception:
+        # The catch-all: a bug or a database outage still answers (the apology, or the
+        # fallback number once the request is verified), never an error page or silence.
+        log.exception("inbound %s webhook failed; answering %s", adapter.name, outcome.answer.kind)
+        _rollback_quietly(session)
+    return outcome
+
+
+def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, outcome: InboundOutcome) -> None:
+    call = adapter.parse_inbound(request)
+    to_number = _e164(call.to_number)
+    route = find_route(session, adapter.name, to_number) if to_number else None
+    if route is None:
+        session.rollback()
+        log.info("inbound %s call to %r: no such number here; not in service", adapter.name, call.to_number)
+        outcome.answer = Answer.say(NOT_IN_SERVICE)
+        return
+    outcome.credentials = call_status.verified_credentials(session, adapter, request, route.agency_id)
+    outcome.agency_id = route.agency_id
+    agency_id_var.set(str(route.agency_id))
+    if route.agent is None or not call.carrier_call_id:
+        session.rollback()
+        log.info("inbound %s call to %s: no agent assigned; not in service", adapter.name, route.e164)
+        outcome.answer = Answer.say(NOT_IN_SERVICE)
+        return
+    # From here on every failure forwards the caller rather than apologising, if it can.
+    outcome.answer = Answer.dial(route.fallback_number) if route.fallback_number else Answer.say(APOLOGY)
+    outcome.answer = _connect(session, adapter, route, route.agent, call, outcome)
+
+
+def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: AgentMapping, call: InboundCall,
+             outcome: InboundOutcome) -> Answer:
+    fallback = outcome.answer
+    source = CallSource(adapter.name)
+    from_number = _e164(call.from_number) or call.from_number[:64]
+    call_id = uuid.uuid4()
+    call_id_var.set(str(call_id))
+    try:
+        client: UltravoxClient | None = ultravox_client_for(session, route.agency_id)
+    except (MissingUltravoxKey, InvalidUltravoxKey) as exc:
+        log.error("inbound call %s: %s", call_id, exc.message)
+        client = None
+
+    call_status.end_reads_before_writing(session)
+    claim = _claim(session, call_id=call_id, route=route, agent=agent, source=source, call=call,
+                   from_number=from_number)
+    if claim == "duplicate":
+        return _answer_of_first_delivery(session, source, call.carrier_call_id, fallback)
+
+    metadata = call_metadata(call_id=call_id, agency_id=route.agency_id, agent=agent, source=source,
+                             direction=CallDirection.inbound)
+    metadata.update({f"{METADATA_PREFIX}carrier_call_id": call.carrier_call_id,
+                     f"{METADATA_PREFIX}from": from_number, f"{METADATA_PREFIX}to": route.e164})
+    body = agent_call_body(
+        medium=adapter.medium, first_speaker="agent", metadata=metadata,
+        template_context={"caller_number": from_number, "called_number": route.e164},
+        recording_enabled=agent.recording_enabled if route.recording_enabled is None else route.recording_enabled)
+    try:
+        if client is None:
+            raise MissingUltravoxKey()
+        started = time.perf_counter()
+        try:
+            created = client.create_agent_call(agent.ultravox_agent_id, body, timeout=_ultravox_timeout())
+        finally:
+            outcome.ultravox_seconds = time.perf_counter() - started
+        join_url, ultravox_call_id = created.get("joinUrl"), created.get("callId")
+        if not join_url or not ultravox_call_id:
+            raise UltravoxServerError("create_agent_call", "the call has no joinUrl or callId")
+    except (UltravoxError, MissingUltravoxKey) as exc:
+        log.warning("inbound call %s: Ultravox failed (%s); answering %s", call_id, exc, fallback.kind)
+        if claim == "claimed":
+            _record(session, call_id, _RECORD_FALLBACK,
+                    metadata={"inbound_answer": fallback.kind, "ultravox_error": type(exc).__name__})
+        return fallback
+    if claim == "claimed":
+        _record(session, call_id, _RECORD_STREAM, ultravox_call_id=str(ultravox_call_id), join_url=join_url)
+    else:
+        log.error("inbound call %s connected as Ultravox call %s but not recorded; the Ultravox webhook "
+                  "ingest repairs it from the call's metadata", call_id, ultravox_call_id)
+    return Answer.stream(join_url)
+
+
+def _claim(session: Session, *, call_id: uuid.UUID, route: Route, agent: AgentMapping, source: CallSource,
+           call: InboundCall, from_number: str) -> Literal["claimed", "duplicate", "unrecorded"]:
+    try:
+        claimed = insert_if_absent(session, Call, {
+            "id": call_id, "agency_id": route.agency_id, "agent_id": agent.id, "source": source,
+            "direction": CallDirection.inbound, "from_number": from_number, "to_number": route.e164,
+            "carrier_call_id": call.carrier_call_id, "status": call_states.CREATED,
+        }, ["source", "carrier_call_id"])
+        session.commit()
+    except SQLAlchemyError:
+        # The caller is connected all the same: losing the row is repairable, losing the
+        # call is not. Idempotency is lost for this one request only.
+        log.exception("inbound call %s could not be recorded; connecting the caller anyway", call_id)
+        _rollback_quietly(session)
+        return "unrecorded"
+    return "claimed" if claimed else "duplicate"
+
+
+def _record(session: Session, call_id: uuid.UUID, statement: Any, **values: object) -> None:
+    """Store the outcome on the claimed row (one of the _RECORD_* statements)."""
+    try:
+        session.execute(statement, {"call_id": call_id, **values})
+        session.commit()
+    except SQLAlchemyError:
+        log.exception("inbound call %s: could not store the outcome; the Ultravox webhook ingest repairs it "
+                      "from the call's metadata", call_id)
+        _rollback_quietly(session)
+
+
+# Built once (a hot path). A status callback may already have moved the call on (a caller
+# who hung up while we waited on Ultravox): only a call still "created" becomes "ringing".
+_calls = Call.__table__
+_RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
+                .values(status=case((_calls.c.status == call_states.CREATED, call_states.RINGING),
+                                    else_=_calls.c.status)))
+_RECORD_STREAM = _RECORD_BASE.values(ultravox_call_id=bindparam("ultravox_call_id"), join_url=bindparam("join_url"))
+_RECORD_FALLBACK = _RECORD_BASE.values(metadata=bindparam("metadata"))
+
+
+def _answer_of_first_delivery(session: Session, source: CallSource, carrier_call_id: str,
+                              fallback: Answer) -> Answer:
+    """A repeated webhook: the first delivery's answer, waiting for it if it is still
+    asking Ultravox (concurrent duplicates). Never a second Ultravox call."""
+    budget = get_config().inbound_ultravox_budget + DUPLICATE_GRACE_SECONDS
+    deadline = time.monotonic() + budget
+    while True:
+        row = session.execute(select(Call.status, Call.join_url, Call.created_at)
+                              .where(Call.source == source, Call.carrier_call_id == carrier_call_id)).first()
+        # End the read transaction: the next poll must see the first delivery's commit.
+        session.rollback()
+        if row is not None and row.join_url:
+            log.info("repeated %s webhook for %s: same stream answer", source.value, carrier_call_id)
+            return Answer.stream(row.join_url)
+        if row is None or row.status != call_states.CREATED:
+            return fallback  # the first delivery answered with the fallback too
+        if time.monotonic() >= deadline or utcnow() - row.created_at > timedelta(seconds=budget):
+            log.warning("repeated %s webhook for %s: first delivery still unanswered; answering %s",
+                        source.value, carrier_call_id, fallback.kind)
+            return fallback
+        time.sleep(DUPLICATE_POLL_SECONDS)
+
+
+def _ultravox_timeout() -> tuple[float, float]:
+    """The inbound budget bounds the wait for Ultravox's answer; a new connection (the
+    pooled one is normally reused) gets at most the usual connect timeout on top."""
+    config = get_config()
+    budget = config.inbound_ultravox_budget
+    return (min(config.upstream_connect_timeout, budget), budget)
+
+
+def _e164(number: str) -> str | None:
+    try:
+        return normalize_e164(number)
+    except InvalidInput:
+        return None
+
+
+def _rollback_quietly(session: Session) -> None:
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        log.warning("rollback failed (database unreachable?)", exc_info=True)
+
+
+# -- Telnyx Call Control ---------------------------------------------------------------------
+
+
+def handle_call_control_event(session: Session, request: WebhookRequest) -> None:
+    """One Call Control event. Raises SignatureRejected for a bad signature.
+
+    call.initiated (incoming) is an inbound call: answered exactly like the XML carriers,
+    then carried out with a REST command (answer with stream_url, transfer, or answer
+    and speak). Later events continue a speak-and-hang-up answer and update the call's
+    status, a repeated event id being skipped. A database error here propagates (500)
+    so that Telnyx redelivers the event; applying it twice is harmless."""
+    adapter = TELNYX_CALL_CONTROL
+    api_base = get_config().telnyx_api_base
+    event = adapter.parse_event(request)
+    if event.event_type == "call.initiated":
+        if event.direction != "incoming" or not event.call_control_id:
+            return  # our own outbound legs: nothing to answer
+        outcome = answer_inbound(session, adapter, request)
+        if outcome.credentials is None or outcome.agency_id is None:
+            # Unknown number (or the database is down before we knew the agency): there
+            # is no agency API key to command the call with; Telnyx ends it on timeout.
+            log.warning("telnyx call %s cannot be answered: no agency credentials", event.call_control_id)
+            return
+        # The carrier call id as command id: a repeated call.initiated repeats the same
+        # command, which Telnyx ignores, so the caller is never answered twice.
+        adapter.execute(outcome.answer, call_control_id=event.call_control_id, agency_id=str(outcome.agency_id),
+                        credentials=outcome.credentials, api_base=api_base, command_id=event.call_control_id)
+        return
+
+    if event.say is not None:
+        # Such a call may have no row (unassigned number): its state names the agency.
+        try:
+            agency_id = uuid.UUID(event.say[0])
+        except ValueError:
+            raise SignatureRejected() from None
+        credentials = call_status.verified_credentials(session, adapter, request, agency_id)
+        session.rollback()  # no transaction held across the REST command
+        adapter.continue_say(event, credentials=credentials, api_base=api_base)
+
+    status = adapter.parse_status(request)
+    if status is None:
+        return
+    verified = call_status.verified_call(session, adapter, request, status.carrier_call_id)
+    if verified is None:
+        return
+    call_status.end_reads_before_writing(session)
+    if status.event_id and not call_status.first_delivery(session, adapter.name, status.event_id,
+                                                          verified.agency_id):
+        session.rollback()
+        log.info("telnyx event %s already processed", status.event_id)
+        return
+    call_status.apply_event(session, verified.call_id, status)
+    session.commit()
