@@ -9,8 +9,8 @@ from .config import Config
 def create_app(config: Config | None = None, *, instance_path: str | None = None) -> Flask:
     """The application factory. Without a Config, one is read from the environment."""
     from . import cli
-    from .api import (calls, errors, event_endpoints, hooks, management, ops, public_keys, ultravox_webhooks,
-                      web_calls, webhooks)
+    from .api import (calls, campaigns, do_not_call, errors, event_endpoints, hooks, management, ops, outbound,
+                      public_keys, ultravox_webhooks, web_calls, webhooks)
     from .auth import JwtVerifier
     from .credentials import CredentialStore
     from .db import Database, close_session
@@ -42,5 +42,8 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.register_blueprint(ultravox_webhooks.bp)
     app.register_blueprint(calls.bp)
     app.register_blueprint(event_endpoints.bp)
+    app.register_blueprint(outbound.bp)
+    app.register_blueprint(campaigns.bp)
+    app.register_blueprint(do_not_call.bp)
     cli.register(app)
     return app

@@ -163,6 +163,20 @@ class Worker:
 
 
 def main_loop(app: Flask, poll_interval: float = 1.0) -> None:
+    import os
+
+    from .services.dispatch import Dispatcher
+
     started = time.monotonic()
-    Worker(app, poll_interval=poll_interval).run_forever()
+    # The campaign dispatcher runs beside the job loop in every worker process
+    # (DISPATCH_THREADS=0 turns it off); workers cooperate through the database.
+    threads = int(os.environ.get("DISPATCH_THREADS", "8") or 0)
+    dispatcher = Dispatcher(app, threads=threads) if threads > 0 else None
+    if dispatcher is not None:
+        dispatcher.start()
+    try:
+        Worker(app, poll_interval=poll_interval).run_forever()
+    finally:
+        if dispatcher is not None:
+            dispatcher.stop()
     log.info("worker ran for %.0fs", time.monotonic() - started)

@@ -1,0 +1,339 @@
+"""Outbound calls: create the Ultravox call, then have the carrier dial the callee.
+
+The one path for single calls (POST /api/v1/calls) and campaign dials:
+
+1. `prepare_outbound` resolves the agent (by Ultravox agent id), the caller number
+   (one of the agency's; default: the number assigned to the agent, which decides the
+   carrier) and normalises the callee to E.164.
+2. `start_call` creates the Ultravox call (user speaks first; `joinTimeout` long enough
+   to cover ringing) and records our `calls` row.
+3. `place_carrier_call` asks the carrier with its official SDK (never auto-retrying,
+   see carriers/sdk.py) to dial and connect the callee to the joinUrl. Every callback
+   URL names our call id, so a callback can be matched to the call even when our
+   process died before it stored the carrier's call id (see api/outbound.py).
+
+Carrier failures are classified, because a create that may have gone through must
+never be repeated automatically:
+  CarrierRejected   4xx other than 429: the carrier refused the request (e.g. invalid
+                    number); no call exists.
+  CarrierRateLimited 429: documented as never processed; safe to try again later.
+  CarrierUnavailable 5xx, timeout, connection error: the call MAY exist.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import requests
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ..carriers import sdk
+from ..context import get_config, get_credentials
+from ..errors import DomainError, InvalidInput, NotFound
+from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
+from .calls import StartedCall, start_call, ultravox_client_for
+from .phone_numbers import normalize_e164
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT = "90s"  # ringing counts against it: the stream connects only after answer
+RING_TIMEOUT_SECONDS = 45
+TWILIO_STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+
+
+class CarrierError(DomainError):
+    """Base of carrier failures; `reason` is the carrier's own message."""
+
+    def __init__(self, carrier: str, message: str, *, carrier_status: int | None = None):
+        self.carrier = carrier
+        self.carrier_status = carrier_status
+        super().__init__(f"{carrier} refused the call: {message}" if self.status < 500
+                         else f"{carrier} error: {message}")
+
+
+class CarrierRejected(CarrierError):
+    status = 422
+    code = "carrier_rejected"
+
+
+class CarrierRateLimited(CarrierError):
+    status = 429
+    code = "carrier_rate_limited"
+
+
+class CarrierUnavailable(CarrierError):
+    status = 502
+    code = "carrier_error"
+
+
+class CarrierNotConfigured(DomainError):
+    status = 400
+    code = "carrier_credentials_missing"
+
+
+class OnDoNotCallList(DomainError):
+    status = 422
+    code = "do_not_call"
+
+
+@dataclass(frozen=True)
+class OutboundTarget:
+    agent: AgentMapping
+    from_number: str
+    carrier: str
+    to: str
+
+
+def find_agent(session: Session, agency_id: uuid.UUID, agent_id: str) -> AgentMapping:
+    """The agency's agent by Ultravox agent id (or by our mapping id)."""
+    agent = session.scalar(select(AgentMapping).where(AgentMapping.agency_id == agency_id,
+                                                      AgentMapping.ultravox_agent_id == agent_id))
+    if agent is None:
+        try:
+            agent = session.scalar(select(AgentMapping).where(AgentMapping.agency_id == agency_id,
+                                                              AgentMapping.id == uuid.UUID(agent_id)))
+        except ValueError:
+            agent = None
+    if agent is None:
+        raise NotFound(f"agent {agent_id} not found", field="agent_id")
+    return agent
+
+
+def caller_number(session: Session, agency_id: uuid.UUID, agent: AgentMapping,
+                  from_number: str | None) -> PhoneNumber:
+    """`from_number` if it is one of the agency's numbers, else the agent's number."""
+    if from_number:
+        e164 = normalize_e164(from_number, field="from")
+        number = session.scalar(select(PhoneNumber).where(PhoneNumber.agency_id == agency_id,
+                                                          PhoneNumber.e164 == e164))
+        if number is None:
+            raise InvalidInput(f"{e164} is not one of the agency's phone numbers", field="from")
+        return number
+    number = session.scalar(select(PhoneNumber).where(PhoneNumber.agency_id == agency_id,
+                                                      PhoneNumber.agent_id == agent.id)
+                            .order_by(PhoneNumber.created_at, PhoneNumber.id).limit(1))
+    if number is None:
+        raise InvalidInput("no phone number is assigned to this agent; pass from", field="from")
+    return number
+
+
+def prepare_outbound(session: Session, agency_id: uuid.UUID, *, agent_id: str, to: str,
+                     from_number: str | None) -> OutboundTarget:
+    to_e164 = normalize_e164(to, field="to")
+    agent = find_agent(session, agency_id, agent_id)
+    number = caller_number(session, agency_id, agent, from_number)
+    if number.e164 == to_e164:
+        raise InvalidInput("to and from must differ", field="to")
+    return OutboundTarget(agent=agent, from_number=number.e164, carrier=number.carrier.value, to=to_e164)
+
+
+# -- carrier accounts ------------------------------------------------------------------
+
+
+_REQUIRED = {"twilio": ("account_sid", "auth_token"), "telnyx": ("api_key", "connection_id"),
+             "plivo": ("auth_id", "auth_token")}
+
+
+def carrier_credentials(session: Session, agency_id: uuid.UUID, carrier: str) -> Mapping[str, str]:
+    credentials = get_credentials().get(session, agency_id, carrier)
+    missing = [name for name in _REQUIRED[carrier] if not credentials.get(name)]
+    if missing:
+        raise CarrierNotConfigured(f"{carrier} credentials missing: {', '.join(missing)}")
+    return credentials
+
+
+def carrier_account_key(carrier: str, credentials: Mapping[str, str]) -> str:
+    """Identifies the carrier account (the unit carriers count calls per second by)."""
+    if carrier == "twilio":
+        account = credentials["account_sid"]
+    elif carrier == "plivo":
+        account = credentials["auth_id"]
+    else:  # the API key is a secret: only a digest of it names the account
+        account = hashlib.sha256(credentials["api_key"].encode()).hexdigest()[:24]
+    return f"cps:{carrier}:{account}"
+
+
+# -- placing the carrier call ----------------------------------------------------------
+
+
+def callback_url(carrier: str, kind: str, call_id: uuid.UUID) -> str:
+    return f"{get_config().public_base_url}/webhooks/outbound/{carrier}/{kind}/{call_id}"
+
+
+def twilio_stream_twiml(join_url: str) -> str:
+    from twilio.twiml.voice_response import VoiceResponse
+    response = VoiceResponse()
+    response.connect().stream(url=join_url)
+    return str(response)
+
+
+def place_carrier_call(carrier: str, credentials: Mapping[str, str], *, to: str, from_number: str,
+                       join_url: str, call_id: uuid.UUID, command_id: str) -> str:
+    """Ask the carrier to dial; returns the carrier's call id. Raises CarrierRejected,
+    CarrierRateLimited or CarrierUnavailable. Sent exactly once (no SDK retries)."""
+    config = get_config()
+    timeout = config.upstream_read_timeout
+    try:
+        if carrier == "twilio":
+            client = sdk.twilio_client(credentials["account_sid"], credentials["auth_token"],
+                                       api_base=config.twilio_api_base, timeout=timeout)
+            call = client.calls.create(to=to, from_=from_number, twiml=twilio_stream_twiml(join_url),
+                                       status_callback=callback_url("twilio", "status", call_id),
+                                       status_callback_event=TWILIO_STATUS_EVENTS, timeout=RING_TIMEOUT_SECONDS)
+            return str(call.sid)
+        if carrier == "telnyx":
+            client = sdk.telnyx_client(credentials["api_key"], api_base=config.telnyx_api_base, timeout=timeout)
+            response = client.calls.dial(
+                connection_id=credentials["connection_id"], to=to, from_=from_number, stream_url=join_url,
+                stream_track="inbound_track", stream_bidirectional_mode="rtp", stream_codec="L16",
+                stream_bidirectional_codec="L16", stream_bidirectional_sampling_rate=16000,
+                stream_bidirectional_target_legs="opposite", timeout_secs=RING_TIMEOUT_SECONDS,
+                webhook_url=callback_url("telnyx", "call-control", call_id), command_id=command_id)
+            return str(response.data.call_control_id)
+        if carrier == "plivo":
+            client = sdk.plivo_client(credentials["auth_id"], credentials["auth_token"],
+                                      api_base=config.plivo_api_base, timeout=timeout)
+            response = client.calls.create(from_=from_number.lstrip("+"), to_=to.lstrip("+"),
+                                           answer_url=callback_url("plivo", "answer", call_id), answer_method="POST",
+                                           hangup_url=callback_url("plivo", "hangup", call_id),
+                                           ring_timeout=RING_TIMEOUT_SECONDS)
+            request_uuid = response["request_uuid"] if isinstance(response, Mapping) else response.request_uuid
+            return str(request_uuid[0] if isinstance(request_uuid, list) else request_uuid)
+    except Exception as exc:  # classified below; anything unknown counts as "may have happened"
+        raise classify_carrier_error(carrier, exc) from exc
+    raise CarrierRejected(carrier, "unsupported carrier")
+
+
+def classify_carrier_error(carrier: str, exc: Exception) -> CarrierError:
+    status, message = _status_and_message(exc)
+    if status == 429:
+        return CarrierRateLimited(carrier, message, carrier_status=status)
+    if status is not None and 400 <= status < 500:
+        return CarrierRejected(carrier, message, carrier_status=status)
+    return CarrierUnavailable(carrier, message, carrier_status=status)
+
+
+def _status_and_message(exc: Exception) -> tuple[int | None, str]:
+    import plivo.exceptions as plivo_errors
+    import telnyx
+    from twilio.base.exceptions import TwilioRestException
+
+    if isinstance(exc, TwilioRestException):
+        return exc.status, f"{exc.msg} (code {exc.code})" if exc.code else str(exc.msg)
+    if isinstance(exc, telnyx.APIStatusError):
+        detail = ""
+        body = exc.body
+        if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+            first = body["errors"][0]
+            detail = f"{first.get('title', '')}: {first.get('detail', '')} (code {first.get('code', '')})"
+        return exc.status_code, detail or exc.__class__.__name__
+    if isinstance(exc, (telnyx.APITimeoutError, telnyx.APIConnectionError, requests.RequestException)):
+        return None, f"{exc.__class__.__name__}: carrier unreachable or timed out"
+    if isinstance(exc, plivo_errors.PlivoServerError):
+        return 500, str(exc)[:300]
+    if isinstance(exc, (plivo_errors.AuthenticationError,)):
+        return 401, str(exc)[:300]
+    if isinstance(exc, (plivo_errors.ValidationError, plivo_errors.InvalidRequestError)):
+        return 400, str(exc)[:300]
+    if isinstance(exc, (plivo_errors.ForbiddenError, plivo_errors.GeoPermissionError)):
+        return 403, str(exc)[:300]
+    if isinstance(exc, plivo_errors.ResourceNotFoundError):
+        return 404, str(exc)[:300]
+    if isinstance(exc, plivo_errors.PlivoRestError):
+        text = str(exc)
+        for code in (429, 400, 401, 403, 404, 422):
+            if f"status code {code}" in text:
+                return code, text[:300]
+        return None, text[:300]
+    return None, f"{exc.__class__.__name__}"
+
+
+# -- the whole outbound call -----------------------------------------------------------
+
+
+def start_ultravox_call(session: Session, agency_id: uuid.UUID, target: OutboundTarget, *,
+                        template_context: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
+                        stored_metadata: dict[str, Any] | None = None) -> StartedCall:
+    """The Ultravox half (user speaks first); the call row is recorded as `created`."""
+    started = start_call(session, agency_id=agency_id, agent=target.agent, medium={target.carrier: {}},
+                         source=CallSource(target.carrier), direction=CallDirection.outbound, first_speaker="user",
+                         from_number=target.from_number, to_number=target.to, template_context=template_context,
+                         metadata=metadata, extra_body={"joinTimeout": JOIN_TIMEOUT},
+                         stored_metadata=stored_metadata)
+    if started.call_id is not None and target.carrier == "plivo":
+        # Plivo fetches the answer_url (possibly more than once): it is answered from this.
+        session.execute(update(Call).where(Call.id == started.call_id).values(join_url=started.join_url)
+                        .execution_options(synchronize_session=False))
+        session.commit()
+    return started
+
+
+def record_carrier_call(session: Session, call_id: uuid.UUID, carrier_call_id: str) -> None:
+    session.execute(update(Call).where(Call.id == call_id, Call.carrier_call_id.is_(None))
+                    .values(carrier_call_id=carrier_call_id)
+                    .execution_options(synchronize_session=False))
+
+
+def record_call_failed(session: Session, call_id: uuid.UUID, reason: str) -> None:
+    session.execute(update(Call).where(Call.id == call_id, Call.status.in_(("created", "queued")))
+                    .values(status="failed", end_reason=reason[:64], ended_at=utcnow())
+                    .execution_options(synchronize_session=False))
+
+
+def hang_up_quietly(session: Session, agency_id: uuid.UUID, ultravox_call_id: str) -> None:
+    """End an Ultravox call nobody will ever join (best effort: it times out anyway)."""
+    try:
+        client = ultravox_client_for(session, agency_id)
+        session.rollback()
+        client.hang_up(ultravox_call_id)
+    except Exception as exc:  # the join timeout ends it regardless
+        log.info("could not hang up Ultravox call %s (%s); it ends at its join timeout",
+                 ultravox_call_id, exc.__class__.__name__)
+
+
+@dataclass
+class OutboundResult:
+    call_id: uuid.UUID
+    status: str
+    carrier_call_id: str | None
+    ultravox_call_id: str
+
+
+def make_call(session: Session, agency_id: uuid.UUID, *, agent_id: str, to: str, from_number: str | None,
+              template_context: dict[str, Any] | None, metadata: dict[str, Any] | None) -> OutboundResult:
+    """A single outbound call. Raises DomainError subclasses (validation, DNC, carrier
+    errors) and Ultravox errors; carrier failures are recorded on the call first."""
+    from .do_not_call import is_on_list
+
+    target = prepare_outbound(session, agency_id, agent_id=agent_id, to=to, from_number=from_number)
+    if is_on_list(session, agency_id, target.to):
+        raise OnDoNotCallList(f"{target.to} is on the agency's do-not-call list", field="to")
+    credentials = carrier_credentials(session, agency_id, target.carrier)
+    started = start_ultravox_call(session, agency_id, target, template_context=template_context,
+                                  metadata=metadata, stored_metadata={"outbound": "single"})
+    if started.call_id is None:
+        hang_up_quietly(session, agency_id, started.ultravox_call_id)
+        raise CarrierUnavailable(target.carrier, "the call could not be recorded; nothing was dialled")
+    try:
+        carrier_call_id = place_carrier_call(target.carrier, credentials, to=target.to,
+                                             from_number=target.from_number, join_url=started.join_url,
+                                             call_id=started.call_id, command_id=str(started.call_id))
+    except CarrierError as exc:
+        # 4xx / 429: no carrier call exists, so the Ultravox call is hung up now.
+        # 5xx / timeout: the call may exist; the Ultravox call is left to connect or to
+        # end at its join timeout, and a late callback can still record the truth.
+        record_call_failed(session, started.call_id, "carrier_rejected" if exc.status < 500 else "carrier_error")
+        session.commit()
+        if exc.status < 500:
+            hang_up_quietly(session, agency_id, started.ultravox_call_id)
+        raise
+    record_carrier_call(session, started.call_id, carrier_call_id)
+    session.commit()
+    status = session.scalar(select(Call.status).where(Call.id == started.call_id)) or "created"
+    session.commit()
+    return OutboundResult(call_id=started.call_id, status=status, carrier_call_id=carrier_call_id,
+                          ultravox_call_id=started.ultravox_call_id)

@@ -1,0 +1,85 @@
+"""Crash safety: a dispatcher dying around the carrier request never causes a second dial."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from telephony.models import utcnow
+from telephony.services import dispatch
+from tests.outbound_helpers import (CALLEE, attempts, contacts_by_phone, create_campaign, dial_requests,
+                                    dispatch_once, reconcile, seed_agency, twilio_status)
+
+
+class Crash(BaseException):
+    """Stands for kill -9: nothing after it runs."""
+
+
+@pytest.fixture
+def pg_only(database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the crash scenarios run on PostgreSQL")
+
+
+def test_crash_after_the_carrier_accepted_is_reconciled_by_the_callback(sim_app, carrier_sim, monkeypatch, pg_only):
+    seeded = seed_agency(sim_app)
+    client = sim_app.test_client()
+    campaign = create_campaign(client, seeded, [{"phone": CALLEE}],
+                               retry={"on": ["busy", "no-answer", "failed"], "max_attempts": 3, "delay_seconds": 0})
+    real = dispatch.place_carrier_call
+
+    def place_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Crash()
+
+    monkeypatch.setattr(dispatch, "place_carrier_call", place_then_die)
+    with pytest.raises(Crash):
+        dispatch_once(sim_app)
+    monkeypatch.setattr(dispatch, "place_carrier_call", real)
+    [attempt] = attempts(sim_app, campaign["id"])
+    assert attempt.state == "dialing" and attempt.carrier_call_id is None
+    # Time passes; the reaper gives up on it: unknown, never redialled.
+    stats = reconcile(sim_app, settings=dispatch.DispatchSettings(dial_timeout=timedelta(0)))
+    assert stats["unknown"] == 1
+    assert dispatch_once(sim_app, now=utcnow() + timedelta(hours=1)) == []
+    assert len(dial_requests(carrier_sim)) == 1
+    # The carrier's callback names our call id: the attempt is reconciled.
+    [placed] = dial_requests(carrier_sim)
+    call_sid = [c for c in __import__("requests").get(f"{carrier_sim.base_url}/_sim/calls").json()["calls"]][0]["id"]
+    assert twilio_status(client, attempt.call_id, call_sid, "completed").status_code == 204
+    [attempt] = attempts(sim_app, campaign["id"])
+    assert attempt.state == "ended" and attempt.outcome == "completed" and attempt.carrier_call_id == call_sid
+    assert contacts_by_phone(sim_app, campaign["id"])[CALLEE].state == "completed"
+    assert len(dial_requests(carrier_sim)) == 1
+
+
+def test_crash_before_the_carrier_request_is_never_redialled_blindly(sim_app, carrier_sim, monkeypatch, pg_only):
+    seeded = seed_agency(sim_app)
+    campaign = create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}])
+
+    def die(*args, **kwargs):
+        raise Crash()  # "dialing" is committed; whether the request left is unknowable
+
+    monkeypatch.setattr(dispatch, "place_carrier_call", die)
+    with pytest.raises(Crash):
+        dispatch_once(sim_app)
+    monkeypatch.undo()
+    assert reconcile(sim_app, settings=dispatch.DispatchSettings(dial_timeout=timedelta(0)))["unknown"] == 1
+    assert dispatch_once(sim_app, now=utcnow() + timedelta(hours=1)) == []
+    assert contacts_by_phone(sim_app, campaign["id"])[CALLEE].state == "unknown"
+    assert dial_requests(carrier_sim) == []
+
+
+def test_crash_while_only_claimed_requeues_the_contact(sim_app, carrier_sim, monkeypatch, pg_only):
+    seeded = seed_agency(sim_app)
+    campaign = create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}])
+    db = sim_app.extensions["telephony.db"]
+    with sim_app.app_context(), db.session() as session:
+        [campaign_id] = dispatch.due_campaign_ids(session, utcnow())
+        assert len(dispatch.claim_batch(session, campaign_id, 10)) == 1  # ...and the worker dies here
+    assert dispatch_once(sim_app) == []  # still claimed: nobody else takes it
+    assert reconcile(sim_app, settings=dispatch.DispatchSettings(claim_timeout=timedelta(0)))["requeued"] == 1
+    assert dispatch_once(sim_app) == ["placed"]
+    assert len(dial_requests(carrier_sim)) == 1
+    contact = contacts_by_phone(sim_app, campaign["id"])[CALLEE]
+    assert contact.attempts == 1

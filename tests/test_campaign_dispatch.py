@@ -1,0 +1,165 @@
+"""The dispatcher: windows and time zones, retries, pacing and concurrency across dispatchers."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import requests
+
+from telephony.models import utcnow
+from telephony.services import dispatch
+from tests.outbound_helpers import (CALLEE, attempts, contacts_by_phone, create_campaign, dial_requests,
+                                    dispatch_once, seed_agency, sim_calls, twilio_status)
+
+NY = "+12125550123"      # America/New_York
+LONDON = "+442079460123"  # Europe/London
+
+
+def test_campaign_dials_each_contact_once_and_completes(sim_app, carrier_sim):
+    seeded = seed_agency(sim_app)
+    client = sim_app.test_client()
+    campaign = create_campaign(client, seeded, [{"phone": CALLEE}, {"phone": NY}])
+    assert sorted(dispatch_once(sim_app)) == ["placed", "placed"]
+    assert dispatch_once(sim_app) == []  # nothing left to claim while they are live
+    placed = {a.contact_id: a for a in attempts(sim_app, campaign["id"])}
+    assert len(placed) == 2 and len(dial_requests(carrier_sim)) == 2
+    for attempt in placed.values():
+        assert twilio_status(client, attempt.call_id, attempt.carrier_call_id, "completed").status_code == 204
+    states = {p: c.state for p, c in contacts_by_phone(sim_app, campaign["id"]).items()}
+    assert states == {CALLEE: "completed", NY: "completed"}
+    dispatch_once(sim_app)  # reconcile completes the campaign
+    got = client.get(f"/api/v1/campaigns/{campaign['id']}", headers=seeded.headers()).json
+    assert got["status"] == "completed" and got["progress"]["contacts"]["completed"] == 2
+
+
+def test_contact_outside_its_window_is_scheduled_at_next_open(sim_app, carrier_sim):
+    seeded = seed_agency(sim_app)
+    client = sim_app.test_client()
+    window = {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"}
+    campaign = create_campaign(client, seeded, [{"phone": NY}, {"phone": LONDON}], calling_window=window)
+    # Tuesday 2026-12-01 (no DST anywhere):
+    # 19:00 UTC: 14:00 in New York (open), 19:00 in London (closed).
+    at = datetime(2026, 12, 1, 19, 0, tzinfo=timezone.utc)
+    assert dispatch_once(sim_app, now=at) == ["placed"]
+    [placed] = sim_calls(carrier_sim)
+    assert placed["to"] == NY
+    london = contacts_by_phone(sim_app, campaign["id"])[LONDON]
+    assert london.state == "queued" and london.attempts == 0
+    assert london.next_attempt_at == datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)  # 09:00 GMT Wednesday
+
+
+def test_busy_is_retried_after_the_delay_up_to_max_attempts(sim_app, carrier_sim):
+    seeded = seed_agency(sim_app)
+    client = sim_app.test_client()
+    campaign = create_campaign(client, seeded, [{"phone": CALLEE}],
+                               retry={"on": ["busy"], "max_attempts": 2, "delay_seconds": 120})
+    assert dispatch_once(sim_app) == ["placed"]
+    [first] = attempts(sim_app, campaign["id"])
+    twilio_status(client, first.call_id, first.carrier_call_id, "busy")
+    contact = contacts_by_phone(sim_app, campaign["id"])[CALLEE]
+    assert contact.state == "queued" and contact.next_attempt_at > utcnow() + timedelta(seconds=100)
+    assert dispatch_once(sim_app) == []  # not before the delay
+    assert dispatch_once(sim_app, now=utcnow() + timedelta(seconds=121)) == ["placed"]
+    second = attempts(sim_app, campaign["id"])[-1]
+    assert second.attempt_number == 2 and second.state == "placed"
+    twilio_status(client, second.call_id, second.carrier_call_id, "busy")
+    contact = contacts_by_phone(sim_app, campaign["id"])[CALLEE]
+    assert contact.state == "failed" and contact.last_outcome == "busy" and contact.attempts == 2
+    assert dispatch_once(sim_app, now=utcnow() + timedelta(hours=1)) == []
+    assert len(dial_requests(carrier_sim)) == 2
+
+
+def test_completed_and_non_retryable_outcomes_are_not_retried(sim_app, carrier_sim):
+    seeded = seed_agency(sim_app)
+    client = sim_app.test_client()
+    campaign = create_campaign(client, seeded, [{"phone": CALLEE}, {"phone": NY}],
+                               retry={"on": ["busy"], "max_attempts": 3, "delay_seconds": 0})
+    dispatch_once(sim_app)
+    by_contact = {a.contact_id: a for a in attempts(sim_app, campaign["id"])}
+    contacts = contacts_by_phone(sim_app, campaign["id"])
+    done, noanswer = by_contact[contacts[CALLEE].id], by_contact[contacts[NY].id]
+    twilio_status(client, done.call_id, done.carrier_call_id, "completed")
+    twilio_status(client, noanswer.call_id, noanswer.carrier_call_id, "no-answer")
+    assert dispatch_once(sim_app, now=utcnow() + timedelta(minutes=5)) == []
+    states = {p: c.state for p, c in contacts_by_phone(sim_app, campaign["id"]).items()}
+    assert states == {CALLEE: "completed", NY: "failed"}
+
+
+def test_ultravox_429_backs_off_the_campaign_without_losing_the_contact(sim_app, carrier_sim, ultravox_sim):
+    seeded = seed_agency(sim_app)
+    campaign = create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}])
+    requests.post(f"{ultravox_sim.base_url}/_sim/failures", json={"failures": [
+        {"path_prefix": "/api/agents/", "method": "POST", "mode": "rate_limit", "retry_after": 30}]}, timeout=5)
+    assert dispatch_once(sim_app) == ["aborted"]
+    contact = contacts_by_phone(sim_app, campaign["id"])[CALLEE]
+    assert contact.state == "queued" and contact.attempts == 0
+    got = sim_app.test_client().get(f"/api/v1/campaigns/{campaign['id']}", headers=seeded.headers()).json
+    assert got["backoff_until"] is not None
+    assert dispatch_once(sim_app) == []  # backing off
+    assert dispatch_once(sim_app, now=utcnow() + timedelta(seconds=31)) == ["placed"]
+
+
+def test_carrier_500_marks_the_attempt_unknown_and_never_redials(sim_app, carrier_sim):
+    from tests.outbound_helpers import inject
+    seeded = seed_agency(sim_app)
+    campaign = create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}],
+                               retry={"on": ["busy", "no-answer", "failed"], "max_attempts": 5, "delay_seconds": 0})
+    inject(carrier_sim, {"path_prefix": "/2010-04-01/", "method": "POST", "status": 500})
+    assert dispatch_once(sim_app) == ["unknown"]
+    assert dispatch_once(sim_app, now=utcnow() + timedelta(hours=1)) == []
+    assert contacts_by_phone(sim_app, campaign["id"])[CALLEE].state == "unknown"
+    assert len(dial_requests(carrier_sim)) == 1
+
+
+def test_pacing_and_concurrency_hold_across_two_dispatchers(sim_app, carrier_sim, database_url):
+    """PostgreSQL only (the production database for several dispatchers).
+    Two dispatchers (threads, own sessions) share one carrier account: never more than
+    `calls_per_second` starts in any one-second window of the simulator's log, and never
+    more live attempts than max_concurrent."""
+    if not database_url.startswith("postgresql"):
+        import pytest
+        pytest.skip("concurrent dispatchers are tested on PostgreSQL")
+    seeded = seed_agency(sim_app)
+    contacts = [{"phone": f"+1415555{i:04d}"} for i in range(1000, 1030)]
+    campaign = create_campaign(sim_app.test_client(), seeded, contacts,
+                               pacing={"calls_per_second": 5, "max_concurrent": 12})
+    stop = threading.Event()
+    peak = [0]
+
+    def dispatcher():
+        db = sim_app.extensions["telephony.db"]
+        while not stop.is_set():
+            with sim_app.app_context(), db.session() as session:
+                ids = []
+                for campaign_id in dispatch.due_campaign_ids(session, utcnow()):
+                    ids += dispatch.claim_batch(session, campaign_id, 3)
+                live = len([a for a in attempts(sim_app, campaign["id"]) if a.state in dispatch.LIVE_ATTEMPT_STATES])
+                peak[0] = max(peak[0], live)
+                for attempt_id in ids:
+                    dispatch.dial_attempt(session, attempt_id)
+            if not ids:
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3.5)
+    # Finish some calls so the cap frees slots.
+    client = sim_app.test_client()
+    for attempt in attempts(sim_app, campaign["id"]):
+        if attempt.state == "placed":
+            twilio_status(client, attempt.call_id, attempt.carrier_call_id, "completed")
+    deadline = time.time() + 20
+    while time.time() < deadline and len(dial_requests(carrier_sim)) < 24:
+        time.sleep(0.2)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    starts = dial_requests(carrier_sim)
+    per_second = Counter(r["time"][:19] for r in starts)
+    assert max(per_second.values()) <= 5, per_second
+    assert peak[0] <= 12
+    assert len({r["body"]["To"] for r in starts}) == len(starts)  # no duplicate dial
+    assert len(starts) >= 10
