@@ -262,6 +262,22 @@ def test_partial_success_is_repaired_from_metadata(client, db, tenant):
     assert row.created_at == joined - timedelta(seconds=5)
 
 
+def test_a_repaired_inbound_call_keeps_its_carrier_id_and_numbers(client, db, tenant):
+    """Inbound calls send the carrier call id and both numbers in the metadata
+    (services/inbound.py) so that an insert lost after the Ultravox create is
+    rebuilt complete."""
+    agent_id = add_agent(db, tenant.agency_id)
+    our_id, uv_id = uuid.uuid4(), str(uuid.uuid4())
+    metadata = {**our_metadata(our_id, tenant.agency_id, agent_id, source="twilio", direction="inbound"),
+                "telephony.carrier_call_id": "CA" + "7" * 32, "telephony.from": "+14155550100",
+                "telephony.to": "+14155550111"}
+    assert post_webhook(client, "call.started", snapshot(uv_id, metadata=metadata)).status_code == 204
+    row = get_call(db, our_id)
+    assert (row.carrier_call_id, row.from_number, row.to_number) == ("CA" + "7" * 32, "+14155550100",
+                                                                    "+14155550111")
+    assert (row.source.value, row.direction.value) == ("twilio", "inbound")
+
+
 def test_an_ultravox_started_call_gets_sensible_defaults(client, db, tenant):
     uv_id = str(uuid.uuid4())
     assert post_webhook(client, "call.started", snapshot(uv_id), agency_id=tenant.agency_id).status_code == 204

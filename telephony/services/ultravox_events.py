@@ -215,6 +215,11 @@ def _find_or_repair(session: Session, agency_id: uuid.UUID, event: str, snapshot
     call = Call(id=our_id or uuid.uuid4(), agency_id=agency_id, ultravox_call_id=ultravox_call_id,
                 agent_id=_agent_id(session, agency_id, metadata, snapshot.get("agentId")),
                 source=source, direction=direction, status=call_states.CREATED,
+                # Carrier calls send these too (services/inbound.py), so a rebuilt
+                # inbound row keeps its carrier id and numbers.
+                carrier_call_id=metadata.get("telephony.carrier_call_id") or None,
+                from_number=metadata.get("telephony.from") or None,
+                to_number=metadata.get("telephony.to") or None,
                 metadata_={k: v for k, v in metadata.items() if not str(k).startswith("telephony.")},
                 created_at=_time(snapshot.get("created")) or now)
     try:
