@@ -30,6 +30,7 @@ PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
     "plivo": ("auth_id", "auth_token"),
 }
 MAX_SECRET_LENGTH = 4096
+_ROWS_CACHE = "telephony.credential_rows"
 
 
 class CredentialError(Exception):
@@ -104,6 +105,7 @@ class CredentialStore:
         """Store (or, with None, delete) some fields of one provider. Fields not
         named are left as they are."""
         validate_fields(provider, values)
+        session.info.pop(_ROWS_CACHE, None)
         for name, value in values.items():
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise UnknownCredential(name, f"{name} must be a non-empty string")
@@ -129,18 +131,31 @@ class CredentialStore:
 
     def delete_provider(self, session: Session, agency_id: uuid.UUID, provider: str) -> int:
         validate_fields(provider, ())
+        session.info.pop(_ROWS_CACHE, None)
         result = session.execute(delete(AgencyCredential).where(
             AgencyCredential.agency_id == agency_id, AgencyCredential.name.like(f"{provider}.%")))
         return result.rowcount or 0
 
     # -- reading -----------------------------------------------------------
     def get(self, session: Session, agency_id: uuid.UUID, provider: str) -> ProviderCredentials:
-        """All stored fields of one provider, decrypted (one query)."""
+        """All stored fields of one provider, decrypted.
+
+        The agency's rows are read once per session (one query, kept encrypted in
+        session.info) so a webhook needing carrier and Ultravox credentials pays
+        for one round trip; writes through this store drop that cache."""
         validate_fields(provider, ())
-        rows = session.scalars(select(AgencyCredential).where(
-            AgencyCredential.agency_id == agency_id, AgencyCredential.name.like(f"{provider}.%")))
-        values = {row.name.split(".", 1)[1]: self._decrypt(agency_id, row) for row in rows}
+        prefix = f"{provider}."
+        values = {name[len(prefix):]: self._open(agency_id, name, token)
+                  for name, token in self._rows(session, agency_id).items() if name.startswith(prefix)}
         return ProviderCredentials(provider, values)
+
+    def _rows(self, session: Session, agency_id: uuid.UUID) -> dict[str, str]:
+        cache = session.info.setdefault(_ROWS_CACHE, {})
+        if agency_id not in cache:
+            cache[agency_id] = dict(session.execute(
+                select(AgencyCredential.name, AgencyCredential.ciphertext)
+                .where(AgencyCredential.agency_id == agency_id)).all())
+        return cache[agency_id]
 
     def describe(self, session: Session, agency_id: uuid.UUID) -> dict[str, dict[str, dict]]:
         """What the API may show: per provider and field, whether it is set and its last 4 characters."""
@@ -158,6 +173,7 @@ class CredentialStore:
     # -- key rotation --------------------------------------------------------
     def rotate(self, session: Session, batch_size: int = 500) -> int:
         """Re-encrypt every stored secret under the first (newest) key."""
+        session.info.pop(_ROWS_CACHE, None)
         count = 0
         last_id = None
         while True:

@@ -119,6 +119,10 @@ def _new_session() -> requests.Session:
     # The session is shared by every agency's client: never let a cookie set in
     # reply to one API key ride along with another agency's requests.
     session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+    # Proxies are read once here, not re-read from the environment (and .netrc)
+    # on every request: that lookup was a measurable part of an inbound webhook.
+    session.proxies.update(requests.utils.get_environ_proxies(""))
+    session.trust_env = False
     return session
 
 
