@@ -45,11 +45,9 @@ def verify_ed25519(request: WebhookRequest, credentials: Mapping[str, str]) -> b
     return True
 
 
-class TelnyxTexmlAdapter(TwilioAdapter):
-    """TeXML is Twilio-compatible: the same form fields, status callbacks and verbs.
-
-    Differences: the Ed25519 signature, and <Stream> needs bidirectional RTP with one
-    codec for both directions (otherwise Telnyx streams one way only)."""
+class _TelnyxSigned:
+    """What both Telnyx products share: the account's Ed25519 signature and one
+    codec for both directions of the media stream."""
 
     name = "telnyx"
 
@@ -59,6 +57,13 @@ class TelnyxTexmlAdapter(TwilioAdapter):
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         return verify_ed25519(request, credentials)
+
+
+class TelnyxTexmlAdapter(_TelnyxSigned, TwilioAdapter):
+    """TeXML is Twilio-compatible: the same form fields, status callbacks and verbs.
+
+    Differences: the Ed25519 signature, and <Stream> needs bidirectional RTP with one
+    codec for both directions (otherwise Telnyx streams one way only)."""
 
     def _stream_attributes(self) -> dict[str, str]:
         return {"bidirectional_mode": "rtp", "codec": self.codec, "bidirectional_codec": self.codec,
@@ -92,18 +97,10 @@ _HANGUP_STATUS = {"user_busy": "busy", "timeout": "no-answer", "no_answer": "no-
                   "originator_cancel": "canceled", "call_rejected": "failed", "not_found": "failed"}
 
 
-class TelnyxCallControl(CarrierAdapter):
+class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
     """Telnyx Call Control: events arrive as signed JSON and we act through the REST API
     (the official SDK), so an answer is a command, not a response body."""
 
-    name = "telnyx"
-
-    def __init__(self, codec: str = DEFAULT_CODEC, sampling_rate: int = DEFAULT_SAMPLING_RATE) -> None:
-        self.codec = codec
-        self.sampling_rate = sampling_rate
-
-    def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
-        return verify_ed25519(request, credentials)
 
     def parse_event(self, request: WebhookRequest) -> CallControlEvent:
         try:
