@@ -101,7 +101,6 @@ class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
     """Telnyx Call Control: events arrive as signed JSON and we act through the REST API
     (the official SDK), so an answer is a command, not a response body."""
 
-
     def parse_event(self, request: WebhookRequest) -> CallControlEvent:
         try:
             document = json.loads(request.body or b"{}")
