@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: run test migrate sim bench try-inbound clean
+.PHONY: run test migrate sim bench bench-campaign try-inbound clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ sim: $(VENV)/.runtime-installed
 ## make bench: inbound-webhook benchmark (simulators + gunicorn, PostgreSQL when reachable, else SQLite)
 bench: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.inbound $(BENCH_ARGS)
+
+## make bench-campaign: campaign dispatch benchmark (2,000 contacts at 20/s, 2 workers, PostgreSQL required; ~5 min)
+bench-campaign: $(VENV)/.runtime-installed
+	$(BIN)/python -m bench.campaign $(BENCH_ARGS)
 
 ## make try-inbound: one signed Twilio webhook through the real service, answer printed
 try-inbound: $(VENV)/.runtime-installed

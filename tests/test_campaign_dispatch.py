@@ -163,3 +163,29 @@ def test_pacing_and_concurrency_hold_across_two_dispatchers(sim_app, carrier_sim
     assert peak[0] <= 12
     assert len({r["body"]["To"] for r in starts}) == len(starts)  # no duplicate dial
     assert len(starts) >= 10
+
+
+def test_cps_slots_in_the_past_are_skipped_not_burst(app, db):
+    """A dispatcher that asks late in a second gets the next slot not before now, so
+    starts never bunch up: at most `limit` starts in any one-second window."""
+    from telephony.services.dispatch import acquire_cps_slot
+
+    base = 1_900_000_000.0
+    clock = {"now": base + 0.6}
+    starts: list[float] = []
+
+    def fake_clock() -> float:
+        return clock["now"]
+
+    def fake_sleep(seconds: float) -> None:
+        clock["now"] += seconds
+
+    with db.session() as session:
+        for _ in range(45):
+            slot = acquire_cps_slot(session, "twilio:AC-test", 20, clock=fake_clock, sleep=fake_sleep)
+            starts.append(max(slot, clock["now"]))
+    assert starts[0] >= base + 0.6  # nothing handed out in the past
+    gaps = [round(b - a, 4) for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.05 - 1e-6, gaps
+    worst = max(sum(1 for t in starts if s <= t < s + 1) for s in starts)
+    assert worst <= 20

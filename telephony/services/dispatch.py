@@ -201,15 +201,19 @@ def acquire_cps_slot(session: Session, bucket: str, limit: int, *, clock=time.ti
         if deadline is not None and now > deadline:
             return None
         second = int(now)
-        # Index 0.. of this second, past-due slots skipped: a slot at `second + i/limit`
-        # must not be earlier than now by more than a tick, or starts bunch up.
-        statement = (insert(table).values(bucket=bucket, window_start=second, count=1)
+        # Slots of this second that are already in the past are skipped, not handed
+        # out at once: the count jumps to at least the first slot not before `now`.
+        # Otherwise a dispatcher arriving at S+0.6 would start 12 calls immediately
+        # and, with the next second's first slots, exceed the limit in a 1 s window.
+        first_count = math.ceil((now - second) * limit) + 1
+        greatest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
+        statement = (insert(table).values(bucket=bucket, window_start=second, count=first_count)
                      .on_conflict_do_update(index_elements=[table.c.bucket, table.c.window_start],
-                                            set_={"count": table.c.count + 1})
+                                            set_={"count": greatest(table.c.count + 1, first_count)})
                      .returning(table.c.count))
         session.rollback()
         count = session.execute(statement).scalar_one()
-        if count == 1:
+        if count == first_count:
             session.execute(delete(RateLimitWindow).where(RateLimitWindow.bucket == bucket,
                                                           RateLimitWindow.window_start < second - 5))
         session.commit()
