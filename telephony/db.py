@@ -5,11 +5,13 @@ flask.g and closed at teardown) or per unit of work in the worker and CLI.
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 from flask import current_app, g
 from sqlalchemy import create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,3 +82,32 @@ def close_session(_exc: BaseException | None = None) -> None:
     session = g.pop("db_session", None)
     if session is not None:
         session.close()  # an uncommitted transaction is rolled back here
+
+
+def dialect_insert(session: Session):
+    """The INSERT construct with ON CONFLICT for the session's database
+    (SQLite needs >= 3.35 for ON CONFLICT ... RETURNING)."""
+    return (postgresql if session.get_bind().dialect.name == "postgresql" else sqlite).insert
+
+
+def insert_if_absent(session: Session, model: type, values: dict[str, Any], conflict_columns: list[str]) -> bool:
+    """INSERT ... ON CONFLICT (conflict_columns) DO NOTHING: True if this call inserted
+    the row, False if a row with the same unique key already existed. `values` are
+    keyed by column name; column defaults (ids, timestamps) apply as usual.
+
+    One atomic statement, so concurrent requests racing for the same key (duplicate
+    carrier webhooks, repeated webhook events) have exactly one winner on PostgreSQL
+    and SQLite alike, and the caller's transaction stays usable (no IntegrityError).
+    """
+    table = model.__table__  # type: ignore[attr-defined]
+    statement = _insert_if_absent_statement(table, session.get_bind().dialect.name, tuple(conflict_columns))
+    return session.execute(statement, values).first() is not None
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_if_absent_statement(table: Any, dialect_name: str, conflict_columns: tuple[str, ...]) -> Any:
+    # Built once per table and dialect (webhooks are a hot path); values are bound per
+    # execution. A Core statement: no ORM bookkeeping for a row nobody loads.
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return (dialect.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+            .returning(*table.primary_key.columns))

@@ -32,6 +32,7 @@ from ..services import dispatch
 from ..services import idempotency_keys
 from ..services import outbound as outbound_service
 from ..services.call_status import SignatureRejected
+from ..services.idempotency import first_time
 from ..ultravox import UltravoxError, UltravoxRateLimited
 from .schema import RequestModel, ResponseModel, document, parse_body
 
@@ -156,7 +157,7 @@ def _apply(carrier: str, call_id: uuid.UUID, adapter, *, event=None, bind_id: st
     elif carrier_call_id:
         outbound_service.record_carrier_call(session, call_id, carrier_call_id)
     if event is not None:
-        if event.event_id and not call_status.first_delivery(session, carrier, event.event_id, call.agency_id):
+        if event.event_id and not first_time(session, carrier, event.event_id, call.agency_id):
             session.rollback()
             return
         call_status.apply_event(session, call_id, event)

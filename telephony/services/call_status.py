@@ -21,8 +21,7 @@ from ..carriers.base import CarrierAdapter, StatusEvent, WebhookRequest
 from ..context import get_credentials
 from ..credentials import ProviderCredentials
 from ..errors import Forbidden
-from ..models import Call, CallSource, ProcessedWebhookEvent, utcnow
-from .calls import insert_if_absent
+from ..models import Call, CallSource, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +115,3 @@ def apply_event(session: Session, call_id: uuid.UUID, event: StatusEvent) -> boo
     return changed
 
 
-def first_delivery(session: Session, provider: str, event_id: str, agency_id: uuid.UUID) -> bool:
-    """Record a webhook event id; False if it was seen before (the caller skips it)."""
-    return insert_if_absent(session, ProcessedWebhookEvent,
-                            {"provider": provider, "event_key": event_id[:255], "agency_id": agency_id},
-                            ["provider", "event_key"])

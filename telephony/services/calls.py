@@ -10,14 +10,12 @@ success") can be recreated from Ultravox's own webhooks later: nothing is lost.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -148,29 +146,6 @@ def start_call(session: Session, *, agency_id: uuid.UUID, agent: AgentMapping, m
         started.call_id = None
         started.warning = PARTIAL_SUCCESS_WARNING
     return started
-
-
-def insert_if_absent(session: Session, model: type, values: dict[str, Any], conflict_columns: list[str]) -> bool:
-    """INSERT ... ON CONFLICT (conflict_columns) DO NOTHING: True if this call inserted
-    the row, False if a row with the same unique key already existed. `values` are
-    keyed by column name; column defaults (ids, timestamps) apply as usual.
-
-    One atomic statement, so concurrent requests racing for the same key (duplicate
-    carrier webhooks, repeated webhook events) have exactly one winner, on PostgreSQL
-    and SQLite alike, without the failed-transaction cleanup an IntegrityError needs.
-    """
-    table = model.__table__  # type: ignore[attr-defined]
-    statement = _insert_if_absent_statement(table, session.get_bind().dialect.name, tuple(conflict_columns))
-    return session.execute(statement, values).first() is not None
-
-
-@functools.lru_cache(maxsize=32)
-def _insert_if_absent_statement(table: Any, dialect_name: str, conflict_columns: tuple[str, ...]) -> Any:
-    # Built once per table and dialect (webhooks are a hot path); values are bound per
-    # execution. A Core statement: no ORM bookkeeping for a row nobody loads.
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    return (dialect.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
-            .returning(*table.primary_key.columns))
 
 
 def _parse_time(value: Any) -> datetime | None:

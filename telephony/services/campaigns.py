@@ -17,7 +17,7 @@ from ..campaigns.contacts import ImportResult, parse_contacts_csv, parse_contact
 from ..campaigns.windows import CallingWindow, validate_timezone
 from ..errors import Conflict, InvalidInput, NotFound
 from ..models import Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
-from .calls import insert_if_absent
+from ..db import insert_if_absent
 from .do_not_call import listed_among
 from .outbound import find_agent
 from .phone_numbers import normalize_e164

@@ -46,12 +46,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .. import call_states
 from ..campaigns.windows import CallingWindow, is_open, next_open, timezone_for
-from ..db import Database
+from ..db import Database, dialect_insert
 from ..models import (Agency, AgentMapping, Call, Campaign, CampaignContact, DialAttempt, PhoneNumber,
                       RateLimitWindow, utcnow)
 from ..ultravox import UltravoxError, UltravoxRateLimited, UltravoxServerError, UltravoxTimeout, \
@@ -60,7 +60,6 @@ from .do_not_call import is_on_list, listed_among
 from .outbound import (CarrierError, CarrierRateLimited, CarrierRejected, OutboundTarget, carrier_account_key,
                        carrier_credentials, hang_up_quietly, place_carrier_call, record_call_failed,
                        record_carrier_call, start_ultravox_call)
-from .public_keys import _dialect_insert
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +194,7 @@ def acquire_cps_slot(session: Session, bucket: str, limit: int, *, clock=time.ti
     into the next second is never used. Returns the slot time, or None at `deadline`."""
     limit = max(1, int(limit))
     table = RateLimitWindow.__table__
-    insert = _dialect_insert(session)
+    insert = dialect_insert(session)
     while True:
         now = clock()
         if deadline is not None and now > deadline:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import InvalidInput, NotFound
 from ..models import DoNotCallEntry
-from .calls import insert_if_absent
+from ..db import insert_if_absent
 from .phone_numbers import normalize_e164
 
 MAX_BATCH = 10_000

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import ApiError
 from ..models import IdempotencyKey, utcnow
-from .calls import insert_if_absent
+from ..db import insert_if_absent
 
 TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255

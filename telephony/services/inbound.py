@@ -46,8 +46,10 @@ from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber,
 from ..ultravox import UltravoxClient, UltravoxError, UltravoxServerError
 from . import call_status
 from .call_status import SignatureRejected
+from ..db import insert_if_absent
 from .calls import (METADATA_PREFIX, InvalidUltravoxKey, MissingUltravoxKey, agent_call_body, call_metadata,
-                    insert_if_absent, ultravox_client_for)
+                    ultravox_client_for)
+from .idempotency import first_time
 from .phone_numbers import normalize_e164
 
 log = logging.getLogger(__name__)
@@ -325,7 +327,7 @@ def handle_call_control_event(session: Session, request: WebhookRequest) -> None
     if verified is None:
         return
     call_status.end_reads_before_writing(session)
-    if status.event_id and not call_status.first_delivery(session, adapter.name, status.event_id,
+    if status.event_id and not first_time(session, adapter.name, status.event_id,
                                                           verified.agency_id):
         session.rollback()
         log.info("telnyx event %s already processed", status.event_id)

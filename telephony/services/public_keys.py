@@ -20,12 +20,12 @@ from typing import Iterable
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ..auth import hash_api_key
 from ..errors import DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
 from .api_keys import revoke
+from ..db import dialect_insert
 from ..models import AgentMapping, PublicKey, RateLimitWindow, utcnow
 
 PUBLIC_KEY_PREFIX = "pk_"
@@ -172,7 +172,7 @@ def consume_rate_limit(session: Session, bucket: str, *, limit: int, window_seco
     now = time.time() if now is None else now
     window_start = int(now // window_seconds) * window_seconds
     table = RateLimitWindow.__table__
-    insert = _dialect_insert(session)
+    insert = dialect_insert(session)
     statement = (insert(table).values(bucket=bucket, window_start=window_start, count=1)
                  .on_conflict_do_update(index_elements=[table.c.bucket, table.c.window_start],
                                         set_={"count": table.c.count + 1})
@@ -188,12 +188,6 @@ def consume_rate_limit(session: Session, bucket: str, *, limit: int, window_seco
         retry_after = max(1, math.ceil(window_start + window_seconds - now))
         raise RateLimited(f"Rate limit of {limit} requests per {window_seconds} s exceeded; retry in {retry_after} s",
                           retry_after=retry_after)
-
-
-def _dialect_insert(session: Session):
-    """The INSERT construct with ON CONFLICT for the session's database
-    (SQLite needs >= 3.35 for ON CONFLICT .. RETURNING)."""
-    return (postgresql if session.get_bind().dialect.name == "postgresql" else sqlite).insert
 
 
 def public_key_bucket(key: PublicKey) -> str:
