@@ -18,23 +18,18 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import Field
-from sqlalchemy import select, update
 
 from ..auth import current_principal, require_auth
-from ..carriers.base import WebhookRequest
 from ..carriers.registry import TELNYX_CALL_CONTROL, xml_carrier
-from ..context import get_config
 from ..db import get_session
 from ..errors import ApiError, DomainError
-from ..models import Call, CallSource
-from ..services import call_status
-from ..services import dispatch
 from ..services import idempotency_keys
 from ..services import outbound as outbound_service
+from ..services import outbound_callbacks
 from ..services.call_status import SignatureRejected
-from ..services.idempotency import first_time
 from ..ultravox import UltravoxError, UltravoxRateLimited
 from .schema import RequestModel, ResponseModel, document, parse_body
+from .webhooks import webhook_request
 
 log = logging.getLogger(__name__)
 
@@ -126,84 +121,24 @@ def create_outbound_call():
 # -- carrier callbacks for outbound calls ----------------------------------------------------
 
 
-def _webhook_request() -> WebhookRequest:
-    query = request.query_string.decode("latin-1")
-    public_url = f"{get_config().public_base_url}{request.script_root}{request.path}" + (f"?{query}" if query else "")
-    return WebhookRequest(method=request.method, public_url=public_url, headers=request.headers,
-                          form=request.form, body=request.get_data(cache=True))
-
-
-def _outbound_call(session, carrier: str, call_id: uuid.UUID) -> Call | None:
-    return session.scalar(select(Call).where(Call.id == call_id, Call.source == CallSource(carrier)))
-
-
-def _apply(carrier: str, call_id: uuid.UUID, adapter, *, event=None, bind_id: str | None = None) -> None:
-    """Verify the signature with the owning agency's credentials, bind the carrier's call
-    id if we never stored it, apply the status, settle the campaign attempt."""
-    session = get_session()
-    call = _outbound_call(session, carrier, call_id)
-    if call is None:
-        session.rollback()
-        return
-    request_ = _webhook_request()
-    call_status.verified_credentials(session, adapter, request_, call.agency_id)
-    event = event if event is not None else adapter.parse_status(request_)
-    carrier_call_id = bind_id or (event.carrier_call_id if event is not None else None)
-    call_status.end_reads_before_writing(session)
-    if carrier_call_id and carrier == "plivo" and call.carrier_call_id != carrier_call_id:
-        # Plivo answers calls.create with a request_uuid; its callbacks carry the CallUUID.
-        session.execute(update(Call).where(Call.id == call_id).values(carrier_call_id=carrier_call_id)
-                        .execution_options(synchronize_session=False))
-    elif carrier_call_id:
-        outbound_service.record_carrier_call(session, call_id, carrier_call_id)
-    if event is not None:
-        if event.event_id and not first_time(session, carrier, event.event_id, call.agency_id):
-            session.rollback()
-            return
-        call_status.apply_event(session, call_id, event)
-    session.commit()
-    _bind_attempt(session, call_id, carrier_call_id)
-    if event is not None:
-        dispatch.settle_call(session, call_id)
-
-
-def _bind_attempt(session, call_id: uuid.UUID, carrier_call_id: str | None) -> None:
-    """A callback proves the carrier placed the call: an attempt stuck in "dialing" or
-    given up as "unknown" (its worker died mid-dial) becomes "placed"."""
-    from ..models import CampaignContact, DialAttempt
-    if not carrier_call_id:
-        return
-    session.rollback()
-    attempt = session.scalar(select(DialAttempt).where(DialAttempt.call_id == call_id))
-    if attempt is None:
-        session.rollback()
-        return
-    if attempt.state in ("dialing", "unknown"):
-        if attempt.state == "unknown":
-            session.execute(update(CampaignContact).where(CampaignContact.id == attempt.contact_id,
-                                                          CampaignContact.state == "unknown")
-                            .values(state="dialing").execution_options(synchronize_session=False))
-        attempt.state, attempt.carrier_call_id = "placed", carrier_call_id
-    session.commit()
-
-
 @bp.post("/webhooks/outbound/twilio/status/<uuid:call_id>")
 def twilio_outbound_status(call_id: uuid.UUID):
-    _apply("twilio", call_id, xml_carrier("twilio"))
+    outbound_callbacks.apply_callback(get_session(), "twilio", call_id, xml_carrier("twilio"), webhook_request())
     return "", 204
 
 
 @bp.post("/webhooks/outbound/plivo/hangup/<uuid:call_id>")
 def plivo_outbound_hangup(call_id: uuid.UUID):
-    _apply("plivo", call_id, xml_carrier("plivo"))
+    outbound_callbacks.apply_callback(get_session(), "plivo", call_id, xml_carrier("plivo"), webhook_request())
     return "", 204
 
 
 @bp.post("/webhooks/outbound/telnyx/call-control/<uuid:call_id>")
 def telnyx_outbound_event(call_id: uuid.UUID):
-    adapter = TELNYX_CALL_CONTROL
-    parsed = adapter.parse_event(_webhook_request())
-    _apply("telnyx", call_id, adapter, bind_id=parsed.call_control_id or None)
+    adapter, request_ = TELNYX_CALL_CONTROL, webhook_request()
+    parsed = adapter.parse_event(request_)
+    outbound_callbacks.apply_callback(get_session(), "telnyx", call_id, adapter, request_,
+                                      bind_id=parsed.call_control_id or None)
     return jsonify({}), 200
 
 
@@ -212,21 +147,9 @@ def plivo_outbound_answer(call_id: uuid.UUID):
     """Plivo fetches this when the callee answers, and may fetch it again: the answer is
     always the stream XML for the Ultravox call created before dialling (never a new call)."""
     adapter = xml_carrier("plivo")
-    session = get_session()
-    call = _outbound_call(session, "plivo", call_id)
-    if call is None or not call.join_url:
-        session.rollback()
+    join_url = outbound_callbacks.plivo_answer(get_session(), call_id, adapter, webhook_request())
+    if join_url is None:
         return Response(adapter.say_and_hangup("Sorry, this call cannot be connected."), mimetype="text/xml")
-    request_ = _webhook_request()
-    call_status.verified_credentials(session, adapter, request_, call.agency_id)
-    join_url = call.join_url
-    call_uuid = request_.field("CallUUID")
-    session.rollback()
-    if call_uuid:
-        session.execute(update(Call).where(Call.id == call_id).values(carrier_call_id=call_uuid)
-                        .execution_options(synchronize_session=False))
-        session.commit()
-        _bind_attempt(session, call_id, call_uuid)
     return Response(adapter.stream_response(join_url), mimetype="text/xml")
 
 

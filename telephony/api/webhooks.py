@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 
-def _webhook_request() -> WebhookRequest:
+def webhook_request() -> WebhookRequest:
     # The URL the carrier signed is the public one (PUBLIC_BASE_URL), not the one this
     # process sees behind a TLS-terminating proxy or load balancer.
     query = request.query_string.decode("latin-1")
@@ -44,7 +44,7 @@ def _inbound(carrier: str) -> Response:
     adapter = xml_carrier(carrier)
     ultravox_seconds = None
     try:
-        outcome = inbound.answer_inbound(get_session(), adapter, _webhook_request())
+        outcome = inbound.answer_inbound(get_session(), adapter, webhook_request())
         answer, ultravox_seconds = outcome.answer, outcome.ultravox_seconds
     except SignatureRejected:
         raise  # 403 through the app's error handler
@@ -62,7 +62,7 @@ def _inbound(carrier: str) -> Response:
 
 
 def _status(carrier: str) -> tuple[str, int]:
-    call_status.apply_status(get_session(), xml_carrier(carrier), _webhook_request())
+    call_status.apply_status(get_session(), xml_carrier(carrier), webhook_request())
     return "", 204
 
 
@@ -98,5 +98,5 @@ def plivo_hangup() -> tuple[str, int]:
 
 @bp.post("/telnyx/call-control")
 def telnyx_call_control():
-    inbound.handle_call_control_event(get_session(), _webhook_request())
+    inbound.handle_call_control_event(get_session(), webhook_request())
     return jsonify({}), 200

@@ -32,6 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..carriers import sdk
+from ..carriers.registry import xml_carrier
 from ..context import get_config, get_credentials
 from ..errors import DomainError, InvalidInput, NotFound
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
@@ -164,13 +165,6 @@ def callback_url(carrier: str, kind: str, call_id: uuid.UUID) -> str:
     return f"{get_config().public_base_url}/webhooks/outbound/{carrier}/{kind}/{call_id}"
 
 
-def twilio_stream_twiml(join_url: str) -> str:
-    from twilio.twiml.voice_response import VoiceResponse
-    response = VoiceResponse()
-    response.connect().stream(url=join_url)
-    return str(response)
-
-
 def place_carrier_call(carrier: str, credentials: Mapping[str, str], *, to: str, from_number: str,
                        join_url: str, call_id: uuid.UUID, command_id: str) -> str:
     """Ask the carrier to dial; returns the carrier's call id. Raises CarrierRejected,
@@ -181,7 +175,7 @@ def place_carrier_call(carrier: str, credentials: Mapping[str, str], *, to: str,
         if carrier == "twilio":
             client = sdk.twilio_client(credentials["account_sid"], credentials["auth_token"],
                                        api_base=config.twilio_api_base, timeout=timeout)
-            call = client.calls.create(to=to, from_=from_number, twiml=twilio_stream_twiml(join_url),
+            call = client.calls.create(to=to, from_=from_number, twiml=xml_carrier("twilio").stream_response(join_url),
                                        status_callback=callback_url("twilio", "status", call_id),
                                        status_callback_event=TWILIO_STATUS_EVENTS, timeout=RING_TIMEOUT_SECONDS)
             return str(call.sid)
