@@ -1,6 +1,7 @@
 import json
 import logging
 
+import pytest
 from openapi_spec_validator import validate as validate_openapi
 from sqlalchemy import text
 
@@ -82,3 +83,48 @@ def test_database_session_is_released_after_each_request(app, client):
     with app.app_context():
         from telephony.db import get_session
         assert get_session().execute(text("SELECT 1")).scalar() == 1
+
+
+def _kill_our_backends(db) -> None:
+    """Terminate every server connection of this test database except the killer's own:
+    what a PostgreSQL restart or an idle-connection reaper does to a pool."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+    killer = create_engine(db.url, poolclass=NullPool)
+    with killer.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    killer.dispose()
+
+
+def test_idle_pooled_connection_is_pinged_and_replaced(app, db, database_url, monkeypatch):
+    """A connection that sat idle in the pool is checked before use: a dead one is
+    replaced, and the request never sees it."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server connection to lose")
+    from telephony import db as db_module
+    with db.session() as session:
+        session.execute(text("SELECT 1"))
+    _kill_our_backends(db)
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)
+    with db.session() as session:
+        assert session.execute(text("SELECT 41 + 1")).scalar_one() == 42
+
+
+def test_recently_used_connection_is_not_pinged_and_a_dead_pool_recovers(app, db, database_url, monkeypatch):
+    """No ping for a connection used moments ago (a round trip saved per transaction);
+    if the server went away meanwhile, one statement fails and the whole pool is
+    replaced, so the next one succeeds."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server connection to lose")
+    from sqlalchemy.exc import OperationalError
+    from telephony import db as db_module
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 3600.0)
+    with db.session() as session:
+        session.execute(text("SELECT 1"))
+    _kill_our_backends(db)
+    with pytest.raises(OperationalError):
+        with db.session() as session:
+            session.execute(text("SELECT 1"))
+    with db.session() as session:
+        assert session.execute(text("SELECT 41 + 1")).scalar_one() == 42
