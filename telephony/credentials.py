@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from .models import AgencyCredential, utcnow
@@ -31,6 +31,9 @@ PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
 }
 MAX_SECRET_LENGTH = 4096
 _ROWS_CACHE = "telephony.credential_rows"
+# Built once: read on every webhook.
+_ROWS_QUERY = select(AgencyCredential.name, AgencyCredential.ciphertext).where(
+    AgencyCredential.agency_id == bindparam("agency_id"))
 
 
 class CredentialError(Exception):
@@ -149,12 +152,16 @@ class CredentialStore:
                   for name, token in self._rows(session, agency_id).items() if name.startswith(prefix)}
         return ProviderCredentials(provider, values)
 
+    def remember_rows(self, session: Session, agency_id: uuid.UUID, rows: Mapping[str, str]) -> None:
+        """Keep ALL of the agency's rows (name -> ciphertext), read by another query of
+        this session, so `get` needs no query of its own (the inbound webhook reads them
+        joined to the dialled number). Still encrypted: `get` decrypts and checks them."""
+        session.info.setdefault(_ROWS_CACHE, {})[agency_id] = dict(rows)
+
     def _rows(self, session: Session, agency_id: uuid.UUID) -> dict[str, str]:
         cache = session.info.setdefault(_ROWS_CACHE, {})
         if agency_id not in cache:
-            cache[agency_id] = dict(session.execute(
-                select(AgencyCredential.name, AgencyCredential.ciphertext)
-                .where(AgencyCredential.agency_id == agency_id)).all())
+            cache[agency_id] = dict(session.execute(_ROWS_QUERY, {"agency_id": agency_id}).all())
         return cache[agency_id]
 
     def describe(self, session: Session, agency_id: uuid.UUID) -> dict[str, dict[str, dict]]:

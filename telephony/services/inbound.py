@@ -1,19 +1,19 @@
 """Answering a carrier's inbound-call webhook: the caller talks to the agency's agent.
 
-The normal path issues five SQL statements in two short transactions (three on SQLite,
+The normal path issues three SQL statements in two short transactions (three on SQLite,
 see call_status.end_reads_before_writing) and holds no database connection while
 Ultravox is asked for the call:
 
-1. SELECT the dialled number and its agent. Unknown or carrier-mismatched numbers get a
-   "not in service" message without verification: there are no credentials to verify
-   with, and the answer is a fixed message that writes nothing and starts nothing.
-2. SELECT the agency's carrier credentials and verify the signature; a missing, forged
-   or (Telnyx) replayed signature raises SignatureRejected (403) with nothing written.
-3. SELECT the agency's Ultravox key.
-4. INSERT the call ON CONFLICT (source, carrier_call_id) DO NOTHING, and COMMIT: the
+1. SELECT the dialled number, its agent and the agency's credential rows (encrypted).
+   Unknown or carrier-mismatched numbers get a "not in service" message without
+   verification: there are no credentials to verify with, and the answer is a fixed
+   message that writes nothing and starts nothing. The carrier credentials are
+   decrypted and the signature verified; a missing, forged or (Telnyx) replayed
+   signature raises SignatureRejected (403) with nothing written.
+2. INSERT the call ON CONFLICT (source, carrier_call_id) DO NOTHING, and COMMIT: the
    atomic claim. A repeated webhook for the same carrier call loses it and gets the same
    answer as the first one, without a second Ultravox call.
-5. POST /api/agents/{id}/calls, timeout = INBOUND_ULTRAVOX_BUDGET; then UPDATE the call
+3. POST /api/agents/{id}/calls, timeout = INBOUND_ULTRAVOX_BUDGET; then UPDATE the call
    with the Ultravox id and joinUrl (or what was answered instead), and COMMIT.
 
 Whatever fails after that (Ultravox error, 429/503, timeout, database outage, a bug) the
@@ -38,11 +38,11 @@ from sqlalchemy.orm import Session
 from .. import call_states
 from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
 from ..carriers.registry import TELNYX_CALL_CONTROL
-from ..context import get_config
+from ..context import get_config, get_credentials
 from ..credentials import ProviderCredentials
 from ..errors import InvalidInput
 from ..logging import agency_id_var, call_id_var
-from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
+from ..models import AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
 from ..ultravox import UltravoxClient, UltravoxError, UltravoxServerError
 from . import call_status
 from .call_status import SignatureRejected
@@ -83,12 +83,19 @@ class InboundOutcome:
 
 
 def find_route(session: Session, carrier: str, e164: str) -> Route | None:
-    """The number (registered with this carrier) and its agent, in one query of plain
-    columns: the route outlives this read transaction, so it holds no ORM state that
-    ending the transaction would expire (and reading it again cost another query)."""
-    row = session.execute(_ROUTE_QUERY, {"e164": e164, "carrier": carrier}).first()
-    if row is None:
+    """The number (registered with this carrier), its agent and, in the same query, the
+    owning agency's credential rows, which the signature check and the Ultravox call need
+    next (handed to the credential store still encrypted: one round trip, not two).
+
+    Plain columns, not ORM objects: the route outlives this read transaction, so it holds
+    no ORM state that ending the transaction would expire (and reading it again cost
+    another query)."""
+    rows = session.execute(_ROUTE_QUERY, {"e164": e164, "carrier": carrier}).all()
+    if not rows:
         return None
+    row = rows[0]
+    get_credentials().remember_rows(session, row.agency_id, {
+        r.credential_name: r.ciphertext for r in rows if r.credential_name is not None})
     agent = None
     if row.agent_id is not None:
         agent = AgentMapping(id=row.agent_id, agency_id=row.agency_id, name=row.agent_name,
@@ -97,14 +104,19 @@ def find_route(session: Session, carrier: str, e164: str) -> Route | None:
                  recording_enabled=row.recording_enabled, agent=agent)
 
 
-# Built once: a webhook is a hot path, and building the statement costs as much as running it.
+# Built once, from Core tables: a webhook is a hot path, and building (or ORM-compiling)
+# the statement costs as much as running it. One row per credential of the agency (an
+# agency has a handful), or one row with NULL credential columns.
+_numbers, _agents, _secrets = PhoneNumber.__table__, AgentMapping.__table__, AgencyCredential.__table__
 _ROUTE_QUERY = (
-    select(PhoneNumber.agency_id, PhoneNumber.e164, PhoneNumber.fallback_number, PhoneNumber.recording_enabled,
-           AgentMapping.id.label("agent_id"), AgentMapping.name.label("agent_name"), AgentMapping.ultravox_agent_id,
-           AgentMapping.recording_enabled.label("agent_recording"))
-    .outerjoin(AgentMapping, (AgentMapping.id == PhoneNumber.agent_id)
-               & (AgentMapping.agency_id == PhoneNumber.agency_id))
-    .where(PhoneNumber.e164 == bindparam("e164"), PhoneNumber.carrier == bindparam("carrier"))
+    select(_numbers.c.agency_id, _numbers.c.e164, _numbers.c.fallback_number, _numbers.c.recording_enabled,
+           _agents.c.id.label("agent_id"), _agents.c.name.label("agent_name"), _agents.c.ultravox_agent_id,
+           _agents.c.recording_enabled.label("agent_recording"),
+           _secrets.c.name.label("credential_name"), _secrets.c.ciphertext)
+    .select_from(_numbers)
+    .outerjoin(_agents, (_agents.c.id == _numbers.c.agent_id) & (_agents.c.agency_id == _numbers.c.agency_id))
+    .outerjoin(_secrets, _secrets.c.agency_id == _numbers.c.agency_id)
+    .where(_numbers.c.e164 == bindparam("e164"), _numbers.c.carrier == bindparam("carrier"))
 )
 
 
