@@ -194,8 +194,9 @@ def running_stack(database: str, *, keep_workdir: bool = False, fallback: str | 
             key = Fernet.generate_key().decode()
             seed_demo(database_url, key, workdir, fallback=fallback)
             uv_port, web_port = free_port(), free_port()
+            # As many simulator threads as the burst sends webhooks at once (and some).
             ultravox = start("ultravox-sim", [sys.executable, "-m", "telephony.sim", "ultravox", "--port",
-                                              str(uv_port)], {}, workdir)
+                                              str(uv_port), "--threads", "256"], {}, workdir)
             procs.append(ultravox)
             ultravox_url = f"http://127.0.0.1:{uv_port}"
             wait_ready(ultravox, f"{ultravox_url}/_sim/requests")

@@ -321,6 +321,16 @@ def test_latency_injection_delays_api_requests(http: requests.Session, sim: Serv
         assert time.monotonic() - started >= 0.2
 
 
+def test_request_log_holds_status_and_time_taken(http: requests.Session, sim: ServerHandle) -> None:
+    # Benchmarks subtract the simulator's own time per request from the service's.
+    http.post(f"{sim.base_url}/_sim/config", json={"latency_ms": 120}).raise_for_status()
+    _create(http, sim)
+    http.post(f"{sim.base_url}/api/calls", json=[], headers=_headers())  # 400: not an object
+    created, rejected = http.get(f"{sim.base_url}/_sim/requests").json()["requests"][-2:]
+    assert created["status"] == 201 and 120 <= created["duration_ms"] < 1000
+    assert rejected["status"] == 400 and rejected["duration_ms"] >= 120
+
+
 def _inject(http: requests.Session, sim: ServerHandle, **rule: Any) -> None:
     response = http.post(f"{sim.base_url}/_sim/failures", json={"failures": [rule]})
     assert response.status_code == 200, response.text

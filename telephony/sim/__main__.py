@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from types import FrameType
 
 from telephony.sim import carriers, ultravox
-from telephony.sim.common import serve_in_thread
+from telephony.sim.common import DEFAULT_THREADS, serve_in_thread
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_ULTRAVOX_PORT = 9100
@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--host", default=DEFAULT_HOST, help="bind address (default 127.0.0.1)")
     common.add_argument("--latency-ms", type=int, default=0, help="delay added to every API request")
     common.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    common.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"requests served at once (default {DEFAULT_THREADS}); more wait their turn")
 
     uv = sub.add_parser("ultravox", parents=[common], help="Ultravox REST API simulator")
     _add_ultravox_options(uv, port_flag="--port")
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with ExitStack() as stack:
         for name, app, port in apps:
-            handle = stack.enter_context(serve_in_thread(app, args.host, port, access_log=args.access_log))
+            handle = stack.enter_context(serve_in_thread(app, args.host, port, access_log=args.access_log,
+                                                                 threads=args.threads))
             print(f"{name} simulator listening on {handle.base_url}", flush=True)
         while not stop.wait(0.5):
             pass

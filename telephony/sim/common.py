@@ -10,14 +10,17 @@ Every simulator exposes the same control API under ``/_sim/...`` (registered by
 - ``POST /_sim/config``   ``{"latency_ms": 500}`` fixed delay added to every API request.
 - ``POST /_sim/failures`` ``{"failures": [{"method", "path_prefix", "mode", "status",
   "retry_after", "delay_s", "count"}]}``: the next ``count`` matching API requests fail.
-- ``GET  /_sim/requests`` log of received API requests (never the credentials).
+- ``GET  /_sim/requests`` log of received API requests (never the credentials), each
+  with the status answered and ``duration_ms``, the time the simulator took.
 - ``POST /_sim/reset``    clears state.
 """
 from __future__ import annotations
 
 import base64
 import copy
+import sys
 import threading
+import time
 import uuid
 from collections import deque
 from contextlib import contextmanager
@@ -25,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-from flask import Flask, Response, jsonify, request
-from werkzeug.serving import WSGIRequestHandler, make_server
+from flask import Flask, Response, g, jsonify, request
+from cheroot.wsgi import Server as CherootServer
 
 FailureMode = Literal["error", "timeout", "rate_limit", "unavailable"]
 FAILURE_MODES: tuple[str, ...] = ("error", "timeout", "rate_limit", "unavailable")
@@ -167,13 +170,20 @@ class Injector:
                     return copy.copy(rule)
         return None
 
-    def record(self, entry: dict[str, Any]) -> None:
+    def record(self, entry: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             self._log.append(entry)
+        return entry
+
+    def answered(self, entry: dict[str, Any], *, status: int, duration_ms: float) -> None:
+        """Complete a logged request with its status and the time the simulator took."""
+        with self._lock:
+            entry["status"] = status
+            entry["duration_ms"] = duration_ms
 
     def requests(self) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self._log)
+            return [dict(entry) for entry in self._log]
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
@@ -265,7 +275,8 @@ def install_control_api(
         path = request.path
         if path.startswith(SIM_PREFIX):
             return None  # control endpoints are never delayed, failed or logged
-        injector.record(
+        g.sim_started = time.perf_counter()
+        g.sim_log_entry = injector.record(
             {
                 "time": utc_now_iso(),
                 "method": request.method,
@@ -293,6 +304,16 @@ def install_control_api(
         response = jsonify(error_body(path, rule.status, rule.mode))
         response.status_code = rule.status
         response.headers.update(headers)
+        return response
+
+    @app.after_request
+    def _time_taken(response: Response) -> Response:
+        # How long this simulator took to answer (its configured latency included), so a
+        # benchmark can tell the simulator's time from the time of the service under test.
+        entry = g.get("sim_log_entry")
+        if entry is not None:
+            injector.answered(entry, status=response.status_code,
+                              duration_ms=round((time.perf_counter() - g.sim_started) * 1000, 3))
         return response
 
     @app.post("/_sim/config")
@@ -350,11 +371,19 @@ def _format_retry_after(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-class _QuietRequestHandler(WSGIRequestHandler):
-    """No access-log line per request (benchmarks send hundreds); errors still log."""
+class _AccessLog:
+    """WSGI middleware: one "METHOD path status" line per request on stderr (--access-log)."""
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return None
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def logging_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            print(f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')} {status.split(' ', 1)[0]}",
+                  file=sys.stderr, flush=True)
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        return self.app(environ, logging_start_response)
 
 
 @dataclass(frozen=True)
@@ -367,31 +396,38 @@ class ServerHandle:
         return f"http://{self.host}:{self.port}"
 
 
+# Enough for the tests' concurrent requests; the inbound benchmark's bursts ask for more.
+DEFAULT_THREADS = 64
+
+
 @contextmanager
 def serve_in_thread(
-    app: Any, host: str = "127.0.0.1", port: int = 0, *, access_log: bool = False
+    app: Any, host: str = "127.0.0.1", port: int = 0, *, access_log: bool = False,
+    threads: int = DEFAULT_THREADS,
 ) -> Iterator[ServerHandle]:
     """Serve a WSGI app on a background thread for the duration of the block.
 
-    ``port=0`` picks a free port (read it from the yielded handle). The threaded
-    werkzeug server handles concurrent requests; its request threads are daemons so a
-    request parked in an injected timeout cannot block shutdown.
+    ``port=0`` picks a free port (read it from the yielded handle). cheroot serves
+    HTTP/1.1 with keep-alive, as the real APIs do, so a client's pooled connection is
+    reused (werkzeug's development server closes every connection, and a new
+    connection, plus a new server thread for it, would be charged to the client in
+    benchmarks). ``threads`` requests are served at once; more wait their turn.
     """
-    handler = WSGIRequestHandler if access_log else _QuietRequestHandler
-    server = make_server(host, port, app, threaded=True, request_handler=handler)
-    thread = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": 0.1},
-        name=f"sim-server-{server.port}",
-        daemon=True,
-    )
+    # request_queue_size is the listen backlog (cheroot's default of 5 drops a burst's
+    # connections into SYN retries); keep_alive_conn_limit (default 10) would close the
+    # idle pooled connections of a busy client.
+    server = CherootServer((host, port), _AccessLog(app) if access_log else app, numthreads=threads,
+                           max=threads, server_name=f"sim-{port}", shutdown_timeout=2, request_queue_size=1024)
+    server.keep_alive_conn_limit = None
+    server.expiration_interval = 0.05  # how soon its loop notices stop(): tests start and stop many
+    server.prepare()  # binds now, so the real port is known before the block starts
+    thread = threading.Thread(target=server.serve, name=f"sim-server-{server.bind_addr[1]}", daemon=True)
     thread.start()
     try:
-        yield ServerHandle(host=host, port=server.port)
+        yield ServerHandle(host=host, port=server.bind_addr[1])
     finally:
         injector = getattr(app, "extensions", {}).get("sim_injector")
         if isinstance(injector, Injector):
-            injector.wake_sleepers()
-        server.shutdown()
-        server.server_close()
+            injector.wake_sleepers()  # a request parked in an injected timeout ends now
+        server.stop()
         thread.join(timeout=5)
