@@ -22,6 +22,13 @@ DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
 DEFAULT_TELNYX_API_BASE = "https://api.telnyx.com/v2"
 DEFAULT_PLIVO_API_BASE = "https://api.plivo.com"
 GENERATED_KEY_FILE = "credentials.key"
+# The Telnyx media-stream codecs Ultravox documents, each with its one sampling rate:
+# L16 at 16 kHz (HD audio, the current recommendation), PCMU or PCMA (Europe) at 8 kHz
+# (the earlier recommendation). Telnyx gets the same codec for both directions, because
+# Ultravox must see one codec. Other Telnyx codecs (G722, OPUS, AMR-WB) are not documented
+# as working with Ultravox and are refused.
+TELNYX_STREAM_FORMATS: Mapping[str, int] = {"L16": 16000, "PCMU": 8000, "PCMA": 8000}
+DEFAULT_TELNYX_STREAM_CODEC = "L16"
 
 
 class ConfigError(ValueError):
@@ -48,10 +55,21 @@ class Config:
     upstream_connect_timeout: float = 3.05
     upstream_read_timeout: float = 10.0
     inbound_ultravox_budget: float = 5.0
+    telnyx_stream_codec: str = DEFAULT_TELNYX_STREAM_CODEC
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
     production: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.telnyx_stream_codec not in TELNYX_STREAM_FORMATS:
+            raise ConfigError("TELNYX_STREAM_CODEC", f"must be one of {', '.join(TELNYX_STREAM_FORMATS)}, "
+                              f"got {self.telnyx_stream_codec!r}")
+
+    @property
+    def telnyx_stream_sampling_rate(self) -> int:
+        """Follows the codec: each documented codec has one sampling rate."""
+        return TELNYX_STREAM_FORMATS[self.telnyx_stream_codec]
 
     @property
     def is_sqlite(self) -> bool:
@@ -115,6 +133,8 @@ class Config:
             upstream_connect_timeout=_float(env, "UPSTREAM_CONNECT_TIMEOUT", 3.05, 0.01, 60),
             upstream_read_timeout=_float(env, "UPSTREAM_READ_TIMEOUT", 10.0, 0.01, 300),
             inbound_ultravox_budget=_float(env, "INBOUND_ULTRAVOX_BUDGET", 5.0, 0.1, 14),
+            telnyx_stream_codec=_choice(env, "TELNYX_STREAM_CODEC", DEFAULT_TELNYX_STREAM_CODEC,
+                                        tuple(TELNYX_STREAM_FORMATS)),
             log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             production=production,
         )

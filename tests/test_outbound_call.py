@@ -52,6 +52,23 @@ def test_telnyx_call_uses_call_control_dial(sim_app, carrier_sim):
     assert placed["webhook_url"].endswith(f"/webhooks/outbound/telnyx/call-control/{response.json['call_id']}")
 
 
+def test_telnyx_call_dials_with_the_configured_codec(config, tmp_path, ultravox_sim, carrier_sim):
+    """TELNYX_STREAM_CODEC applies to outbound dials too, equal in both directions."""
+    from telephony import create_app
+    app = create_app(config.with_overrides(
+        ultravox_api_base=ultravox_sim.base_url, telnyx_api_base=f"{carrier_sim.base_url}/v2",
+        telnyx_stream_codec="PCMU"), instance_path=str(tmp_path / "pcmu-instance"))
+    try:
+        seeded = seed_agency(app, carrier="telnyx")
+        response = _post(app.test_client(), seeded, {"agent_id": AGENT_UV_ID, "to": CALLEE})
+        assert response.status_code == 201, response.json
+        [placed] = sim_calls(carrier_sim, "telnyx")
+        assert placed["stream_codec"] == placed["stream_bidirectional_codec"] == "PCMU"
+        assert placed["stream_bidirectional_sampling_rate"] == 8000
+    finally:
+        app.extensions["telephony.db"].dispose()
+
+
 def test_plivo_call_answer_url_returns_the_same_stream_every_time(sim_app, carrier_sim):
     from tests.inbound_helpers import plivo_headers
     seeded = seed_agency(sim_app, carrier="plivo")

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import telnyx
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
@@ -45,15 +45,35 @@ def verify_ed25519(request: WebhookRequest, credentials: Mapping[str, str]) -> b
     return True
 
 
+# (codec, sampling rate) of the media stream, asked for at each answer.
+StreamFormat = Callable[[], tuple[str, int]]
+
+
 class _TelnyxSigned:
     """What both Telnyx products share: the account's Ed25519 signature and one
-    codec for both directions of the media stream."""
+    codec for both directions of the media stream.
+
+    The codec is fixed (``codec``/``sampling_rate``) or, with ``stream_format``, looked up
+    at each answer: the registry's adapters read TELNYX_STREAM_CODEC from the app's config
+    that way, so one module-level adapter serves every app."""
 
     name = "telnyx"
 
-    def __init__(self, codec: str = DEFAULT_CODEC, sampling_rate: int = DEFAULT_SAMPLING_RATE) -> None:
-        self.codec = codec
-        self.sampling_rate = sampling_rate
+    def __init__(self, codec: str = DEFAULT_CODEC, sampling_rate: int = DEFAULT_SAMPLING_RATE, *,
+                 stream_format: StreamFormat | None = None) -> None:
+        self._stream_format: StreamFormat = stream_format or (lambda: (codec, sampling_rate))
+
+    def stream_format(self) -> tuple[str, int]:
+        """(codec, sampling rate): the codec is used for both directions."""
+        return self._stream_format()
+
+    @property
+    def codec(self) -> str:
+        return self.stream_format()[0]
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.stream_format()[1]
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         return verify_ed25519(request, credentials)
@@ -66,8 +86,9 @@ class TelnyxTexmlAdapter(_TelnyxSigned, TwilioAdapter):
     codec for both directions (otherwise Telnyx streams one way only)."""
 
     def _stream_attributes(self) -> dict[str, str]:
-        return {"bidirectional_mode": "rtp", "codec": self.codec, "bidirectional_codec": self.codec,
-                "bidirectional_sampling_rate": str(self.sampling_rate)}
+        codec, sampling_rate = self.stream_format()
+        return {"bidirectional_mode": "rtp", "codec": codec, "bidirectional_codec": codec,
+                "bidirectional_sampling_rate": str(sampling_rate)}
 
 
 @dataclass(frozen=True)
@@ -141,15 +162,17 @@ class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
 
         ``command_id`` makes a repeated webhook's repeated command a no-op at Telnyx
         (deduplicated for 60 s), so answering twice never starts two streams."""
+        codec, sampling_rate = self.stream_format()  # here, in the request's app context
+
         def run(client: telnyx.Telnyx) -> None:
             actions = client.calls.actions
             if answer.kind == "stream" and answer.join_url:
                 actions.answer(call_control_id, stream_url=answer.join_url, stream_track="inbound_track",
-                               stream_codec=self.codec, stream_bidirectional_mode="rtp",  # type: ignore[arg-type]
-                               stream_bidirectional_codec=self.codec,  # type: ignore[arg-type]
+                               stream_codec=codec, stream_bidirectional_mode="rtp",  # type: ignore[arg-type]
+                               stream_bidirectional_codec=codec,  # type: ignore[arg-type]
                                stream_bidirectional_target_legs="opposite",
                                # Not a named argument of answer() in the SDK; the API takes it.
-                               extra_body={"stream_bidirectional_sampling_rate": self.sampling_rate},
+                               extra_body={"stream_bidirectional_sampling_rate": sampling_rate},
                                command_id=f"{command_id}:answer")
             elif answer.kind == "dial" and answer.number:
                 actions.transfer(call_control_id, to=answer.number, command_id=f"{command_id}:transfer")
