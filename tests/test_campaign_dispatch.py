@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+import pytest
 import requests
 
 from telephony.models import utcnow
@@ -189,3 +190,55 @@ def test_cps_slots_in_the_past_are_skipped_not_burst(app, db):
     assert min(gaps) >= 0.05 - 1e-6, gaps
     worst = max(sum(1 for t in starts if s <= t < s + 1) for s in starts)
     assert worst <= 20
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 20, 30])
+def test_cps_pacing_tolerates_late_arrivals_at_the_carrier(app, db, limit):
+    """Calls reach the carrier a little after their slot (thread wake-up, the "dialing"
+    commit, the SDK). Up to CPS_JITTER_ALLOWANCE late, in any pattern, no sliding second
+    at the carrier holds more than `limit` starts, and the mean rate stays close to it."""
+    import random
+
+    from telephony.services.dispatch import CPS_JITTER_ALLOWANCE, acquire_cps_slot, pacing_plan
+
+    rng = random.Random(limit)
+    clock = {"now": 1_900_000_000.3}
+    window, _ = pacing_plan(limit)
+    count = max(3 * limit, 45) if limit > 2 else 45
+
+    def fake_sleep(seconds: float) -> None:
+        clock["now"] += seconds
+
+    arrivals: list[float] = []
+    with db.session() as session:
+        for _ in range(count):
+            slot = acquire_cps_slot(session, f"twilio:AC-jitter-{limit}", limit, clock=lambda: clock["now"],
+                                    sleep=fake_sleep)
+            # Worst case for a sliding window: alternately on time and as late as allowed.
+            arrivals.append(slot + (CPS_JITTER_ALLOWANCE if rng.random() < 0.5 else 0.0))
+    arrivals.sort()
+    worst = max(sum(1 for t in arrivals if a <= t < a + 1) for a in arrivals)
+    assert worst <= limit
+    rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    assert rate >= limit * 0.95, rate
+
+
+def test_cps_slot_is_given_up_when_the_dispatcher_wakes_too_late(app, db):
+    """A thread that oversleeps (busy machine) does not start late: it takes a later slot."""
+    from telephony.services.dispatch import CPS_JITTER_ALLOWANCE, acquire_cps_slot, pacing_plan
+
+    clock = {"now": 1_900_000_000.0}
+    oversleep = {"next": CPS_JITTER_ALLOWANCE}  # the first sleep ends this much too late
+
+    def fake_sleep(seconds: float) -> None:
+        clock["now"] += seconds + oversleep["next"]
+        oversleep["next"] = 0.0
+
+    window, slots = pacing_plan(20)
+    with db.session() as session:
+        first = acquire_cps_slot(session, "twilio:AC-late", 20, clock=lambda: clock["now"], sleep=lambda s: None)
+        slot = acquire_cps_slot(session, "twilio:AC-late", 20, clock=lambda: clock["now"], sleep=fake_sleep)
+    assert first == 1_900_000_000.0
+    # The second slot (one spacing on) was overslept; the third one is taken instead.
+    assert slot == pytest.approx(first + 2 * window / slots)
+    assert clock["now"] - slot < CPS_JITTER_ALLOWANCE / 2

@@ -13,7 +13,10 @@ local simulator (``python -m telephony.sim carriers``). Every factory:
 """
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
 
 import plivo
 import telnyx
@@ -38,6 +41,40 @@ def _clean_base(name: str, api_base: str) -> str:
     if not api_base.startswith(("https://", "http://")):
         raise ValueError(f"{name} must be an http(s) URL")
     return api_base.rstrip("/")
+
+
+# -- one client per account -----------------------------------------------------------------
+
+# A client per agency account and base URL, kept so its pooled HTTP connection is reused:
+# a new client per call would open a new TCP and TLS connection for every dial, which
+# adds tens of milliseconds (and their variance) between a paced slot and the carrier.
+# The SDK clients are safe to share between threads (requests sessions, httpx clients).
+_MAX_CACHED_CLIENTS = 256
+_clients: "OrderedDict[str, Any]" = OrderedDict()
+_clients_lock = threading.Lock()
+
+
+def cached_client(kind: str, identity: tuple[str, ...], build: Callable[[], Any]) -> Any:
+    """The client for (kind, identity), built once; identity holds secrets, so only its
+    digest is kept as the key. Least recently used clients are dropped past 256."""
+    key = hashlib.sha256("\0".join((kind, *identity)).encode()).hexdigest()
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is not None:
+            _clients.move_to_end(key)
+            return client
+    client = build()  # outside the lock: building may be slow; a racing duplicate is harmless
+    with _clients_lock:
+        client = _clients.setdefault(key, client)
+        _clients.move_to_end(key)
+        while len(_clients) > _MAX_CACHED_CLIENTS:
+            _clients.popitem(last=False)
+    return client
+
+
+def clear_cached_clients() -> None:
+    with _clients_lock:
+        _clients.clear()
 
 
 # -- Twilio --------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from ..ultravox import UltravoxError, UltravoxRateLimited, UltravoxServerError, 
     UltravoxUnavailable
 from .do_not_call import is_on_list, listed_among
 from .outbound import (CarrierError, CarrierRateLimited, CarrierRejected, OutboundTarget, carrier_account_key,
-                       carrier_credentials, hang_up_quietly, place_carrier_call, record_call_failed,
+                       carrier_client, carrier_credentials, hang_up_quietly, place_carrier_call, record_call_failed,
                        record_carrier_call, start_ultravox_call)
 
 log = logging.getLogger(__name__)
@@ -186,27 +186,51 @@ def claim_batch(session: Session, campaign_id: uuid.UUID, limit: int, *, now: da
 # -- pacing: calls per second per carrier account -------------------------------------
 
 
+# How late a call may reach the carrier after its slot (thread wake-up, the "dialing"
+# commit, the SDK) without ever putting more than `limit` starts into any sliding
+# second at the carrier. Slots are spaced (1 + allowance) / limit apart on average:
+# at 20 calls/s that is 19.5/s; see pacing_plan.
+CPS_JITTER_ALLOWANCE = 0.025
+
+
+def pacing_plan(limit: int, allowance: float = CPS_JITTER_ALLOWANCE) -> tuple[int, int]:
+    """(window_seconds, slots_per_window) for a calls-per-second limit.
+
+    Slot i of a window starting at W is W + i * window/slots, and the last slot of one
+    window is one spacing before the next window's first, so starts are evenly spaced
+    across windows. With `slots = window * limit - 1`, any `limit + 1` consecutive starts
+    span at least 1 + 1/slots seconds: a start may arrive up to 1/slots late (at least
+    the allowance up to 40 calls/s, 1/(limit - 1) above) and no sliding second holds
+    more than `limit`. The window grows for
+    small limits so the spacing stays close to 1/limit (1 call/s: 39 starts in 40 s)."""
+    limit = max(1, int(limit))
+    window = max(1, math.floor(1 / allowance / limit))
+    return window, window * limit - 1 if window * limit > 1 else 1
+
+
 def acquire_cps_slot(session: Session, bucket: str, limit: int, *, clock=time.time, sleep=time.sleep,
                      deadline: float | None = None) -> float | None:
-    """Take one of `limit` call starts in a one-second window of `bucket`, shared by every
-    dispatcher through one atomic upsert, and sleep until the slot's moment: slot i of
-    second S is S + i/limit, so starts are spread evenly and a slot that would spill
-    into the next second is never used. Returns the slot time, or None at `deadline`."""
-    limit = max(1, int(limit))
+    """Take the next call start of `bucket` (a carrier account), shared by every
+    dispatcher through one atomic upsert on a per-window counter, and sleep until the
+    slot's moment. Slots are spread evenly (see pacing_plan) so that, even with starts
+    arriving a little late, no sliding second holds more than `limit`.
+    Returns the slot time, or None at `deadline`."""
+    window, slots = pacing_plan(limit)
+    spacing = window / slots
     table = RateLimitWindow.__table__
     insert = dialect_insert(session)
     while True:
         now = clock()
         if deadline is not None and now > deadline:
             return None
-        second = int(now)
-        # Slots of this second that are already in the past are skipped, not handed
+        start = math.floor(now / window) * window
+        # Slots of this window that are already in the past are skipped, not handed
         # out at once: the count jumps to at least the first slot not before `now`.
-        # Otherwise a dispatcher arriving at S+0.6 would start 12 calls immediately
-        # and, with the next second's first slots, exceed the limit in a 1 s window.
-        first_count = math.ceil((now - second) * limit) + 1
+        # Otherwise a dispatcher arriving late in a window would start the missed
+        # slots' calls immediately and bunch them up.
+        first_count = math.ceil((now - start) / spacing) + 1
         greatest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
-        statement = (insert(table).values(bucket=bucket, window_start=second, count=first_count)
+        statement = (insert(table).values(bucket=bucket, window_start=start, count=first_count)
                      .on_conflict_do_update(index_elements=[table.c.bucket, table.c.window_start],
                                             set_={"count": greatest(table.c.count + 1, first_count)})
                      .returning(table.c.count))
@@ -214,19 +238,20 @@ def acquire_cps_slot(session: Session, bucket: str, limit: int, *, clock=time.ti
         count = session.execute(statement).scalar_one()
         if count == first_count:
             session.execute(delete(RateLimitWindow).where(RateLimitWindow.bucket == bucket,
-                                                          RateLimitWindow.window_start < second - 5))
+                                                          RateLimitWindow.window_start < start - 5 * window))
         session.commit()
         index = count - 1
-        if index < limit:
-            slot = second + index / limit
+        if index < slots:
+            slot = start + index * spacing
             wait = slot - clock()
             if wait > 0:
                 sleep(wait)
-            if clock() < second + 1 - 0.5 / limit:
+            if clock() < slot + CPS_JITTER_ALLOWANCE / 2:
                 return slot
-            # Too late for this second (we overslept): take a slot in a later second.
+            # Woke up too late (a busy machine): the start would eat more than half of
+            # the allowance before the carrier even hears of it. Take a later slot.
         else:
-            sleep(max(0.0, second + 1 - clock()))
+            sleep(max(0.0, start + window - clock()))
 
 
 # -- dialling ----------------------------------------------------------------------------
@@ -359,6 +384,7 @@ def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_second
     _set_attempt(session, attempt_id, ("claimed",), call_id=call_id, carrier=carrier, from_number=from_number)
     session.commit()
 
+    client = carrier_client(carrier, credentials)  # before the slot: only the request follows it
     slot = acquire_cps_slot(session, carrier_account_key(carrier, credentials), cps,
                             deadline=time.time() + cps_deadline_seconds)
     # The point of no return: committed before the carrier hears of it.
@@ -375,7 +401,8 @@ def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_second
     session.commit()
     try:
         carrier_call_id = place_carrier_call(carrier, credentials, to=contact.phone, from_number=from_number,
-                                             join_url=started.join_url, call_id=call_id, command_id=str(attempt_id))
+                                             join_url=started.join_url, call_id=call_id, command_id=str(attempt_id),
+                                             client=client)
     except CarrierError as exc:
         return _carrier_failed(session, attempt_id, contact_id, agency_id, call_id, started.ultravox_call_id, exc)
     # "unknown" too: a reaper may have given up on us while the carrier was slow.

@@ -165,32 +165,50 @@ def callback_url(carrier: str, kind: str, call_id: uuid.UUID) -> str:
     return f"{get_config().public_base_url}/webhooks/outbound/{carrier}/{kind}/{call_id}"
 
 
-def place_carrier_call(carrier: str, credentials: Mapping[str, str], *, to: str, from_number: str,
-                       join_url: str, call_id: uuid.UUID, command_id: str) -> str:
-    """Ask the carrier to dial; returns the carrier's call id. Raises CarrierRejected,
-    CarrierRateLimited or CarrierUnavailable. Sent exactly once (no SDK retries)."""
+def carrier_client(carrier: str, credentials: Mapping[str, str]) -> Any:
+    """The official SDK client for the agency's carrier account (kept per account, so its
+    connection is reused). Raises CarrierRejected for an unsupported carrier."""
     config = get_config()
     timeout = config.upstream_read_timeout
+    if carrier == "twilio":
+        sid, token, base = credentials["account_sid"], credentials["auth_token"], config.twilio_api_base
+        return sdk.cached_client("twilio", (sid, token, base, str(timeout)),
+                                 lambda: sdk.twilio_client(sid, token, api_base=base, timeout=timeout))
+    if carrier == "telnyx":
+        key, base = credentials["api_key"], config.telnyx_api_base
+        return sdk.cached_client("telnyx", (key, base, str(timeout)),
+                                 lambda: sdk.telnyx_client(key, api_base=base, timeout=timeout))
+    if carrier == "plivo":
+        auth_id, token, base = credentials["auth_id"], credentials["auth_token"], config.plivo_api_base
+        return sdk.cached_client("plivo", (auth_id, token, base, str(timeout)),
+                                 lambda: sdk.plivo_client(auth_id, token, api_base=base, timeout=timeout))
+    raise CarrierRejected(carrier, "unsupported carrier")
+
+
+def place_carrier_call(carrier: str, credentials: Mapping[str, str], *, to: str, from_number: str,
+                       join_url: str, call_id: uuid.UUID, command_id: str, client: Any = None) -> str:
+    """Ask the carrier to dial; returns the carrier's call id. Raises CarrierRejected,
+    CarrierRateLimited or CarrierUnavailable. Sent exactly once (no SDK retries).
+    `client`: from carrier_client, built ahead (the campaign dispatcher does so before it
+    waits for its calls-per-second slot, leaving only the request itself after it)."""
     try:
+        client = client if client is not None else carrier_client(carrier, credentials)
         if carrier == "twilio":
-            client = sdk.twilio_client(credentials["account_sid"], credentials["auth_token"],
-                                       api_base=config.twilio_api_base, timeout=timeout)
             call = client.calls.create(to=to, from_=from_number, twiml=xml_carrier("twilio").stream_response(join_url),
                                        status_callback=callback_url("twilio", "status", call_id),
                                        status_callback_event=TWILIO_STATUS_EVENTS, timeout=RING_TIMEOUT_SECONDS)
             return str(call.sid)
         if carrier == "telnyx":
-            client = sdk.telnyx_client(credentials["api_key"], api_base=config.telnyx_api_base, timeout=timeout)
+            codec = get_config().telnyx_stream_codec  # both directions always the same codec
             response = client.calls.dial(
                 connection_id=credentials["connection_id"], to=to, from_=from_number, stream_url=join_url,
-                stream_track="inbound_track", stream_bidirectional_mode="rtp", stream_codec="L16",
-                stream_bidirectional_codec="L16", stream_bidirectional_sampling_rate=16000,
+                stream_track="inbound_track", stream_bidirectional_mode="rtp", stream_codec=codec,
+                stream_bidirectional_codec=codec,
+                stream_bidirectional_sampling_rate=get_config().telnyx_stream_sampling_rate,
                 stream_bidirectional_target_legs="opposite", timeout_secs=RING_TIMEOUT_SECONDS,
                 webhook_url=callback_url("telnyx", "call-control", call_id), command_id=command_id)
             return str(response.data.call_control_id)
         if carrier == "plivo":
-            client = sdk.plivo_client(credentials["auth_id"], credentials["auth_token"],
-                                      api_base=config.plivo_api_base, timeout=timeout)
             response = client.calls.create(from_=from_number.lstrip("+"), to_=to.lstrip("+"),
                                            answer_url=callback_url("plivo", "answer", call_id), answer_method="POST",
                                            hangup_url=callback_url("plivo", "hangup", call_id),
