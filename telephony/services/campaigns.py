@@ -157,20 +157,27 @@ def contact_counts(session: Session, campaign_id: uuid.UUID) -> dict[str, int]:
 
 
 def progress(session: Session, campaign: Campaign) -> dict[str, Any]:
-    """Counts per contact state, attempts, and an estimated finish time (remaining
-    contacts at the rate observed over the last 5 minutes, else the configured rate;
-    it ignores future retries and calling-window pauses, so it is a lower bound)."""
+    """Counts per contact state, attempts, and an estimated finish time: remaining
+    contacts at the rate observed over the last 5 minutes (over the time since the first
+    dial in them, so a campaign a few seconds old is not judged by 5 minutes), else the
+    configured rate. It ignores future retries and calling-window pauses."""
     counts = contact_counts(session, campaign.id)
     attempts = dict(session.execute(select(DialAttempt.state, func.count())
                                     .where(DialAttempt.campaign_id == campaign.id)
                                     .group_by(DialAttempt.state)).all())
     now = utcnow()
-    recent = session.scalar(select(func.count()).select_from(DialAttempt).where(
-        DialAttempt.campaign_id == campaign.id, DialAttempt.dial_started_at >= now - timedelta(minutes=5))) or 0
+    recent, first_recent = session.execute(
+        select(func.count(), func.min(DialAttempt.dial_started_at)).select_from(DialAttempt).where(
+            DialAttempt.campaign_id == campaign.id, DialAttempt.dial_started_at >= now - timedelta(minutes=5))).one()
     remaining = counts["queued"] + counts["dialing"]
     estimated = None
     if campaign.status in ("running", "paused") and remaining:
-        rate = recent / 300.0 if recent else float(campaign.calls_per_second)
+        if recent:
+            if first_recent.tzinfo is None:  # SQLite returns naive UTC
+                first_recent = first_recent.replace(tzinfo=now.tzinfo)
+            rate = recent / max(1.0, (now - first_recent).total_seconds())
+        else:
+            rate = float(campaign.calls_per_second)
         start = max(now, campaign.start_at)
         estimated = start + timedelta(seconds=math.ceil(remaining / max(rate, 1e-6)))
     elif campaign.status in ("running",) and not remaining:
