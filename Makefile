@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: run test migrate sim bench bench-campaign try-inbound clean
+.PHONY: run test migrate sim bench bench-inbound bench-campaign try-inbound clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,13 @@ test: $(VENV)/.dev-installed
 sim: $(VENV)/.runtime-installed
 	$(BIN)/python -m telephony.sim all
 
-## make bench: inbound-webhook benchmark (simulators + gunicorn, PostgreSQL when reachable, else SQLite)
+## make bench: both benchmarks below, one after the other (exit 1 if either misses a target); results in the README
 bench: $(VENV)/.runtime-installed
+	$(BIN)/python -m bench.inbound; inbound=$$?; $(BIN)/python -m bench.campaign; campaign=$$?; \
+	test $$inbound -eq 0 -a $$campaign -eq 0
+
+## make bench-inbound: inbound-webhook benchmark (simulators + gunicorn, PostgreSQL when reachable, else SQLite)
+bench-inbound: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.inbound $(BENCH_ARGS)
 
 ## make bench-campaign: campaign dispatch benchmark (2,000 contacts at 20/s, 2 workers, PostgreSQL required; ~5 min)
