@@ -228,7 +228,7 @@ def test_cps_slot_is_given_up_when_the_dispatcher_wakes_too_late(app, db):
     from telephony.services.dispatch import CPS_JITTER_ALLOWANCE, acquire_cps_slot, pacing_plan
 
     clock = {"now": 1_900_000_000.0}
-    oversleep = {"next": CPS_JITTER_ALLOWANCE}  # the first sleep ends this much too late
+    oversleep = {"next": CPS_JITTER_ALLOWANCE * 1.2}  # the first sleep ends this much too late
 
     def fake_sleep(seconds: float) -> None:
         clock["now"] += seconds + oversleep["next"]
@@ -241,4 +241,4 @@ def test_cps_slot_is_given_up_when_the_dispatcher_wakes_too_late(app, db):
     assert first == 1_900_000_000.0
     # The second slot (one spacing on) was overslept; the third one is taken instead.
     assert slot == pytest.approx(first + 2 * window / slots)
-    assert clock["now"] - slot < CPS_JITTER_ALLOWANCE / 2
+    assert clock["now"] - slot < CPS_JITTER_ALLOWANCE

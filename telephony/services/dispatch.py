@@ -246,10 +246,10 @@ def acquire_cps_slot(session: Session, bucket: str, limit: int, *, clock=time.ti
             wait = slot - clock()
             if wait > 0:
                 sleep(wait)
-            if clock() < slot + CPS_JITTER_ALLOWANCE / 2:
+            if clock() < slot + CPS_JITTER_ALLOWANCE:
                 return slot
-            # Woke up too late (a busy machine): the start would eat more than half of
-            # the allowance before the carrier even hears of it. Take a later slot.
+            # Woke up later than the whole allowance (a busy machine): starting now could
+            # crowd the next second. Take a later slot.
         else:
             sleep(max(0.0, start + window - clock()))
 
