@@ -6,10 +6,9 @@ flask.g and closed at teardown) or per unit of work in the worker and CLI.
 from __future__ import annotations
 
 import functools
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
-
-import time
 
 from flask import current_app, g
 from sqlalchemy import create_engine, event, exc

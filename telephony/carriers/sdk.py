@@ -72,11 +72,6 @@ def cached_client(kind: str, identity: tuple[str, ...], build: Callable[[], Any]
     return client
 
 
-def clear_cached_clients() -> None:
-    with _clients_lock:
-        _clients.clear()
-
-
 # -- Twilio --------------------------------------------------------------------------------
 
 

@@ -171,18 +171,18 @@ def carrier_client(carrier: str, credentials: Mapping[str, str]) -> Any:
     config = get_config()
     timeout = config.upstream_read_timeout
     if carrier == "twilio":
-        sid, token, base = credentials["account_sid"], credentials["auth_token"], config.twilio_api_base
-        return sdk.cached_client("twilio", (sid, token, base, str(timeout)),
-                                 lambda: sdk.twilio_client(sid, token, api_base=base, timeout=timeout))
-    if carrier == "telnyx":
-        key, base = credentials["api_key"], config.telnyx_api_base
-        return sdk.cached_client("telnyx", (key, base, str(timeout)),
-                                 lambda: sdk.telnyx_client(key, api_base=base, timeout=timeout))
-    if carrier == "plivo":
-        auth_id, token, base = credentials["auth_id"], credentials["auth_token"], config.plivo_api_base
-        return sdk.cached_client("plivo", (auth_id, token, base, str(timeout)),
-                                 lambda: sdk.plivo_client(auth_id, token, api_base=base, timeout=timeout))
-    raise CarrierRejected(carrier, "unsupported carrier")
+        secrets, base = (credentials["account_sid"], credentials["auth_token"]), config.twilio_api_base
+        factory = sdk.twilio_client
+    elif carrier == "telnyx":
+        secrets, base = (credentials["api_key"],), config.telnyx_api_base
+        factory = sdk.telnyx_client
+    elif carrier == "plivo":
+        secrets, base = (credentials["auth_id"], credentials["auth_token"]), config.plivo_api_base
+        factory = sdk.plivo_client
+    else:
+        raise CarrierRejected(carrier, "unsupported carrier")
+    return sdk.cached_client(carrier, (*secrets, base, str(timeout)),
+                             lambda: factory(*secrets, api_base=base, timeout=timeout))
 
 
 def place_carrier_call(carrier: str, credentials: Mapping[str, str], *, to: str, from_number: str,
@@ -199,12 +199,12 @@ def place_carrier_call(carrier: str, credentials: Mapping[str, str], *, to: str,
                                        status_callback_event=TWILIO_STATUS_EVENTS, timeout=RING_TIMEOUT_SECONDS)
             return str(call.sid)
         if carrier == "telnyx":
-            codec = get_config().telnyx_stream_codec  # both directions always the same codec
+            config = get_config()  # one codec for both directions, always
             response = client.calls.dial(
                 connection_id=credentials["connection_id"], to=to, from_=from_number, stream_url=join_url,
-                stream_track="inbound_track", stream_bidirectional_mode="rtp", stream_codec=codec,
-                stream_bidirectional_codec=codec,
-                stream_bidirectional_sampling_rate=get_config().telnyx_stream_sampling_rate,
+                stream_track="inbound_track", stream_bidirectional_mode="rtp", stream_codec=config.telnyx_stream_codec,
+                stream_bidirectional_codec=config.telnyx_stream_codec,
+                stream_bidirectional_sampling_rate=config.telnyx_stream_sampling_rate,
                 stream_bidirectional_target_legs="opposite", timeout_secs=RING_TIMEOUT_SECONDS,
                 webhook_url=callback_url("telnyx", "call-control", call_id), command_id=command_id)
             return str(response.data.call_control_id)

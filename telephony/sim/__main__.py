@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         for name, app, port in apps:
             handle = stack.enter_context(serve_in_thread(app, args.host, port, access_log=args.access_log,
-                                                                 threads=args.threads))
+                                                         threads=args.threads))
             print(f"{name} simulator listening on {handle.base_url}", flush=True)
         while not stop.wait(0.5):
             pass

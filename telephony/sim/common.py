@@ -381,7 +381,7 @@ class _AccessLog:
         def logging_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
             print(f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')} {status.split(' ', 1)[0]}",
                   file=sys.stderr, flush=True)
-            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+            return start_response(status, headers, exc_info)
 
         return self.app(environ, logging_start_response)
 
