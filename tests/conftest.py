@@ -16,12 +16,27 @@ from urllib.parse import urlsplit
 
 import pytest
 from cryptography.fernet import Fernet
+from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
 from telephony import create_app
 from telephony.config import Config, normalize_database_url
 from telephony.migrate import upgrade
 from telephony.models import Base
+
+
+
+class ServerLikeClient(FlaskClient):
+    """Closes each response before handing it over, as a WSGI server does once the
+    body is sent: work a view defers until then (`response.call_on_close`, e.g. the
+    inbound webhook's record of its answer) has happened when a test reads the database."""
+
+    def open(self, *args, buffered: bool = True, **kwargs):
+        return super().open(*args, buffered=buffered, **kwargs)
+
+
+Flask.test_client_class = ServerLikeClient
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 JWT_SECRET = "test-jwt-secret-that-is-long-enough-0123456789"

@@ -515,6 +515,42 @@ class InboundContract:
         assert {"telephony.call_id", "telephony.agency_id", "telephony.agent_id", "telephony.source",
                 "telephony.direction", "telephony.from", "telephony.to"} <= set(metadata)
 
+    # -- the answer first, its record after ---------------------------------------------------
+
+    def test_answer_is_sent_before_its_record_is_written(self, app, client):
+        seed(app, carrier=self.case.name)
+        call_sid = self.case.call_id()
+        with responses.RequestsMock() as rsps:
+            UltravoxMock().answer_with(rsps)
+            body = urlencode(self.case.inbound_form(call_sid)).encode()
+            # buffered=False: the response is handed over before the server closes it.
+            response = client.post(self.case.voice_path, data=body, buffered=False,
+                                   content_type="application/x-www-form-urlencoded",
+                                   headers=self.case.sign(self.case.voice_path, self.case.inbound_form(call_sid),
+                                                          body))
+            assert parse_answer(response.get_data(as_text=True)) == ("stream", JOIN_URL)
+            [claimed] = calls(app)  # claimed before Ultravox was asked: idempotency holds
+            assert (claimed.carrier_call_id, claimed.status, claimed.join_url) == (call_sid, "created", None)
+            response.close()  # what the WSGI server does once the answer is sent
+        [call] = calls(app)
+        assert (call.status, call.join_url) == ("ringing", JOIN_URL) and call.ultravox_call_id
+
+    def test_failing_record_after_the_answer_is_only_logged(self, app, client, monkeypatch, caplog):
+        seed(app, carrier=self.case.name)
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("database gone after the answer")
+
+        monkeypatch.setattr(inbound_service, "store_pending_write", broken)
+        with responses.RequestsMock() as rsps:
+            UltravoxMock().answer_with(rsps)
+            response = self.case.post(client, self.case.voice_path, self.case.inbound_form(self.case.call_id()))
+        assert response.status_code == 200
+        assert parse_answer(response.get_data(as_text=True)) == ("stream", JOIN_URL)
+        assert "storing the answer after sending it failed" in caplog.text
+        [call] = calls(app)
+        assert call.status == "created" and call.join_url is None  # repaired later from Ultravox metadata
+
     # -- end to end against the Ultravox simulator -------------------------------------------
 
     def test_end_to_end_with_the_ultravox_simulator(self, sim_app, ultravox_sim):

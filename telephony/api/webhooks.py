@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from ..carriers.base import Answer, WebhookRequest
 from ..carriers.registry import xml_carrier
 from ..context import get_config
-from ..db import get_session
+from ..db import get_db, get_session
 from ..services import call_status, inbound
 from ..services.call_status import SignatureRejected
 
@@ -42,7 +43,7 @@ def webhook_request() -> WebhookRequest:
 
 def _inbound(carrier: str) -> Response:
     adapter = xml_carrier(carrier)
-    ultravox_seconds = None
+    outcome = None
     try:
         outcome = inbound.answer_inbound(get_session(), adapter, webhook_request())
         answer, ultravox_seconds = outcome.answer, outcome.ultravox_seconds
@@ -50,8 +51,12 @@ def _inbound(carrier: str) -> Response:
         raise  # 403 through the app's error handler
     except Exception:  # the service has its own catch-all; this one guards the plumbing around it
         log.exception("%s inbound webhook failed outside the service; apologising", carrier)
-        answer = Answer.say(inbound.APOLOGY)
+        answer, ultravox_seconds = Answer.say(inbound.APOLOGY), None
     response = Response(adapter.render(answer), status=200, mimetype="text/xml")
+    if outcome is not None and outcome.pending_write is not None:
+        # The WSGI server closes the response once the answer is sent: the carrier (and
+        # the caller) do not wait for this write.
+        response.call_on_close(_store_after_answer(outcome))
     # Server-Timing: our own time vs the wait on Ultravox, so the benchmark (or anyone
     # looking at a slow answer) can tell them apart.
     timing = f"app;dur={(time.perf_counter() - g.get('started', time.perf_counter())) * 1000:.2f}"
@@ -59,6 +64,19 @@ def _inbound(carrier: str) -> Response:
         timing += f", ultravox;dur={ultravox_seconds * 1000:.2f}"
     response.headers["Server-Timing"] = timing
     return response
+
+
+def _store_after_answer(outcome: inbound.InboundOutcome) -> Callable[[], None]:
+    app = current_app._get_current_object()
+    database = get_db()
+
+    def store() -> None:
+        try:
+            with app.app_context(), database.session() as session:
+                inbound.store_pending_write(session, outcome)
+        except Exception:  # after the answer there is nobody to report to but the log
+            log.exception("inbound call: storing the answer after sending it failed")
+    return store
 
 
 def _status(carrier: str) -> tuple[str, int]:

@@ -14,7 +14,10 @@ Ultravox is asked for the call:
    atomic claim. A repeated webhook for the same carrier call loses it and gets the same
    answer as the first one, without a second Ultravox call.
 3. POST /api/agents/{id}/calls, timeout = INBOUND_ULTRAVOX_BUDGET; then UPDATE the call
-   with the Ultravox id and joinUrl (or what was answered instead), and COMMIT.
+   with the Ultravox id and joinUrl (or what was answered instead), and COMMIT. That
+   last write is handed back as `InboundOutcome.pending_write` and runs once the answer
+   is on its way to the carrier (the webhook blueprint runs it when the response is
+   closed): the caller does not wait for it, and the row is already claimed.
 
 Whatever fails after that (Ultravox error, 429/503, timeout, database outage, a bug) the
 caller is forwarded to the number's fallback, or hears an apology: never an error page.
@@ -24,12 +27,13 @@ Ultravox webhook ingest needs to rebuild the row.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -80,6 +84,11 @@ class InboundOutcome:
     agency_id: uuid.UUID | None = None
     credentials: ProviderCredentials | None = None
     ultravox_seconds: float | None = None  # time spent waiting on Ultravox (Server-Timing)
+    # The write that records the answer on the claimed call row. Not needed to answer,
+    # so the caller does not wait for it: run it with `store_pending_write` after the
+    # answer is sent. Lost only if the process dies in between, and then repaired like a
+    # failed write (from the Ultravox call's metadata).
+    pending_write: Callable[[Session], None] | None = None
 
 
 def find_route(session: Session, carrier: str, e164: str) -> Route | None:
@@ -198,11 +207,13 @@ def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: Age
     except (UltravoxError, MissingUltravoxKey) as exc:
         log.warning("inbound call %s: Ultravox failed (%s); answering %s", call_id, exc, fallback.kind)
         if claim == "claimed":
-            _record(session, call_id, _RECORD_FALLBACK,
-                    metadata={"inbound_answer": fallback.kind, "ultravox_error": type(exc).__name__})
+            outcome.pending_write = functools.partial(
+                _record, call_id=call_id, statement=_RECORD_FALLBACK,
+                metadata={"inbound_answer": fallback.kind, "ultravox_error": type(exc).__name__})
         return fallback
     if claim == "claimed":
-        _record(session, call_id, _RECORD_STREAM, ultravox_call_id=str(ultravox_call_id), join_url=join_url)
+        outcome.pending_write = functools.partial(_record, call_id=call_id, statement=_RECORD_STREAM,
+                                                  ultravox_call_id=str(ultravox_call_id), join_url=join_url)
     else:
         log.error("inbound call %s connected as Ultravox call %s but not recorded; the Ultravox webhook "
                   "ingest repairs it from the call's metadata", call_id, ultravox_call_id)
@@ -227,8 +238,16 @@ def _claim(session: Session, *, call_id: uuid.UUID, route: Route, agent: AgentMa
     return "claimed" if claimed else "duplicate"
 
 
-def _record(session: Session, call_id: uuid.UUID, statement: Any, **values: object) -> None:
-    """Store the outcome on the claimed row (one of the _RECORD_* statements)."""
+def store_pending_write(session: Session, outcome: InboundOutcome) -> None:
+    """Record the answer on the call row, after it was sent (see InboundOutcome)."""
+    write, outcome.pending_write = outcome.pending_write, None
+    if write is not None:
+        write(session)
+
+
+def _record(session: Session, *, call_id: uuid.UUID, statement: Any, **values: object) -> None:
+    """Store the outcome on the claimed row (one of the _RECORD_* statements). Never
+    raises for a database error: the row is repaired from the Ultravox call's metadata."""
     try:
         session.execute(statement, {"call_id": call_id, **values})
         session.commit()
@@ -318,8 +337,12 @@ def handle_call_control_event(session: Session, request: WebhookRequest) -> None
             return
         # The carrier call id as command id: a repeated call.initiated repeats the same
         # command, which Telnyx ignores, so the caller is never answered twice.
-        adapter.execute(outcome.answer, call_control_id=event.call_control_id, agency_id=str(outcome.agency_id),
-                        credentials=outcome.credentials, api_base=api_base, command_id=event.call_control_id)
+        try:
+            adapter.execute(outcome.answer, call_control_id=event.call_control_id,
+                            agency_id=str(outcome.agency_id), credentials=outcome.credentials,
+                            api_base=api_base, command_id=event.call_control_id)
+        finally:
+            store_pending_write(session, outcome)
         return
 
     if event.say is not None:
