@@ -55,6 +55,7 @@ import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
+from telephony.services.dispatch import pacing_plan
 from bench.common import (BIN, PG_ADMIN_URL, PUBLIC_BASE_URL, ROOT, ULTRAVOX_AGENT_ID, Proc, free_port,
                           fresh_database, postgres_reachable, seed_demo, start, wait_ready)
 
@@ -97,6 +98,11 @@ class RunResult:
     db_max_starts_sliding_1s: int = 0
     db_max_starts_calendar_1s: int = 0
     carrier_lag_ms: dict[str, float] = field(default_factory=dict)  # carrier `created` - dial_started_at
+    # pacer slots nobody used between the first and the last start (from dial_started_at):
+    # where the mean rate is lost below the pacer's own rate
+    pacer_rate_per_s: float = 0.0
+    unused_slots: int = 0
+    largest_gaps_s: list[float] = field(default_factory=list)
     busiest_carrier_seconds: dict[str, int] = field(default_factory=dict)
     worker_exit_codes: list[int | None] = field(default_factory=list)
     worker_log_errors: list[str] = field(default_factory=list)
@@ -219,6 +225,11 @@ def measure(result: RunResult, engine, campaign_id: str, carriers_url: str) -> N
     db_times = sorted(t for _, t in db_rows)
     result.db_max_starts_sliding_1s = max_in_window(db_times)
     result.db_max_starts_calendar_1s = max(Counter(int(t) for t in db_times).values()) if db_times else 0
+    pacing = pacing_plan(CPS)
+    result.pacer_rate_per_s = round(pacing.slots / pacing.window, 2)
+    gaps = [b - a for a, b in zip(db_times, db_times[1:])]
+    result.unused_slots = sum(max(0, round(gap / pacing.spacing) - 1) for gap in gaps)
+    result.largest_gaps_s = [round(gap, 3) for gap in sorted(gaps)[-5:]]
     db_when = {phone: t for phone, t in db_rows}
     lags = sorted((t - db_when[to]) * 1000 for t, to in starts if to in db_when)
     if lags:
@@ -370,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  pacer (our dial_started_at): max {r.db_max_starts_sliding_1s} in any 1 s window, "
               f"{r.db_max_starts_calendar_1s} per calendar second; carrier saw it {r.carrier_lag_ms} ms later; "
               f"busiest carrier seconds {r.busiest_carrier_seconds}")
+        print(f"  pacer rate {r.pacer_rate_per_s}/s; slots left unused between first and last start: "
+              f"{r.unused_slots}; largest gaps {r.largest_gaps_s} s")
         print(f"  never dialled, by final state: {r.never_dialled_by_state or 'none'}; db vs carrier: {r.db_vs_sim}")
         if r.killed_at_dialled is not None:
             print(f"  worker-1 SIGKILLed at {r.killed_at_dialled} dials started")

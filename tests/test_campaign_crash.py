@@ -83,3 +83,83 @@ def test_crash_while_only_claimed_requeues_the_contact(sim_app, carrier_sim, mon
     assert len(dial_requests(carrier_sim)) == 1
     contact = contacts_by_phone(sim_app, campaign["id"])[CALLEE]
     assert contact.attempts == 1
+
+
+def test_database_crash_after_the_dial_is_recorded_once_it_is_back(sim_app, carrier_sim, monkeypatch):
+    """The "dialing" mark is committed without waiting for the disk. If the database
+    server crashes right after the carrier accepted the call, the mark may be gone
+    ("claimed" again) and the database unreachable for a while: the dialer keeps trying,
+    and records the call as placed, so no reaper ever re-queues (redials) it."""
+    from sqlalchemy import update as sql_update
+    from sqlalchemy.exc import OperationalError
+
+    from telephony.models import DialAttempt
+
+    seeded = seed_agency(sim_app)
+    campaign = create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}])
+    db = sim_app.extensions["telephony.db"]
+    real_place, real_record = dispatch.place_carrier_call, dispatch.record_carrier_call
+    outage = {"failures": 2}
+
+    def place_then_crash(*args, **kwargs):
+        carrier_call_id = real_place(*args, **kwargs)
+        with db.session() as other:  # the crash undid the unflushed "dialing" mark
+            other.execute(sql_update(DialAttempt).values(state="claimed", dial_started_at=None))
+        return carrier_call_id
+
+    def record_while_down(*args, **kwargs):
+        if outage["failures"]:
+            outage["failures"] -= 1
+            raise OperationalError("UPDATE calls ...", {}, Exception("server closed the connection unexpectedly"))
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "place_carrier_call", place_then_crash)
+    monkeypatch.setattr(dispatch, "record_carrier_call", record_while_down)
+    monkeypatch.setattr(dispatch, "PLACED_RECORD_RETRY_PAUSE", 0.0)
+    assert dispatch_once(sim_app) == ["placed"]
+    assert outage["failures"] == 0  # it was retried through the outage
+    [attempt] = attempts(sim_app, campaign["id"])
+    assert attempt.state == "placed" and attempt.carrier_call_id
+    # Nothing for a reaper to re-queue, nothing to dial again.
+    assert reconcile(sim_app, settings=dispatch.DispatchSettings(claim_timeout=timedelta(0)))["requeued"] == 0
+    assert dispatch_once(sim_app, now=utcnow() + timedelta(hours=1)) == []
+    assert len(dial_requests(carrier_sim)) == 1
+
+
+def test_unreachable_database_for_too_long_gives_up_loudly(sim_app, carrier_sim, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    seeded = seed_agency(sim_app)
+    create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}])
+
+    def down(*args, **kwargs):
+        raise OperationalError("UPDATE calls ...", {}, Exception("could not connect to server"))
+
+    monkeypatch.setattr(dispatch, "record_carrier_call", down)
+    monkeypatch.setattr(dispatch, "PLACED_RECORD_RETRY_PAUSE", 0.01)
+    monkeypatch.setattr(dispatch, "PLACED_RECORD_RETRY_SECONDS", 0.05)
+    with pytest.raises(OperationalError):
+        dispatch_once(sim_app)
+    assert len(dial_requests(carrier_sim)) == 1
+    assert dispatch.PLACED_RECORD_RETRY_SECONDS < dispatch.CLAIM_TIMEOUT.total_seconds()
+
+
+def test_dialing_mark_does_not_wait_for_the_disk_on_postgresql(sim_app, carrier_sim, pg_only):
+    from sqlalchemy import event
+
+    seeded = seed_agency(sim_app)
+    create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}])
+    seen: list[str] = []
+    engine = sim_app.extensions["telephony.db"].engine
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert dispatch_once(sim_app) == ["placed"]
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    [mark] = [i for i, s in enumerate(seen) if s.startswith("UPDATE dial_attempts SET state=") and "dial_started_at" in s]
+    assert seen[mark - 1] == "SET LOCAL synchronous_commit TO OFF"
+    assert not any("synchronous_commit" in s for s in seen[:mark - 1] + seen[mark + 1:])

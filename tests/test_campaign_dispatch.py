@@ -195,15 +195,16 @@ def test_cps_slots_in_the_past_are_skipped_not_burst(app, db):
 @pytest.mark.parametrize("limit", [1, 2, 5, 20, 30])
 def test_cps_pacing_tolerates_late_arrivals_at_the_carrier(app, db, limit):
     """Calls reach the carrier a little after their slot (thread wake-up, the "dialing"
-    commit, the SDK). Up to CPS_JITTER_ALLOWANCE late, in any pattern, no sliding second
+    commit, the SDK). Up to the plan's tolerance late, in any pattern, no sliding second
     at the carrier holds more than `limit` starts, and the mean rate stays close to it."""
     import random
 
-    from telephony.services.dispatch import CPS_JITTER_ALLOWANCE, acquire_cps_slot, pacing_plan
+    from telephony.services.dispatch import CPS_RATE_MARGIN, acquire_cps_slot, pacing_plan
 
     rng = random.Random(limit)
     clock = {"now": 1_900_000_000.3}
-    window, _ = pacing_plan(limit)
+    tolerance = pacing_plan(limit).tolerance
+    assert tolerance >= 0.035  # at least 35 ms of lateness, for every limit
     count = max(3 * limit, 45) if limit > 2 else 45
 
     def fake_sleep(seconds: float) -> None:
@@ -215,30 +216,86 @@ def test_cps_pacing_tolerates_late_arrivals_at_the_carrier(app, db, limit):
             slot = acquire_cps_slot(session, f"twilio:AC-jitter-{limit}", limit, clock=lambda: clock["now"],
                                     sleep=fake_sleep)
             # Worst case for a sliding window: alternately on time and as late as allowed.
-            arrivals.append(slot + (CPS_JITTER_ALLOWANCE if rng.random() < 0.5 else 0.0))
+            arrivals.append(slot + (tolerance * 0.999 if rng.random() < 0.5 else 0.0))
     arrivals.sort()
     worst = max(sum(1 for t in arrivals if a <= t < a + 1) for a in arrivals)
     assert worst <= limit
     rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-    assert rate >= limit * 0.95, rate
+    assert rate >= limit / (1 + CPS_RATE_MARGIN) * 0.98, rate
 
 
 def test_cps_slot_is_given_up_when_the_dispatcher_wakes_too_late(app, db):
     """A thread that oversleeps (busy machine) does not start late: it takes a later slot."""
-    from telephony.services.dispatch import CPS_JITTER_ALLOWANCE, acquire_cps_slot, pacing_plan
+    from telephony.services.dispatch import acquire_cps_slot, pacing_plan
 
+    pacing = pacing_plan(20)
     clock = {"now": 1_900_000_000.0}
-    oversleep = {"next": CPS_JITTER_ALLOWANCE * 1.2}  # the first sleep ends this much too late
+    oversleep = {"next": pacing.late_limit * 1.2}  # the first sleep ends this much too late
 
     def fake_sleep(seconds: float) -> None:
         clock["now"] += seconds + oversleep["next"]
         oversleep["next"] = 0.0
 
-    window, slots = pacing_plan(20)
     with db.session() as session:
         first = acquire_cps_slot(session, "twilio:AC-late", 20, clock=lambda: clock["now"], sleep=lambda s: None)
         slot = acquire_cps_slot(session, "twilio:AC-late", 20, clock=lambda: clock["now"], sleep=fake_sleep)
     assert first == 1_900_000_000.0
     # The second slot (one spacing on) was overslept; the third one is taken instead.
-    assert slot == pytest.approx(first + 2 * window / slots)
-    assert clock["now"] - slot < CPS_JITTER_ALLOWANCE
+    assert slot == pytest.approx(first + 2 * pacing.spacing)
+    assert clock["now"] - slot <= pacing.late_limit
+
+
+@pytest.mark.parametrize("limit", [1, 20])
+def test_dispatchers_waiting_together_get_every_slot_across_windows(app, db, limit):
+    """Many dialers asking at the same moment book slots in advance, past the end of the
+    current window, without a gap: no slot goes unused at a window's start (that was
+    ~2.5 % of the rate when the next window was only booked once it had begun)."""
+    from telephony.services.dispatch import acquire_cps_slot, pacing_plan
+
+    pacing = pacing_plan(limit)
+    now = 1_900_000_000.0 + pacing.window - 3 * pacing.spacing  # three slots before a window ends
+    with db.session() as session:
+        # The clock stands still: every dialer asks before any slot has come (a no-op sleep).
+        slots = [acquire_cps_slot(session, f"twilio:AC-ahead-{limit}", limit, clock=lambda: now,
+                                  sleep=lambda s: None) for _ in range(pacing.slots + 10)]
+    gaps = [b - a for a, b in zip(slots, slots[1:])]
+    assert gaps == pytest.approx([pacing.spacing] * len(gaps), abs=1e-6)
+    assert slots[0] >= now and slots[-1] > 1_900_000_000.0 + 2 * pacing.window - pacing.spacing * 8
+
+
+@pytest.mark.parametrize("limit, expected_rate", [(1, 0.96), (2, 1.92), (5, 4.8), (20, 19.2), (30, 28.75)])
+def test_pacing_plan_rate_and_tolerance(limit, expected_rate):
+    from telephony.services.dispatch import CPS_RATE_MARGIN, pacing_plan
+
+    pacing = pacing_plan(limit)
+    assert pacing.slots / pacing.window == pytest.approx(expected_rate)
+    # limit + 1 consecutive starts span at least 1 s plus the tolerance.
+    assert limit * pacing.spacing == pytest.approx(1 + pacing.tolerance)
+    assert pacing.tolerance == pytest.approx(CPS_RATE_MARGIN, abs=0.01)
+    assert 0 < pacing.late_limit < pacing.tolerance
+
+
+def test_dialer_made_late_by_its_commit_steps_back_and_takes_a_later_slot(sim_app, carrier_sim, monkeypatch):
+    """After committing "dialing", a dialer already too late for its slot has sent
+    nothing yet: it returns the attempt to "claimed", takes a later slot and dials once."""
+    from telephony.services import dispatch
+
+    seeded = seed_agency(sim_app)
+    campaign = create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}])
+    real_acquire = dispatch.acquire_cps_slot
+    slots_taken: list[float] = []
+    states_seen: list[str] = []
+
+    def acquire(session, *args, **kwargs):
+        slot = real_acquire(session, *args, **kwargs)
+        states_seen.extend(a.state for a in attempts(sim_app, campaign["id"]))
+        slots_taken.append(slot)
+        # The first slot "was" a second ago: as if the dialing commit had taken that long.
+        return slot - 1.0 if len(slots_taken) == 1 else slot
+
+    monkeypatch.setattr(dispatch, "acquire_cps_slot", acquire)
+    dispatch_once(sim_app)
+    assert len(slots_taken) == 2 and states_seen == ["claimed", "claimed"]  # back to claimed before the retake
+    [attempt] = attempts(sim_app, campaign["id"])
+    assert attempt.state == "placed" and attempt.dial_started_at is not None
+    assert len(dial_requests(carrier_sim)) == 1

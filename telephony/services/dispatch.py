@@ -19,9 +19,16 @@ Dialling (`dial_attempt`), per attempt, no transaction held across HTTP:
   2. create the Ultravox call (429/503: the campaign backs off by Retry-After, the
      contact goes back to the queue without using up an attempt);
   3. take a calls-per-second slot for the carrier account (`acquire_cps_slot`: one
-     upsert on a per-second counter row shared by every dispatcher), and wait for it;
+     upsert on a per-window counter row shared by every dispatcher), and wait for it;
   4. commit state "dialing" (conditional on still being "claimed"), THEN call the
-     carrier; 5. record "placed" + the carrier's call id.
+     carrier (if that commit made the dialer late for its slot, it steps back to
+     "claimed" and takes a later slot: nothing was sent); 5. record "placed" + the
+     carrier's call id. The "dialing" commit does not wait for the disk (PostgreSQL
+     synchronous_commit off: a flushed commit took up to 600 ms on a busy disk and
+     cost the campaign its slots); a dialer dying cannot undo it, only a crash of the
+     database server could, and step 5 (flushed, retried for 60 s while the database
+     is unreachable, well inside CLAIM_TIMEOUT) records the call before any reaper
+     could re-queue it.
   A crash before 4 leaves "claimed": after CLAIM_TIMEOUT the contact is re-queued (the
   carrier was never asked). A crash between 4 and 5 leaves "dialing" without a carrier
   id: after DIAL_TIMEOUT it becomes "unknown" and is NOT redialled; a carrier callback
@@ -47,11 +54,12 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .. import call_states
 from ..campaigns.windows import CallingWindow, is_open, next_open, timezone_for
-from ..db import Database, dialect_insert
+from ..db import Database, commit_without_waiting_for_disk, dialect_insert
 from ..models import (Agency, AgentMapping, Call, Campaign, CampaignContact, DialAttempt, PhoneNumber,
                       RateLimitWindow, utcnow)
 from ..ultravox import UltravoxError, UltravoxRateLimited, UltravoxServerError, UltravoxTimeout, \
@@ -143,7 +151,7 @@ def claim_batch(session: Session, campaign_id: uuid.UUID, limit: int, *, now: da
             session.rollback()
             return []
         window = _window(campaign)
-        fetch = max(slots, 200) if window else slots
+        fetch = max(2 * slots, 50) if window else slots
         query = (select(CampaignContact)
                  .where(CampaignContact.campaign_id == campaign.id, CampaignContact.state == "queued",
                         CampaignContact.next_attempt_at <= now)
@@ -186,72 +194,106 @@ def claim_batch(session: Session, campaign_id: uuid.UUID, limit: int, *, now: da
 # -- pacing: calls per second per carrier account -------------------------------------
 
 
-# How late a call may reach the carrier after its slot (thread wake-up, the "dialing"
-# commit, the SDK) without ever putting more than `limit` starts into any sliding
-# second at the carrier. Slots are spaced (1 + allowance) / limit apart on average:
-# at 20 calls/s that is 19.5/s; see pacing_plan.
-CPS_JITTER_ALLOWANCE = 0.025
+# Slots are spaced this much wider than 1/limit: the slack that lets a call reach the
+# carrier a little after its slot (thread wake-up, the "dialing" commit, the SDK request)
+# without ever putting more than `limit` starts into any sliding second at the carrier.
+# 4 %: at 20 calls/s, 19.2 starts/s and up to 41.7 ms of lateness.
+CPS_RATE_MARGIN = 0.04
+# Of that lateness, the share the carrier request itself may take after the "dialing"
+# commit; a dialer that is already later than the rest when it is about to send takes
+# a later slot instead (nothing was sent yet, so that is safe).
+CPS_SEND_SHARE = 0.6
+_MIN_SLOTS_PER_WINDOW = 100
 
 
-def pacing_plan(limit: int, allowance: float = CPS_JITTER_ALLOWANCE) -> tuple[int, int]:
-    """(window_seconds, slots_per_window) for a calls-per-second limit.
+@dataclass(frozen=True)
+class Pacing:
+    """The calls-per-second plan of one carrier account: `slots` starts per `window`
+    seconds, slot i of the window starting at W at W + i * spacing."""
 
-    Slot i of a window starting at W is W + i * window/slots, and the last slot of one
+    limit: int
+    window: int
+    slots: int
+
+    @property
+    def spacing(self) -> float:
+        return self.window / self.slots
+
+    @property
+    def tolerance(self) -> float:
+        """How late (s) any start may reach the carrier with no sliding second over the
+        limit: any limit + 1 consecutive slots span limit * spacing >= 1 + tolerance."""
+        return self.limit * self.spacing - 1
+
+    @property
+    def late_limit(self) -> float:
+        """How late a dialer may be, just before it sends, and still use its slot."""
+        return self.tolerance * (1 - CPS_SEND_SHARE)
+
+
+def pacing_plan(limit: int, margin: float = CPS_RATE_MARGIN) -> Pacing:
+    """Evenly spaced slots, (1 + margin) / limit apart on average. The last slot of a
     window is one spacing before the next window's first, so starts are evenly spaced
-    across windows. With `slots = window * limit - 1`, any `limit + 1` consecutive starts
-    span at least 1 + 1/slots seconds: a start may arrive up to 1/slots late (at least
-    the allowance up to 40 calls/s, 1/(limit - 1) above) and no sliding second holds
-    more than `limit`. The window grows for
-    small limits so the spacing stays close to 1/limit (1 call/s: 39 starts in 40 s)."""
+    across windows too. The window holds at least ~100 slots so that rounding the slot
+    count keeps the rate close to limit / (1 + margin) (1 call/s: 96 starts in 100 s)."""
     limit = max(1, int(limit))
-    window = max(1, math.floor(1 / allowance / limit))
-    return window, window * limit - 1 if window * limit > 1 else 1
+    window = max(1, math.ceil(_MIN_SLOTS_PER_WINDOW / limit))
+    return Pacing(limit=limit, window=window, slots=max(1, math.floor(window * limit / (1 + margin))))
 
 
 def acquire_cps_slot(session: Session, bucket: str, limit: int, *, clock=time.time, sleep=time.sleep,
                      deadline: float | None = None) -> float | None:
     """Take the next call start of `bucket` (a carrier account), shared by every
     dispatcher through one atomic upsert on a per-window counter, and sleep until the
-    slot's moment. Slots are spread evenly (see pacing_plan) so that, even with starts
-    arriving a little late, no sliding second holds more than `limit`.
-    Returns the slot time, or None at `deadline`."""
-    window, slots = pacing_plan(limit)
-    spacing = window / slots
-    table = RateLimitWindow.__table__
-    insert = dialect_insert(session)
+    slot's moment. Returns the slot time, or None when the slot would be after
+    `deadline` (or it passed)."""
+    pacing = pacing_plan(limit)
+    window, slots, spacing = pacing.window, pacing.slots, pacing.spacing
     while True:
         now = clock()
         if deadline is not None and now > deadline:
             return None
         start = math.floor(now / window) * window
         # Slots of this window that are already in the past are skipped, not handed
-        # out at once: the count jumps to at least the first slot not before `now`.
-        # Otherwise a dispatcher arriving late in a window would start the missed
-        # slots' calls immediately and bunch them up.
+        # out at once (that would bunch starts up): the count jumps to at least the
+        # first slot not before `now`.
         first_count = math.ceil((now - start) / spacing) + 1
-        greatest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
-        statement = (insert(table).values(bucket=bucket, window_start=start, count=first_count)
-                     .on_conflict_do_update(index_elements=[table.c.bucket, table.c.window_start],
-                                            set_={"count": greatest(table.c.count + 1, first_count)})
-                     .returning(table.c.count))
-        session.rollback()
-        count = session.execute(statement).scalar_one()
-        if count == first_count:
-            session.execute(delete(RateLimitWindow).where(RateLimitWindow.bucket == bucket,
-                                                          RateLimitWindow.window_start < start - 5 * window))
-        session.commit()
-        index = count - 1
-        if index < slots:
-            slot = start + index * spacing
-            wait = slot - clock()
-            if wait > 0:
-                sleep(wait)
-            if clock() < slot + CPS_JITTER_ALLOWANCE:
-                return slot
-            # Woke up later than the whole allowance (a busy machine): starting now could
-            # crowd the next second. Take a later slot.
-        else:
-            sleep(max(0.0, start + window - clock()))
+        while True:
+            count = _count_slot(session, bucket, start, first_count, window)
+            if count <= slots:
+                break
+            # This window is fully booked: book the next one now, not once it has begun
+            # (by then its first slot would be in the past and go unused).
+            start, first_count = start + window, 1
+        slot = start + (count - 1) * spacing
+        if deadline is not None and slot > deadline:
+            return None
+        wait = slot - clock()
+        if wait > 0:
+            sleep(wait)
+        if clock() <= slot + pacing.late_limit:
+            return slot
+        # Woke up too late (a busy machine): starting now could crowd the next second.
+        # Take a later slot.
+        log.info("calls-per-second slot of %s missed (woke %.1f ms late); taking a later one", bucket,
+                 (clock() - slot) * 1000)
+
+
+def _count_slot(session: Session, bucket: str, window_start: float, first_count: int, window: int) -> int:
+    """Book one slot of the window: its 1-based number (at least `first_count`), committed."""
+    table = RateLimitWindow.__table__
+    greatest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
+    statement = (dialect_insert(session)(table).values(bucket=bucket, window_start=window_start, count=first_count)
+                 .on_conflict_do_update(index_elements=[table.c.bucket, table.c.window_start],
+                                        set_={"count": greatest(table.c.count + 1, first_count)})
+                 .returning(table.c.count))
+    session.rollback()
+    count = session.execute(statement).scalar_one()
+    if count == first_count:  # the window's first booking: drop counters long past
+        session.execute(delete(RateLimitWindow).where(RateLimitWindow.bucket == bucket,
+                                                      RateLimitWindow.window_start < window_start - 5 * window))
+    session.commit()
+    return count
 
 
 # -- dialling ----------------------------------------------------------------------------
@@ -385,11 +427,8 @@ def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_second
     session.commit()
 
     client = carrier_client(carrier, credentials)  # before the slot: only the request follows it
-    slot = acquire_cps_slot(session, carrier_account_key(carrier, credentials), cps,
-                            deadline=time.time() + cps_deadline_seconds)
-    # The point of no return: committed before the carrier hears of it.
-    if slot is None or not _set_attempt(session, attempt_id, ("claimed",), state="dialing",
-                                        dial_started_at=utcnow()):
+    if not _enter_dialing(session, attempt_id, carrier_account_key(carrier, credentials), cps,
+                          deadline=time.time() + cps_deadline_seconds):
         session.rollback()
         record_call_failed(session, call_id, "not_dialled")
         session.commit()
@@ -398,23 +437,84 @@ def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_second
             abort_attempt(session, attempt, reason="no calls-per-second slot in time")
         hang_up_quietly(session, agency_id, started.ultravox_call_id)
         return "aborted"
-    session.commit()
     try:
         carrier_call_id = place_carrier_call(carrier, credentials, to=contact.phone, from_number=from_number,
                                              join_url=started.join_url, call_id=call_id, command_id=str(attempt_id),
                                              client=client)
     except CarrierError as exc:
         return _carrier_failed(session, attempt_id, contact_id, agency_id, call_id, started.ultravox_call_id, exc)
-    # "unknown" too: a reaper may have given up on us while the carrier was slow.
-    _set_attempt(session, attempt_id, ("dialing", "unknown"), state="placed", carrier_call_id=carrier_call_id)
-    session.execute(update(CampaignContact).where(CampaignContact.id == contact_id,
-                                                  CampaignContact.state == "unknown")
-                    .values(state="dialing").execution_options(synchronize_session=False))
-    record_carrier_call(session, call_id, carrier_call_id)
-    session.commit()
+    _record_placed(session, attempt_id, contact_id, call_id, carrier_call_id)
     # A callback may have finished the call before we recorded the carrier id.
     settle_call(session, call_id)
     return "placed"
+
+
+# How long a dialer keeps trying to record a call the carrier accepted while the
+# database is unreachable: less than CLAIM_TIMEOUT, so that the record is in before a
+# reaper could re-queue an attempt whose "dialing" mark a database crash undid.
+PLACED_RECORD_RETRY_SECONDS = 60.0
+PLACED_RECORD_RETRY_PAUSE = 1.0
+
+
+def _record_placed(session: Session, attempt_id: uuid.UUID, contact_id: uuid.UUID, call_id: uuid.UUID,
+                   carrier_call_id: str) -> None:
+    """The carrier accepted the call: record "placed" and its call id (a flushed commit),
+    retrying while the database is unreachable."""
+    give_up = time.monotonic() + PLACED_RECORD_RETRY_SECONDS
+    while True:
+        try:
+            session.rollback()
+            # "unknown": a reaper gave up on us while the carrier was slow. "claimed": a
+            # database crash undid the unflushed "dialing" mark (see _enter_dialing).
+            _set_attempt(session, attempt_id, ("dialing", "unknown", "claimed"), state="placed",
+                         carrier_call_id=carrier_call_id)
+            session.execute(update(CampaignContact).where(CampaignContact.id == contact_id,
+                                                          CampaignContact.state == "unknown")
+                            .values(state="dialing").execution_options(synchronize_session=False))
+            record_carrier_call(session, call_id, carrier_call_id)
+            session.commit()
+            return
+        except (OperationalError, InterfaceError):
+            if time.monotonic() >= give_up:
+                raise
+            log.warning("attempt %s: carrier call %s placed but not recorded yet (database unreachable); retrying",
+                        attempt_id, carrier_call_id, exc_info=True)
+            try:
+                session.rollback()
+            except SQLAlchemyError:
+                pass
+            time.sleep(PLACED_RECORD_RETRY_PAUSE)
+
+
+def _enter_dialing(session: Session, attempt_id: uuid.UUID, bucket: str, cps: int, *, deadline: float,
+                   clock=time.time) -> bool:
+    """Wait for a calls-per-second slot, then commit "dialing": the point of no return,
+    committed before the carrier hears of the call. True: send now. False: no slot in
+    time, or the attempt is no longer ours (still uncommitted; the caller aborts)."""
+    late_limit = pacing_plan(cps).late_limit
+    while True:
+        slot = acquire_cps_slot(session, bucket, cps, deadline=deadline)
+        if slot is None:
+            return False
+        # Not waiting for the disk here keeps the carrier request on its slot (on a busy
+        # disk a flushed commit took 20-600 ms). A dialer dying leaves the mark in place;
+        # only a database-server crash could undo it, and then `_record_placed` (flushed,
+        # retried until the database is back) records the call before any reaper could
+        # re-queue the contact.
+        commit_without_waiting_for_disk(session)
+        if not _set_attempt(session, attempt_id, ("claimed",), state="dialing", dial_started_at=utcnow()):
+            return False
+        session.commit()
+        if clock() <= slot + late_limit:
+            return True
+        # The commit itself made us late (a slow database or a busy machine). Nothing was
+        # sent yet, so stepping back to "claimed" is safe; take a later slot.
+        stepped_back = _set_attempt(session, attempt_id, ("dialing",), state="claimed", dial_started_at=None)
+        session.commit()
+        log.info("attempt %s: late for its calls-per-second slot after the dialing commit (%.1f ms); "
+                 "taking a later one", attempt_id, (clock() - slot) * 1000)
+        if not stepped_back:
+            return True  # cannot happen while we hold the attempt; sending is what "dialing" promised
 
 
 def _carrier_failed(session: Session, attempt_id: uuid.UUID, contact_id: uuid.UUID, agency_id: uuid.UUID,
