@@ -55,9 +55,9 @@ import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
-from telephony.services.dispatch import pacing_plan
 from bench.common import (BIN, PG_ADMIN_URL, PUBLIC_BASE_URL, ROOT, ULTRAVOX_AGENT_ID, Proc, free_port,
                           fresh_database, postgres_reachable, seed_demo, start, wait_ready)
+from telephony.services.dispatch import pacing_plan
 
 RESULTS = ROOT / "bench" / "results"
 CONTACTS = 2000

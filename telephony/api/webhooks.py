@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Callable
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from ..carriers.base import Answer, WebhookRequest
 from ..carriers.registry import xml_carrier
@@ -67,12 +67,12 @@ def _inbound(carrier: str) -> Response:
 
 
 def _store_after_answer(outcome: inbound.InboundOutcome) -> Callable[[], None]:
-    app = current_app._get_current_object()
+    # Runs after the request context is gone: it takes the database, nothing else.
     database = get_db()
 
     def store() -> None:
         try:
-            with app.app_context(), database.session() as session:
+            with database.session() as session:
                 inbound.store_pending_write(session, outcome)
         except Exception:  # after the answer there is nobody to report to but the log
             log.exception("inbound call: storing the answer after sending it failed")

@@ -279,7 +279,7 @@ def acquire_cps_slot(session: Session, bucket: str, limit: int, *, clock=time.ti
                  (clock() - slot) * 1000)
 
 
-def _count_slot(session: Session, bucket: str, window_start: float, first_count: int, window: int) -> int:
+def _count_slot(session: Session, bucket: str, window_start: int, first_count: int, window: int) -> int:
     """Book one slot of the window: its 1-based number (at least `first_count`), committed."""
     table = RateLimitWindow.__table__
     greatest = func.greatest if session.get_bind().dialect.name == "postgresql" else func.max
@@ -511,8 +511,8 @@ def _enter_dialing(session: Session, attempt_id: uuid.UUID, bucket: str, cps: in
         # sent yet, so stepping back to "claimed" is safe; take a later slot.
         stepped_back = _set_attempt(session, attempt_id, ("dialing",), state="claimed", dial_started_at=None)
         session.commit()
-        log.info("attempt %s: late for its calls-per-second slot after the dialing commit (%.1f ms); "
-                 "taking a later one", attempt_id, (clock() - slot) * 1000)
+        log.info("attempt %s: late for its calls-per-second slot after the dialing commit; taking a later one",
+                 attempt_id)
         if not stepped_back:
             return True  # cannot happen while we hold the attempt; sending is what "dialing" promised
 
