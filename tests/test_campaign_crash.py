@@ -144,22 +144,41 @@ def test_unreachable_database_for_too_long_gives_up_loudly(sim_app, carrier_sim,
     assert dispatch.PLACED_RECORD_RETRY_SECONDS < dispatch.CLAIM_TIMEOUT.total_seconds()
 
 
-def test_dialing_mark_does_not_wait_for_the_disk_on_postgresql(sim_app, carrier_sim, pg_only):
+@pytest.mark.parametrize("late_first", [False, True], ids=["on-time", "stepped-back-once"])
+def test_dialing_mark_does_not_wait_for_the_disk_on_postgresql(sim_app, carrier_sim, pg_only, monkeypatch,
+                                                               late_first):
     from sqlalchemy import event
 
+    if late_first:
+        # As if the first dialing commit had taken a second: the dialer steps back and marks again.
+        real_acquire = dispatch.acquire_cps_slot
+        slots_taken: list[float] = []
+
+        def acquire(session, *args, **kwargs):
+            slots_taken.append(real_acquire(session, *args, **kwargs))
+            return slots_taken[-1] - 1.0 if len(slots_taken) == 1 else slots_taken[-1]
+
+        monkeypatch.setattr(dispatch, "acquire_cps_slot", acquire)
     seeded = seed_agency(sim_app)
     create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}])
     seen: list[str] = []
+    marks: list[int] = []
     engine = sim_app.extensions["telephony.db"].engine
 
     def record(conn, cursor, statement, parameters, context, executemany):
-        seen.append(" ".join(statement.split()))
+        statement = " ".join(statement.split())
+        if statement.startswith("UPDATE dial_attempts SET state=") and parameters.get("state") == "dialing":
+            marks.append(len(seen))
+        seen.append(statement)
 
     event.listen(engine, "before_cursor_execute", record)
     try:
         assert dispatch_once(sim_app) == ["placed"]
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    [mark] = [i for i, s in enumerate(seen) if s.startswith("UPDATE dial_attempts SET state=") and "dial_started_at" in s]
-    assert seen[mark - 1] == "SET LOCAL synchronous_commit TO OFF"
-    assert not any("synchronous_commit" in s for s in seen[:mark - 1] + seen[mark + 1:])
+    # On a busy machine the dialer may step back once and mark again for a later slot
+    # (dispatch._enter_dialing); every mark must then skip the disk wait, nothing else.
+    assert len(marks) >= (2 if late_first else 1)
+    assert all(seen[mark - 1] == "SET LOCAL synchronous_commit TO OFF" for mark in marks)
+    unflushed = {mark - 1 for mark in marks}
+    assert not any("synchronous_commit" in s for i, s in enumerate(seen) if i not in unflushed)
