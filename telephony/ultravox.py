@@ -11,6 +11,7 @@ Ultravox's own message (safe to show to users: the API key is redacted).
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Union
-from urllib.parse import parse_qs, quote, urljoin, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -209,6 +210,7 @@ class UltravoxClient:
             raise ValueError(f"Ultravox base URL must be an http(s) URL, got {base_url!r}")
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
+        self._prepared_base_url = _prepared_base_url(self.base_url)
         self.timeout = timeout
         # A passed-in session belongs to the caller; otherwise use the shared pool.
         self._session = session if session is not None else shared_session()
@@ -350,17 +352,22 @@ class UltravoxClient:
         Typed errors are raised outside the `except` block on purpose: a
         requests exception holds the PreparedRequest (and so the X-API-Key
         header), and raising inside the handler would chain it as __context__."""
-        url = self.base_url + path
         effective_timeout = self.timeout if timeout is None else timeout
+        session = self._session
         failure: UltravoxError | None = None
         started = time.perf_counter()
         try:
-            response = self._session.request(
-                method, url, params=params, json=body,
-                headers={API_KEY_HEADER: self._api_key, "Accept": accept},
-                # Never follow redirects: requests would re-send X-API-Key to the new host.
-                timeout=effective_timeout, allow_redirects=False, stream=stream,
-            )
+            request = self._prepare(method, path, params=params, body=body, accept=accept)
+            # The session's adapter (its connection pool) sends the prepared request
+            # directly: Session.request would merge settings, cookies and hooks this client
+            # does not use, and re-prepare the URL, at a cost comparable to the request itself
+            # on a fast upstream (an inbound webhook waits for it). Redirects are never
+            # followed: requests would re-send X-API-Key to the new host.
+            response = session.get_adapter(request.url).send(
+                request, stream=stream, timeout=effective_timeout, verify=session.verify, cert=session.cert,
+                proxies=session.proxies)
+            if not stream:
+                response.content  # read the body here, so a broken one fails as a transport error
         except requests.RequestException as exc:
             tracked.outcome, failure = self._transport_failure(operation, exc)
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -375,6 +382,17 @@ class UltravoxClient:
         tracked.outcome = _outcome(status)
         log.warning("ultravox %s -> %s in %.0f ms", operation, status, elapsed_ms)
         raise self._http_failure(operation, response)
+
+    def _prepare(self, method: str, path: str, *, params: dict | None, body: dict | None,
+                 accept: str) -> requests.PreparedRequest:
+        request = requests.PreparedRequest()
+        request.prepare_method(method)
+        # The base URL was prepared (checked, IDNA-encoded) once; paths are built from
+        # quoted segments (`_segment`) and the query is encoded here.
+        request.url = self._prepared_base_url + path + (f"?{urlencode(params, doseq=True)}" if params else "")
+        request.prepare_headers({API_KEY_HEADER: self._api_key, "Accept": accept})
+        request.prepare_body(data=None, files=None, json=body)
+        return request
 
     def _transport_failure(self, operation: str, exc: requests.RequestException) -> tuple[str, UltravoxError]:
         # The message names host/URL only (the key is a header), but redact anyway.
@@ -433,6 +451,15 @@ class UltravoxClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, REDACTED)
+
+
+@functools.lru_cache(maxsize=16)
+def _prepared_base_url(base_url: str) -> str:
+    """The base URL as requests prepares it (validated, host IDNA-encoded, path quoted),
+    without the trailing slash: clients are built per request, the base URL is not."""
+    request = requests.PreparedRequest()
+    request.prepare_url(base_url, None)
+    return request.url.rstrip("/")
 
 
 def _segment(identifier: str) -> str:

@@ -593,6 +593,36 @@ def test_clients_share_one_pooled_session_without_key_in_defaults():
     assert UltravoxClient(API_KEY, session=own)._session is own
 
 
+def test_requests_go_through_the_given_sessions_adapter_with_its_proxies():
+    sent: list[tuple[requests.PreparedRequest, dict]] = []
+
+    class RecordingAdapter(requests.adapters.HTTPAdapter):
+        def send(self, request, **kwargs):
+            sent.append((request, kwargs))
+            response = requests.Response()
+            response.status_code, response._content, response.url = 200, json.dumps(CALL).encode(), request.url
+            return response
+
+    own = requests.Session()
+    own.mount("https://", RecordingAdapter())
+    own.proxies = {"https": "http://proxy.internal:3128"}
+    assert UltravoxClient(API_KEY, session=own, timeout=(1.5, 4.0)).get_call(CALL_ID) == CALL
+    request, options = sent[0]
+    assert request.url == f"{BASE}/api/calls/{CALL_ID}" and request.headers["X-API-Key"] == API_KEY
+    assert options["proxies"] == {"https": "http://proxy.internal:3128"} and options["timeout"] == (1.5, 4.0)
+
+
+def test_base_url_is_prepared_once_with_its_path_and_international_host(rsps):
+    rsps.add(responses.GET, f"https://xn--bcher-kva.example/ultravox/api/calls/{CALL_ID}", json=CALL)
+    assert UltravoxClient(API_KEY, base_url="https://bücher.example/ultravox/").get_call(CALL_ID) == CALL
+
+
+def test_a_body_json_cannot_encode_is_a_typed_error_without_the_key(rsps, client):
+    with pytest.raises(UltravoxError) as caught:
+        client.create_call({"maxDuration": float("nan")})
+    assert API_KEY not in repr(caught.value) and not rsps.calls
+
+
 def test_shared_session_refuses_cookies(rsps, client):
     rsps.add_callback(responses.GET, f"{BASE}/api/calls/{CALL_ID}",
                       callback=answer(200, json_body=CALL, headers={"Set-Cookie": "sessionid=abc; Path=/"}))
