@@ -265,6 +265,7 @@ def install_control_api(
     raise ValueError to reject the body with 400.
     """
     app.extensions["sim_injector"] = injector
+    _time_from_wsgi_entry(app)
 
     @app.errorhandler(SimError)
     def _sim_error(exc: SimError) -> Response:
@@ -275,7 +276,7 @@ def install_control_api(
         path = request.path
         if path.startswith(SIM_PREFIX):
             return None  # control endpoints are never delayed, failed or logged
-        g.sim_started = time.perf_counter()
+        g.sim_started = request.environ.get(_STARTED, time.perf_counter())
         g.sim_log_entry = injector.record(
             {
                 "time": utc_now_iso(),
@@ -357,6 +358,22 @@ def install_control_api(
         injector.reset(latency_ms=default_latency_ms)
         on_reset()
         return jsonify({"reset": True})
+
+
+_STARTED = "sim.started"
+
+
+def _time_from_wsgi_entry(app: Flask) -> None:
+    """Start a request's clock when the WSGI server hands it over, so that Flask's own
+    dispatch counts as the simulator's time (a benchmark charges everything outside
+    `duration_ms` to the service under test)."""
+    wsgi_app = app.wsgi_app
+
+    def timed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        environ[_STARTED] = time.perf_counter()
+        return wsgi_app(environ, start_response)
+
+    app.wsgi_app = timed  # type: ignore[method-assign]
 
 
 def _control_json() -> dict[str, Any]:
