@@ -14,8 +14,10 @@ CallSid, sent over new connections as a carrier would:
             simulator took for that webhook's Ultravox call (its 500 ms included; the
             simulator logs it per request, matched by CallSid): p50 <= 5 ms, p99 <= 25 ms.
             (An upper bound: it also holds the load generator, loopback TCP and the
-            simulator's HTTP server outside its Flask app.) Shown next to it: response
-            minus the configured 500 ms, and the service's own Server-Timing.
+            simulator's HTTP server outside its WSGI app.) Shown next to it: response
+            minus the configured 500 ms, the service's own Server-Timing, its wait on
+            Ultravox minus the simulator's time, and the floor: GET /healthz (which does
+            nothing) with the same 20 workers and the same 500 ms between requests.
   one at a time  with the simulator answering at once: the service's own time per webhook
             with no queueing, next to the simulator alone.
   saturation  20 workers in a closed loop with the simulator answering at once: the
@@ -65,6 +67,7 @@ class Result:
     error: str | None = None
     in_app_ms: float | None = None  # Server-Timing: app minus the wait on Ultravox
     key: str | None = None  # the webhook's CallSid
+    ultravox_ms: float | None = None  # Server-Timing: the service's wait on Ultravox
 
 
 @dataclass
@@ -85,21 +88,41 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))]
 
 
-def stats(scenario: str, results: list[Result], wall: float, *, minus_ms: float = 0.0,
-          in_app: bool = False, minus_per_key: dict[str, float] | None = None) -> Stats:
-    unmatched = 0
-    if in_app:
-        times = sorted(r.in_app_ms for r in results if r.in_app_ms is not None)
-    elif minus_per_key is not None:
-        times = sorted(r.seconds * 1000 - minus_per_key[r.key] for r in results if r.key in minus_per_key)
-        # A webhook whose Ultravox call the simulator did not log cannot be measured: an error.
-        unmatched = sum(r.key not in minus_per_key for r in results)
-    else:
-        times = sorted(r.seconds * 1000 - minus_ms for r in results)
-    return Stats(scenario=scenario, requests=len(results), errors=sum(not r.ok for r in results) + unmatched,
+Measure = Callable[[Result], "float | None"]
+
+
+def response_ms(result: Result) -> float:
+    return result.seconds * 1000
+
+
+def stats(scenario: str, results: list[Result], wall: float, measure: Measure = response_ms, *,
+          unmeasured_is_error: bool = False) -> Stats:
+    """Percentiles of `measure` (ms) over the results it can measure. With
+    unmeasured_is_error, a result it cannot measure counts as an error."""
+    values = [measure(r) for r in results]
+    times = sorted(v for v in values if v is not None)
+    unmeasured = sum(v is None for v in values) if unmeasured_is_error else 0
+    return Stats(scenario=scenario, requests=len(results), errors=sum(not r.ok for r in results) + unmeasured,
                  p50_ms=round(percentile(times, 0.50), 2), p90_ms=round(percentile(times, 0.90), 2),
                  p99_ms=round(percentile(times, 0.99), 2), max_ms=round(times[-1], 2), wall_s=round(wall, 2),
                  per_second=round(len(results) / wall, 1))
+
+
+def in_app(result: Result) -> float | None:
+    return result.in_app_ms
+
+
+def minus_simulator(simulator_ms: dict[str, float]) -> Measure:
+    """Response time minus the simulator's own time for the webhook's Ultravox call;
+    None for a webhook whose call the simulator did not log."""
+    return lambda r: r.seconds * 1000 - simulator_ms[r.key] if r.key in simulator_ms else None
+
+
+def ultravox_wait_minus_simulator(simulator_ms: dict[str, float]) -> Measure:
+    """The service's wait on Ultravox minus the simulator's own time: our Ultravox client,
+    loopback TCP and the simulator's HTTP server outside its WSGI app."""
+    return lambda r: (r.ultravox_ms - simulator_ms[r.key]
+                      if r.key in simulator_ms and r.ultravox_ms is not None else None)
 
 
 # -- one request ------------------------------------------------------------------------------
@@ -120,50 +143,49 @@ def valid_stream_twiml(status: int, content_type: str, body: bytes) -> str | Non
     return None
 
 
-def post(host: str, port: int, path: str, body: bytes, headers: dict[str, str], key: str | None,
+def send(host: str, port: int, path: str, body: bytes | None, headers: dict[str, str], key: str | None,
          check: Callable[[int, str, bytes], str | None]) -> Result:
-    result = _post(host, port, path, body, headers, check)
+    """One request on a new connection, as a carrier opens: POST with a body, GET without."""
+    result = _send(host, port, path, body, headers, check)
     result.key = key
     return result
 
 
-def _post(host: str, port: int, path: str, body: bytes, headers: dict[str, str],
+def _send(host: str, port: int, path: str, body: bytes | None, headers: dict[str, str],
           check: Callable[[int, str, bytes], str | None]) -> Result:
     started = time.perf_counter()
-    conn = http.client.HTTPConnection(host, port, timeout=30)  # a new connection, as a carrier opens
+    conn = http.client.HTTPConnection(host, port, timeout=30)
     try:
-        conn.request("POST", path, body=body, headers=headers)
+        conn.request("GET" if body is None else "POST", path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
         elapsed = time.perf_counter() - started
         problem = check(response.status, response.getheader("Content-Type", ""), data)
-        return Result(elapsed, problem is None, problem, in_app_ms(response.getheader("Server-Timing")))
+        timing = server_timing(response.getheader("Server-Timing"))
+        in_app = timing["app"] - timing["ultravox"] if "app" in timing and "ultravox" in timing else None
+        return Result(elapsed, problem is None, problem, in_app, ultravox_ms=timing.get("ultravox"))
     except OSError as exc:
         return Result(time.perf_counter() - started, False, f"{type(exc).__name__}: {exc}")
     finally:
         conn.close()
 
 
-def in_app_ms(server_timing: str | None) -> float | None:
-    """"app;dur=507.9, ultravox;dur=503.1" -> 4.8: the service's own time."""
-    if not server_timing:
-        return None
-    durations = {}
-    for metric in server_timing.split(","):
+def server_timing(header: str | None) -> dict[str, float]:
+    """"app;dur=507.9, ultravox;dur=503.1" -> {"app": 507.9, "ultravox": 503.1}; {} if unreadable."""
+    durations: dict[str, float] = {}
+    for metric in (header or "").split(","):
         name, _, rest = metric.strip().partition(";dur=")
         try:
             durations[name] = float(rest)
         except ValueError:
-            return None
-    if "app" not in durations or "ultravox" not in durations:
-        return None
-    return durations["app"] - durations["ultravox"]
+            return {}
+    return durations
 
 
 # -- load shapes -----------------------------------------------------------------------------
 
 
-Job = tuple[str, bytes, dict[str, str], str | None]  # path, body, headers, CallSid
+Job = tuple[str, bytes | None, dict[str, str], str | None]  # path, body (None: GET), headers, CallSid
 
 
 def burst(host: str, port: int, jobs: list[Job], check) -> tuple[list[Result], float]:
@@ -174,7 +196,7 @@ def burst(host: str, port: int, jobs: list[Job], check) -> tuple[list[Result], f
 
     def run(job: Job) -> None:
         barrier.wait()
-        result = post(host, port, *job, check)
+        result = send(host, port, *job, check)
         with lock:
             results.append(result)
 
@@ -189,8 +211,9 @@ def burst(host: str, port: int, jobs: list[Job], check) -> tuple[list[Result], f
 
 
 def closed_loop(host: str, port: int, jobs: list[Job], concurrency: int, check, *,
-                stagger_s: float = 0.0) -> tuple[list[Result], float]:
-    """`concurrency` workers, each sending the next job as soon as its previous one answered.
+                stagger_s: float = 0.0, pause_s: float = 0.0) -> tuple[list[Result], float]:
+    """`concurrency` workers, each sending the next job as soon as its previous one answered
+    (or `pause_s` after it: the same arrival pattern as requests that take that long).
 
     Worker i starts i * stagger_s / concurrency late: with a fixed upstream delay,
     workers started together stay in lockstep and every request would arrive in a burst
@@ -208,9 +231,10 @@ def closed_loop(host: str, port: int, jobs: list[Job], concurrency: int, check, 
                 job = pending.get_nowait()
             except queue.Empty:
                 return
-            result = post(host, port, *job, check)
+            result = send(host, port, *job, check)
             with lock:
                 results.append(result)
+            time.sleep(pause_s)
 
     threads = [threading.Thread(target=worker, args=(i * stagger_s / concurrency,), daemon=True)
                for i in range(concurrency)]
@@ -234,6 +258,14 @@ def ultravox_jobs(count: int) -> list[Job]:
                        "metadata": {"telephony.call_id": "bench"}}).encode()
     headers = {"Content-Type": "application/json", "X-API-Key": ULTRAVOX_KEY}
     return [(f"/api/agents/{ULTRAVOX_AGENT_ID}/calls", body, headers, None) for _ in range(count)]
+
+
+def healthz_jobs(count: int) -> list[Job]:
+    return [("/healthz", None, {}, None)] * count
+
+
+def status_200(status: int, content_type: str, body: bytes) -> str | None:
+    return None if status == 200 else f"HTTP {status}"
 
 
 def created_201(status: int, content_type: str, body: bytes) -> str | None:
@@ -289,20 +321,29 @@ def run(database: str) -> int:
         set_latency(stack, LATENCY_MS)  # also empties the simulator's request log
         results, wall = closed_loop(host, port, webhook_jobs(OVERHEAD_REQUESTS), CONCURRENCY, valid_stream_twiml,
                                     stagger_s=LATENCY_MS / 1000)
+        simulator_ms = simulator_times(stack)
         table.append(stats(f"{CONCURRENCY} concurrent, Ultravox {LATENCY_MS} ms: response time", results, wall))
         overhead = stats(f"{CONCURRENCY} concurrent: overhead = response - simulator's time", results, wall,
-                         minus_per_key=simulator_times(stack))
+                         minus_simulator(simulator_ms), unmeasured_is_error=True)
         table.append(overhead)
         table.append(stats(f"{CONCURRENCY} concurrent: response - {LATENCY_MS} ms", results, wall,
-                           minus_ms=LATENCY_MS))
+                           lambda r: r.seconds * 1000 - LATENCY_MS))
         table.append(stats(f"{CONCURRENCY} concurrent: in-app time (Server-Timing app - ultravox)", results, wall,
-                           in_app=True))
+                           in_app))
+        table.append(stats(f"{CONCURRENCY} concurrent: Ultravox wait - simulator's time (client + HTTP)", results,
+                           wall, ultravox_wait_minus_simulator(simulator_ms)))
+        errors += [r.error for r in results if not r.ok]
+        # The serving floor under the same arrival pattern: a request that does nothing
+        # (GET /healthz), through the same load generator, loopback and gunicorn.
+        results, wall = closed_loop(host, port, healthz_jobs(OVERHEAD_REQUESTS), CONCURRENCY, status_200,
+                                    stagger_s=LATENCY_MS / 1000, pause_s=LATENCY_MS / 1000)
+        table.append(stats(f"floor: {CONCURRENCY} concurrent GET /healthz, {LATENCY_MS} ms apart", results, wall))
         errors += [r.error for r in results if not r.ok]
 
         set_latency(stack, 0)
         results, wall = closed_loop(host, port, webhook_jobs(SEQUENTIAL_REQUESTS), 1, valid_stream_twiml)
         table.append(stats("one at a time, Ultravox 0 ms: response time", results, wall))
-        table.append(stats("one at a time: in-app time (Server-Timing app - ultravox)", results, wall, in_app=True))
+        table.append(stats("one at a time: in-app time (Server-Timing app - ultravox)", results, wall, in_app))
         errors += [r.error for r in results if not r.ok]
         results, wall = closed_loop(host, uv_port, ultravox_jobs(SEQUENTIAL_REQUESTS), 1, created_201)
         table.append(stats("one at a time: the Ultravox simulator alone", results, wall))
