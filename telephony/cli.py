@@ -52,6 +52,7 @@ apikey_cli = AppGroup("apikey", help="Agency server API keys.")
 publickey_cli = AppGroup("publickey", help="Public web-call keys (x-api-access-key) for widgets.")
 token_cli = AppGroup("token", help="Development JWTs.")
 worker_cli = AppGroup("worker", help="The background worker.")
+maintenance_cli = AppGroup("maintenance", help="Housekeeping the worker also does on its own.")
 
 
 @db_cli.command("upgrade")
@@ -309,9 +310,16 @@ def worker_run(poll_interval: float) -> None:
     main_loop(current_app._get_current_object(), poll_interval=poll_interval)
 
 
+@maintenance_cli.command("purge")
+def maintenance_purge() -> None:
+    """Delete expired bookkeeping rows now (each worker does it hourly); prints the counts."""
+    from .services.retention import purge_expired
+    _emit(purge_expired(_db(), get_config().retention_days))
+
+
 def register(app: Flask) -> None:
     for group in (db_cli, agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, publickey_cli,
-                  token_cli, worker_cli):
+                  token_cli, worker_cli, maintenance_cli):
         app.cli.add_command(group)
 
     # Domain errors from services become one-line CLI errors, not tracebacks.

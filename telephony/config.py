@@ -57,6 +57,7 @@ class Config:
     inbound_ultravox_budget: float = 5.0
     telnyx_stream_codec: str = DEFAULT_TELNYX_STREAM_CODEC
     max_body_bytes: int = 64 * 1024
+    retention_days: int = 30  # finished jobs, deliveries, processed webhook-event ids (services/retention.py)
     log_level: str = "INFO"
     production: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -136,6 +137,7 @@ class Config:
             telnyx_stream_codec=_choice(env, "TELNYX_STREAM_CODEC", DEFAULT_TELNYX_STREAM_CODEC,
                                         tuple(TELNYX_STREAM_FORMATS)),
             log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            retention_days=_int(env, "RETENTION_DAYS", 30, 1, 3650),
             production=production,
         )
 

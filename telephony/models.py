@@ -254,7 +254,7 @@ class ProcessedWebhookEvent(Base):
     provider: Mapped[str] = mapped_column(String(32))
     event_key: Mapped[str] = mapped_column(String(255))
     agency_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)  # retention purges by age
 
 
 class EventEndpoint(Base):
@@ -303,7 +303,7 @@ class EventDelivery(Base):
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column()
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)  # retention purges by age
 
 
 class Job(Base):
@@ -324,7 +324,7 @@ class Job(Base):
     locked_until: Mapped[datetime | None] = mapped_column()
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)  # retention purges by age
 
 
 # -- outbound calls and campaigns -------------------------------------------------------
@@ -450,4 +450,4 @@ class IdempotencyKey(Base):
     state: Mapped[str] = mapped_column(String(16), default="in_flight")
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)  # expired keys are purged by age

@@ -10,6 +10,7 @@ handlers must be idempotent (they are written to be).
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 from .db import Database
 from .logging import agency_id_var, request_id_var
 from .models import Job, utcnow
+from .services.retention import run_purge
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +124,23 @@ def run_job(app: Flask, db: Database, job: Job) -> str:
     return outcome["status"]
 
 
+# Every worker process purges expired bookkeeping rows (services/retention.py) this often,
+# the first time a random moment within the first interval, so workers started together
+# do not all purge at once.
+MAINTENANCE_INTERVAL_SECONDS = 3600.0
+
+
 @dataclass
 class Worker:
     app: Flask
     poll_interval: float = 1.0
     batch_size: int = 10
     lease_seconds: float = 300.0
+    maintenance_interval: float = MAINTENANCE_INTERVAL_SECONDS
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
+        self._next_maintenance = time.monotonic() + random.uniform(0, self.maintenance_interval)
 
     @property
     def db(self) -> Database:
@@ -147,6 +157,15 @@ class Worker:
             run_job(self.app, self.db, job)
         return len(jobs)
 
+    def maintain_if_due(self, now: float | None = None) -> bool:
+        """Purge expired bookkeeping rows if this worker's interval has passed. True if it ran."""
+        now = time.monotonic() if now is None else now
+        if now < self._next_maintenance:
+            return False
+        self._next_maintenance = now + self.maintenance_interval
+        run_purge(self.db, self.app.extensions["telephony.config"].retention_days)
+        return True
+
     def run_forever(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
@@ -154,6 +173,7 @@ class Worker:
         while not self._stop.is_set():
             try:
                 done = self.run_once()
+                self.maintain_if_due()
             except Exception:
                 log.exception("worker loop error; continuing")
                 done = 0

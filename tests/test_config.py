@@ -62,6 +62,8 @@ def test_every_upstream_base_is_configurable(tmp_path):
     ({"UPSTREAM_READ_TIMEOUT": "soon"}, "UPSTREAM_READ_TIMEOUT"),
     ({"INBOUND_ULTRAVOX_BUDGET": "20"}, "INBOUND_ULTRAVOX_BUDGET"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"RETENTION_DAYS": "0"}, "RETENTION_DAYS"),
+    ({"RETENTION_DAYS": "a month"}, "RETENTION_DAYS"),
 ])
 def test_invalid_configuration_names_the_variable(tmp_path, env, variable):
     with pytest.raises(ConfigError) as error:
