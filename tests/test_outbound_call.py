@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from sqlalchemy import select
 
 from telephony.models import Call
@@ -188,3 +190,20 @@ def test_calls_write_scope_is_required(sim_app, carrier_sim):
     seeded = seed_agency(sim_app)
     response = sim_app.test_client().post("/api/v1/calls", json={"agent_id": AGENT_UV_ID, "to": CALLEE})
     assert response.status_code == 401
+
+
+DIAL_PATHS = {"twilio": "/2010-04-01/", "telnyx": "/v2/calls", "plivo": "/v1/Account/"}
+
+
+@pytest.mark.parametrize("carrier", sorted(DIAL_PATHS))
+@pytest.mark.parametrize(("carrier_status", "status", "code"), [
+    (400, 422, "carrier_rejected"), (429, 429, "carrier_rate_limited"), (500, 502, "carrier_error")])
+def test_each_carriers_errors_mean_the_same(sim_app, carrier_sim, carrier, carrier_status, status, code):
+    """Every dialer maps its SDK's errors alike: refused (no call exists), rate limited
+    (documented as never processed), or unavailable (the call may exist), sent once."""
+    seeded = seed_agency(sim_app, carrier=carrier)
+    inject(carrier_sim, {"path_prefix": DIAL_PATHS[carrier], "method": "POST", "status": carrier_status})
+    response = _post(sim_app.test_client(), seeded, {"agent_id": AGENT_UV_ID, "to": CALLEE})
+    assert (response.status_code, response.json["code"]) == (status, code), response.json
+    assert carrier in response.json["error"]
+    assert len(dial_requests(carrier_sim)) == 1

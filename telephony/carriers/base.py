@@ -2,15 +2,17 @@
 
 An adapter knows one carrier's webhook dialect: how it signs requests, which form or
 JSON fields carry the call, and which XML makes the carrier stream audio, dial a number
-or speak. It knows nothing about agencies, databases or Ultravox: the use cases in
-``telephony.services.inbound`` / ``call_status`` drive it. Adding a carrier is one new
-module and one line in ``registry.py``.
+or speak. A dialer knows the same carrier's REST side for outbound calls: its official
+SDK client, the account its calls-per-second limit counts, the dial itself and what the
+SDK's errors mean. Neither knows about agencies, databases or Ultravox: the use cases in
+``telephony.services`` drive them. Adding a carrier is one new module and a line in
+``registry.py``.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 from werkzeug.datastructures import Headers, MultiDict
 
@@ -116,6 +118,53 @@ class XmlCarrierAdapter(CarrierAdapter):
         if answer.kind == "dial" and answer.number:
             return self.dial_fallback(answer.number)
         return self.say_and_hangup(answer.message or "")
+
+
+@dataclass(frozen=True)
+class OutboundDial:
+    """What a carrier is asked to dial, and where it reports back."""
+
+    to: str  # E.164
+    from_number: str  # E.164, one of the agency's numbers with this carrier
+    join_url: str  # the Ultravox call the callee is streamed to once they answer
+    command_id: str  # idempotency key, where the carrier takes one (Telnyx)
+    ring_timeout: int  # seconds to let it ring
+    callback_url: Callable[[str], str]  # kind ("status", "answer", ...) -> our URL for this call
+
+
+class CarrierDialer(ABC):
+    """One carrier's REST side of an outbound call. Stateless, one shared instance per
+    carrier (see ``registry``); the SDK client is built by ``new_client`` and kept by
+    the caller (``sdk.cached_client``)."""
+
+    name: ClassVar[str]
+    required_credentials: ClassVar[tuple[str, ...]]  # credential fields a dial needs
+    api_base_setting: ClassVar[str]  # the Config field holding this carrier's REST base URL
+    # The sdk.py factory: called with `secrets(...)`, api_base and timeout; never retries.
+    sdk_client: ClassVar[Callable[..., Any]]
+
+    @abstractmethod
+    def account(self, credentials: Mapping[str, str]) -> str:
+        """Names the carrier account, the unit carriers count calls per second by. Never
+        a secret: it becomes part of a rate-limit bucket name."""
+
+    @abstractmethod
+    def secrets(self, credentials: Mapping[str, str]) -> tuple[str, ...]:
+        """The SDK client's credentials, in the factory's order (also its cache identity,
+        of which only a digest is kept)."""
+
+    def new_client(self, credentials: Mapping[str, str], *, api_base: str, timeout: float) -> Any:
+        """The official SDK client for the account."""
+        return self.sdk_client(*self.secrets(credentials), api_base=api_base, timeout=timeout)
+
+    @abstractmethod
+    def place_call(self, client: Any, credentials: Mapping[str, str], dial: OutboundDial) -> str:
+        """Ask the carrier to dial; returns its call id. The SDK's exceptions propagate."""
+
+    def error_status(self, exc: Exception) -> tuple[int | None, str] | None:
+        """(HTTP status, or None when unknown, and a message) when ``exc`` is one of this
+        carrier's SDK errors; None for anything else."""
+        return None
 
 
 def parse_int(value: str | None) -> int | None:

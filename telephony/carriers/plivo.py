@@ -1,14 +1,17 @@
-"""Plivo answer_url / hangup_url webhooks: signature V3 and Plivo XML."""
+"""Plivo: answer_url / hangup_url webhooks (signature V3, Plivo XML) and outbound dials."""
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Any, Mapping
 
+import plivo.exceptions as plivo_errors
 from plivo import plivoxml
 from plivo.exceptions import PlivoRestError
 from plivo.utils import validate_v3_signature
 
-from .base import InboundCall, StatusEvent, WebhookRequest, XmlCarrierAdapter, parse_int
+from . import sdk
+from .base import (CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter,
+                   parse_int)
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +81,47 @@ class PlivoAdapter(XmlCarrierAdapter):
         response = plivoxml.ResponseElement()
         response.add(dial)
         return response.to_string()
+
+
+# Plivo's exception classes -> the HTTP status they stand for.
+_ERROR_STATUSES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ...] = (
+    (plivo_errors.PlivoServerError, 500),
+    (plivo_errors.AuthenticationError, 401),
+    ((plivo_errors.ValidationError, plivo_errors.InvalidRequestError), 400),
+    ((plivo_errors.ForbiddenError, plivo_errors.GeoPermissionError), 403),
+    (plivo_errors.ResourceNotFoundError, 404),
+)
+
+
+class PlivoDialer(CarrierDialer):
+    """Outbound: Plivo dials, then fetches our answer_url (answered with the stream XML)."""
+
+    name = "plivo"
+    required_credentials = ("auth_id", "auth_token")
+    api_base_setting = "plivo_api_base"
+    sdk_client = staticmethod(sdk.plivo_client)
+
+    def account(self, credentials: Mapping[str, str]) -> str:
+        return credentials["auth_id"]
+
+    def secrets(self, credentials: Mapping[str, str]) -> tuple[str, ...]:
+        return credentials["auth_id"], credentials["auth_token"]
+
+    def place_call(self, client: Any, credentials: Mapping[str, str], dial: OutboundDial) -> str:
+        response = client.calls.create(from_=dial.from_number.lstrip("+"), to_=dial.to.lstrip("+"),
+                                       answer_url=dial.callback_url("answer"), answer_method="POST",
+                                       hangup_url=dial.callback_url("hangup"), ring_timeout=dial.ring_timeout)
+        request_uuid = response["request_uuid"] if isinstance(response, Mapping) else response.request_uuid
+        return str(request_uuid[0] if isinstance(request_uuid, list) else request_uuid)
+
+    def error_status(self, exc: Exception) -> tuple[int | None, str] | None:
+        for classes, status in _ERROR_STATUSES:
+            if isinstance(exc, classes):
+                return status, str(exc)[:300]
+        if isinstance(exc, PlivoRestError):
+            text = str(exc)
+            for code in (429, 400, 401, 403, 404, 422):
+                if f"status code {code}" in text:
+                    return code, text[:300]
+            return None, text[:300]
+        return None

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from ..context import get_config
-from .base import XmlCarrierAdapter
-from .plivo import PlivoAdapter
-from .telnyx import TelnyxCallControl, TelnyxTexmlAdapter
-from .twilio import TwilioAdapter
+from .base import CarrierDialer, XmlCarrierAdapter
+from .plivo import PlivoAdapter, PlivoDialer
+from .telnyx import TelnyxCallControl, TelnyxDialer, TelnyxTexmlAdapter
+from .twilio import TwilioAdapter, TwilioDialer
 
 
 def configured_telnyx_stream() -> tuple[str, int]:
@@ -25,5 +25,16 @@ XML_CARRIERS: dict[str, XmlCarrierAdapter] = {
 TELNYX_CALL_CONTROL = TelnyxCallControl(stream_format=configured_telnyx_stream)
 
 
+# Outbound dials through each carrier's REST API.
+DIALERS: dict[str, CarrierDialer] = {
+    dialer.name: dialer for dialer in (
+        TwilioDialer(), TelnyxDialer(stream_format=configured_telnyx_stream), PlivoDialer())
+}
+
+
 def xml_carrier(name: str) -> XmlCarrierAdapter:
     return XML_CARRIERS[name]
+
+
+def dialer(name: str) -> CarrierDialer | None:
+    return DIALERS.get(name)

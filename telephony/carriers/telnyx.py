@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import telnyx
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
 
 from . import sdk
-from .base import Answer, CarrierAdapter, InboundCall, StatusEvent, WebhookRequest
+from .base import Answer, CarrierAdapter, CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest
 from .twilio import TwilioAdapter
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,12 @@ def verify_ed25519(request: WebhookRequest, credentials: Mapping[str, str]) -> b
 StreamFormat = Callable[[], tuple[str, int]]
 
 
-class _TelnyxSigned:
-    """What both Telnyx products share: the account's Ed25519 signature and one
-    codec for both directions of the media stream.
+class _TelnyxStream:
+    """One codec for both directions of the media stream (Ultravox must see one codec).
 
     The codec is fixed (``codec``/``sampling_rate``) or, with ``stream_format``, looked up
-    at each answer: the registry's adapters read TELNYX_STREAM_CODEC from the app's config
-    that way, so one module-level adapter serves every app."""
+    at each use: the registry's instances read TELNYX_STREAM_CODEC from the app's config
+    that way, so one module-level instance serves every app."""
 
     name = "telnyx"
 
@@ -74,6 +74,11 @@ class _TelnyxSigned:
     @property
     def sampling_rate(self) -> int:
         return self.stream_format()[1]
+
+
+class _TelnyxSigned(_TelnyxStream):
+    """What both Telnyx webhook products share: the account's Ed25519 signature and the
+    media stream's codec."""
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         return verify_ed25519(request, credentials)
@@ -242,3 +247,40 @@ def _seconds_between(start: Any, end: Any) -> int | None:
         return None
     seconds = int((ended - started).total_seconds())
     return seconds if seconds >= 0 else None
+
+
+class TelnyxDialer(_TelnyxStream, CarrierDialer):
+    """Outbound through Call Control: dial with the stream attached, events to our URL."""
+
+    required_credentials = ("api_key", "connection_id")
+    api_base_setting = "telnyx_api_base"
+    sdk_client = staticmethod(sdk.telnyx_client)
+
+    def account(self, credentials: Mapping[str, str]) -> str:
+        # The API key is the only account identity we hold, and a secret: a digest names it.
+        return hashlib.sha256(credentials["api_key"].encode()).hexdigest()[:24]
+
+    def secrets(self, credentials: Mapping[str, str]) -> tuple[str, ...]:
+        return (credentials["api_key"],)
+
+    def place_call(self, client: Any, credentials: Mapping[str, str], dial: OutboundDial) -> str:
+        codec, sampling_rate = self.stream_format()
+        response = client.calls.dial(
+            connection_id=credentials["connection_id"], to=dial.to, from_=dial.from_number, stream_url=dial.join_url,
+            stream_track="inbound_track", stream_bidirectional_mode="rtp", stream_codec=codec,
+            stream_bidirectional_codec=codec, stream_bidirectional_sampling_rate=sampling_rate,
+            stream_bidirectional_target_legs="opposite", timeout_secs=dial.ring_timeout,
+            webhook_url=dial.callback_url("call-control"), command_id=dial.command_id)
+        return str(response.data.call_control_id)
+
+    def error_status(self, exc: Exception) -> tuple[int | None, str] | None:
+        if isinstance(exc, telnyx.APIStatusError):
+            detail = ""
+            body = exc.body
+            if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+                first = body["errors"][0]
+                detail = f"{first.get('title', '')}: {first.get('detail', '')} (code {first.get('code', '')})"
+            return exc.status_code, detail or exc.__class__.__name__
+        if isinstance(exc, (telnyx.APITimeoutError, telnyx.APIConnectionError)):
+            return None, f"{exc.__class__.__name__}: carrier unreachable or timed out"
+        return None

@@ -1,13 +1,16 @@
-"""Twilio voice webhooks: X-Twilio-Signature, form fields, TwiML."""
+"""Twilio: voice webhooks (X-Twilio-Signature, form fields, TwiML) and outbound dials."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
+from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
 from .. import call_states
-from .base import InboundCall, StatusEvent, WebhookRequest, XmlCarrierAdapter, parse_int
+from . import sdk
+from .base import (CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter,
+                   parse_int)
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 # Twilio's CallStatus words are our vocabulary; "initiated" and unknown values are
@@ -60,3 +63,30 @@ class TwilioAdapter(XmlCarrierAdapter):
         response = VoiceResponse()
         response.dial(number)
         return str(response)
+
+
+class TwilioDialer(CarrierDialer):
+    name = "twilio"
+    required_credentials = ("account_sid", "auth_token")
+    api_base_setting = "twilio_api_base"
+    sdk_client = staticmethod(sdk.twilio_client)
+    STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
+
+    def account(self, credentials: Mapping[str, str]) -> str:
+        return credentials["account_sid"]
+
+    def secrets(self, credentials: Mapping[str, str]) -> tuple[str, ...]:
+        return credentials["account_sid"], credentials["auth_token"]
+
+    def place_call(self, client: Any, credentials: Mapping[str, str], dial: OutboundDial) -> str:
+        # The TwiML rides along with the create: no answer webhook round trip once the callee picks up.
+        call = client.calls.create(to=dial.to, from_=dial.from_number,
+                                   twiml=TwilioAdapter().stream_response(dial.join_url),
+                                   status_callback=dial.callback_url("status"),
+                                   status_callback_event=list(self.STATUS_EVENTS), timeout=dial.ring_timeout)
+        return str(call.sid)
+
+    def error_status(self, exc: Exception) -> tuple[int | None, str] | None:
+        if isinstance(exc, TwilioRestException):
+            return exc.status, f"{exc.msg} (code {exc.code})" if exc.code else str(exc.msg)
+        return None

@@ -21,7 +21,6 @@ never be repeated automatically:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..carriers import sdk
-from ..carriers.registry import xml_carrier
+from ..carriers.base import CarrierDialer, OutboundDial
+from ..carriers.registry import dialer
 from ..context import get_config, get_credentials
 from ..errors import DomainError, InvalidInput, NotFound
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = "90s"  # ringing counts against it: the stream connects only after answer
 RING_TIMEOUT_SECONDS = 45
-TWILIO_STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 
 
 class CarrierError(DomainError):
@@ -135,13 +134,16 @@ def prepare_outbound(session: Session, agency_id: uuid.UUID, *, agent_id: str, t
 # -- carrier accounts ------------------------------------------------------------------
 
 
-_REQUIRED = {"twilio": ("account_sid", "auth_token"), "telnyx": ("api_key", "connection_id"),
-             "plivo": ("auth_id", "auth_token")}
+def _dialer(carrier: str) -> CarrierDialer:
+    found = dialer(carrier)
+    if found is None:
+        raise CarrierRejected(carrier, "unsupported carrier")
+    return found
 
 
 def carrier_credentials(session: Session, agency_id: uuid.UUID, carrier: str) -> Mapping[str, str]:
     credentials = get_credentials().get(session, agency_id, carrier)
-    missing = [name for name in _REQUIRED[carrier] if not credentials.get(name)]
+    missing = [name for name in _dialer(carrier).required_credentials if not credentials.get(name)]
     if missing:
         raise CarrierNotConfigured(f"{carrier} credentials missing: {', '.join(missing)}")
     return credentials
@@ -149,13 +151,7 @@ def carrier_credentials(session: Session, agency_id: uuid.UUID, carrier: str) ->
 
 def carrier_account_key(carrier: str, credentials: Mapping[str, str]) -> str:
     """Identifies the carrier account (the unit carriers count calls per second by)."""
-    if carrier == "twilio":
-        account = credentials["account_sid"]
-    elif carrier == "plivo":
-        account = credentials["auth_id"]
-    else:  # the API key is a secret: only a digest of it names the account
-        account = hashlib.sha256(credentials["api_key"].encode()).hexdigest()[:24]
-    return f"cps:{carrier}:{account}"
+    return f"cps:{carrier}:{_dialer(carrier).account(credentials)}"
 
 
 # -- placing the carrier call ----------------------------------------------------------
@@ -168,21 +164,11 @@ def callback_url(carrier: str, kind: str, call_id: uuid.UUID) -> str:
 def carrier_client(carrier: str, credentials: Mapping[str, str]) -> Any:
     """The official SDK client for the agency's carrier account (kept per account, so its
     connection is reused). Raises CarrierRejected for an unsupported carrier."""
+    carrier_dialer = _dialer(carrier)
     config = get_config()
-    timeout = config.upstream_read_timeout
-    if carrier == "twilio":
-        secrets, base = (credentials["account_sid"], credentials["auth_token"]), config.twilio_api_base
-        factory = sdk.twilio_client
-    elif carrier == "telnyx":
-        secrets, base = (credentials["api_key"],), config.telnyx_api_base
-        factory = sdk.telnyx_client
-    elif carrier == "plivo":
-        secrets, base = (credentials["auth_id"], credentials["auth_token"]), config.plivo_api_base
-        factory = sdk.plivo_client
-    else:
-        raise CarrierRejected(carrier, "unsupported carrier")
-    return sdk.cached_client(carrier, (*secrets, base, str(timeout)),
-                             lambda: factory(*secrets, api_base=base, timeout=timeout))
+    api_base, timeout = getattr(config, carrier_dialer.api_base_setting), config.upstream_read_timeout
+    return sdk.cached_client(carrier, (*carrier_dialer.secrets(credentials), api_base, str(timeout)),
+                             lambda: carrier_dialer.new_client(credentials, api_base=api_base, timeout=timeout))
 
 
 def place_carrier_call(carrier: str, credentials: Mapping[str, str], *, to: str, from_number: str,
@@ -191,37 +177,19 @@ def place_carrier_call(carrier: str, credentials: Mapping[str, str], *, to: str,
     CarrierRateLimited or CarrierUnavailable. Sent exactly once (no SDK retries).
     `client`: from carrier_client, built ahead (the campaign dispatcher does so before it
     waits for its calls-per-second slot, leaving only the request itself after it)."""
+    carrier_dialer = _dialer(carrier)
+    dial = OutboundDial(to=to, from_number=from_number, join_url=join_url, command_id=command_id,
+                        ring_timeout=RING_TIMEOUT_SECONDS,
+                        callback_url=lambda kind: callback_url(carrier, kind, call_id))
     try:
         client = client if client is not None else carrier_client(carrier, credentials)
-        if carrier == "twilio":
-            call = client.calls.create(to=to, from_=from_number, twiml=xml_carrier("twilio").stream_response(join_url),
-                                       status_callback=callback_url("twilio", "status", call_id),
-                                       status_callback_event=TWILIO_STATUS_EVENTS, timeout=RING_TIMEOUT_SECONDS)
-            return str(call.sid)
-        if carrier == "telnyx":
-            config = get_config()  # one codec for both directions, always
-            response = client.calls.dial(
-                connection_id=credentials["connection_id"], to=to, from_=from_number, stream_url=join_url,
-                stream_track="inbound_track", stream_bidirectional_mode="rtp", stream_codec=config.telnyx_stream_codec,
-                stream_bidirectional_codec=config.telnyx_stream_codec,
-                stream_bidirectional_sampling_rate=config.telnyx_stream_sampling_rate,
-                stream_bidirectional_target_legs="opposite", timeout_secs=RING_TIMEOUT_SECONDS,
-                webhook_url=callback_url("telnyx", "call-control", call_id), command_id=command_id)
-            return str(response.data.call_control_id)
-        if carrier == "plivo":
-            response = client.calls.create(from_=from_number.lstrip("+"), to_=to.lstrip("+"),
-                                           answer_url=callback_url("plivo", "answer", call_id), answer_method="POST",
-                                           hangup_url=callback_url("plivo", "hangup", call_id),
-                                           ring_timeout=RING_TIMEOUT_SECONDS)
-            request_uuid = response["request_uuid"] if isinstance(response, Mapping) else response.request_uuid
-            return str(request_uuid[0] if isinstance(request_uuid, list) else request_uuid)
+        return carrier_dialer.place_call(client, credentials, dial)
     except Exception as exc:  # classified below; anything unknown counts as "may have happened"
         raise classify_carrier_error(carrier, exc) from exc
-    raise CarrierRejected(carrier, "unsupported carrier")
 
 
 def classify_carrier_error(carrier: str, exc: Exception) -> CarrierError:
-    status, message = _status_and_message(exc)
+    status, message = _status_and_message(carrier, exc)
     if status == 429:
         return CarrierRateLimited(carrier, message, carrier_status=status)
     if status is not None and 400 <= status < 500:
@@ -229,38 +197,13 @@ def classify_carrier_error(carrier: str, exc: Exception) -> CarrierError:
     return CarrierUnavailable(carrier, message, carrier_status=status)
 
 
-def _status_and_message(exc: Exception) -> tuple[int | None, str]:
-    import plivo.exceptions as plivo_errors
-    import telnyx
-    from twilio.base.exceptions import TwilioRestException
-
-    if isinstance(exc, TwilioRestException):
-        return exc.status, f"{exc.msg} (code {exc.code})" if exc.code else str(exc.msg)
-    if isinstance(exc, telnyx.APIStatusError):
-        detail = ""
-        body = exc.body
-        if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
-            first = body["errors"][0]
-            detail = f"{first.get('title', '')}: {first.get('detail', '')} (code {first.get('code', '')})"
-        return exc.status_code, detail or exc.__class__.__name__
-    if isinstance(exc, (telnyx.APITimeoutError, telnyx.APIConnectionError, requests.RequestException)):
+def _status_and_message(carrier: str, exc: Exception) -> tuple[int | None, str]:
+    carrier_dialer = dialer(carrier)
+    described = carrier_dialer.error_status(exc) if carrier_dialer is not None else None
+    if described is not None:
+        return described
+    if isinstance(exc, requests.RequestException):  # the Twilio and Plivo SDKs send with requests
         return None, f"{exc.__class__.__name__}: carrier unreachable or timed out"
-    if isinstance(exc, plivo_errors.PlivoServerError):
-        return 500, str(exc)[:300]
-    if isinstance(exc, (plivo_errors.AuthenticationError,)):
-        return 401, str(exc)[:300]
-    if isinstance(exc, (plivo_errors.ValidationError, plivo_errors.InvalidRequestError)):
-        return 400, str(exc)[:300]
-    if isinstance(exc, (plivo_errors.ForbiddenError, plivo_errors.GeoPermissionError)):
-        return 403, str(exc)[:300]
-    if isinstance(exc, plivo_errors.ResourceNotFoundError):
-        return 404, str(exc)[:300]
-    if isinstance(exc, plivo_errors.PlivoRestError):
-        text = str(exc)
-        for code in (429, 400, 401, 403, 404, 422):
-            if f"status code {code}" in text:
-                return code, text[:300]
-        return None, text[:300]
     return None, f"{exc.__class__.__name__}"
 
 
