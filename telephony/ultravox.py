@@ -17,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Union
@@ -181,15 +181,22 @@ def _outcome(status: int) -> str:
     return "server_error"
 
 
+# What a byte-range answer needs besides its body, passed on as Ultravox sent them.
+RANGE_HEADERS = ("Content-Range", "Accept-Ranges")
+
+
 @dataclass
 class Recording:
     """Result of `get_recording`: exactly one of `redirect_url` (a short-lived
-    signed storage URL; fetch it WITHOUT the API key) or `response` (a
-    streamed 200 audio/wav response the caller must iterate and close)."""
+    signed storage URL; fetch it WITHOUT the API key) or `response` (the streamed
+    audio the caller must iterate and close: status 200, 206 for a byte range, or
+    416 for a range outside the file), with the headers that describe its body."""
 
     redirect_url: str | None = None
     response: requests.Response | None = None
     content_type: str | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- client
@@ -281,8 +288,10 @@ class UltravoxClient:
             seen_cursors.add(cursor)
         raise UltravoxServerError("list_messages", f"more than {MAX_MESSAGE_PAGES} pages")
 
-    def get_recording(self, call_id: str) -> Recording:
-        """GET /api/calls/{call_id}/recording: a redirect to storage or the audio itself.
+    def get_recording(self, call_id: str, byte_range: str | None = None) -> Recording:
+        """GET /api/calls/{call_id}/recording: a redirect to storage or the audio itself;
+        `byte_range` (a Range header value) asks for part of the audio (an audio player
+        seeking), which the answer may or may not honour (206 or 200).
 
         Redirects are not followed: requests would re-send X-API-Key to the
         storage host (it strips only Authorization)."""
@@ -291,7 +300,9 @@ class UltravoxClient:
         with track_upstream(UPSTREAM, operation) as tracked:
             # Accept */*: a JSON-only Accept could make the server's content
             # negotiation refuse the audio/wav answer (DRF answers 406).
-            response = self._send(tracked, operation, "GET", path, stream=True, accept="*/*")
+            response = self._send(tracked, operation, "GET", path, stream=True, accept="*/*",
+                                  headers={"Range": byte_range} if byte_range else None,
+                                  also_return=(REDIRECT_STATUSES | {416}) if byte_range else REDIRECT_STATUSES)
             status = response.status_code
             if status in REDIRECT_STATUSES:
                 location = response.headers.get("Location")
@@ -300,8 +311,14 @@ class UltravoxClient:
                     return Recording(redirect_url=urljoin(response.url, location))
                 tracked.outcome = "server_error"
                 raise UltravoxServerError(operation, "redirect without a Location header", status=status)
-            if status == 200:
-                return Recording(response=response, content_type=response.headers.get("Content-Type"))
+            if status in (200, 206, 416):
+                headers = {name: response.headers[name] for name in RANGE_HEADERS if name in response.headers}
+                # The body is passed on as requests decodes it, so its length is known
+                # only if nothing is decoded.
+                if "Content-Length" in response.headers and "Content-Encoding" not in response.headers:
+                    headers["Content-Length"] = response.headers["Content-Length"]
+                return Recording(response=response, content_type=response.headers.get("Content-Type"),
+                                 status=status, headers=headers)
             response.close()
             tracked.outcome = "server_error"
             raise UltravoxServerError(operation, f"unexpected status {status}", status=status)
@@ -344,10 +361,11 @@ class UltravoxClient:
     def _send(self, tracked: UpstreamCall, operation: str, method: str, path: str, *,
               params: dict | None = None, body: dict | None = None,
               timeout: TimeoutArg | None = None, stream: bool = False,
-              accept: str = "application/json") -> requests.Response:
+              accept: str = "application/json", headers: dict[str, str] | None = None,
+              also_return: frozenset[int] = frozenset()) -> requests.Response:
         """One HTTP call inside the caller's `track_upstream` block: sets the
-        outcome, logs, maps errors. Returns a 2xx response (or a 3xx when
-        `stream`, for get_recording); raises a typed error otherwise.
+        outcome, logs, maps errors. Returns a 2xx response (or one of `also_return`,
+        e.g. get_recording's redirects); raises a typed error otherwise.
 
         Typed errors are raised outside the `except` block on purpose: a
         requests exception holds the PreparedRequest (and so the X-API-Key
@@ -357,7 +375,7 @@ class UltravoxClient:
         failure: UltravoxError | None = None
         started = time.perf_counter()
         try:
-            request = self._prepare(method, path, params=params, body=body, accept=accept)
+            request = self._prepare(method, path, params=params, body=body, accept=accept, headers=headers)
             # The session's adapter (its connection pool) sends the prepared request
             # directly: Session.request would merge settings, cookies and hooks this client
             # does not use, and re-prepare the URL, at a cost comparable to the request itself
@@ -376,7 +394,7 @@ class UltravoxClient:
             raise failure
 
         status = response.status_code
-        if 200 <= status < 300 or (stream and status in REDIRECT_STATUSES):
+        if 200 <= status < 300 or status in also_return:
             log.debug("ultravox %s -> %s in %.0f ms", operation, status, elapsed_ms)
             return response
         tracked.outcome = _outcome(status)
@@ -384,13 +402,13 @@ class UltravoxClient:
         raise self._http_failure(operation, response)
 
     def _prepare(self, method: str, path: str, *, params: dict | None, body: dict | None,
-                 accept: str) -> requests.PreparedRequest:
+                 accept: str, headers: dict[str, str] | None = None) -> requests.PreparedRequest:
         request = requests.PreparedRequest()
         request.prepare_method(method)
         # The base URL was prepared (checked, IDNA-encoded) once; paths are built from
         # quoted segments (`_segment`) and the query is encoded here.
         request.url = self._prepared_base_url + path + (f"?{urlencode(params, doseq=True)}" if params else "")
-        request.prepare_headers({API_KEY_HEADER: self._api_key, "Accept": accept})
+        request.prepare_headers({**(headers or {}), API_KEY_HEADER: self._api_key, "Accept": accept})
         request.prepare_body(data=None, files=None, json=body)
         return request
 

@@ -96,6 +96,70 @@ def test_200_gives_a_signed_link_to_our_route_which_streams_the_audio(client, ap
     assert len(uv.rsps.calls) == 2  # once to learn it exists, once to stream it
 
 
+def _signed_audio_url(client, db, make_tenant, uv, answers) -> tuple[str, list]:
+    """A signed link to our streaming route; Ultravox then gives `answers(request)`
+    (status, headers, body) for the audio. Returns the link and the requests Ultravox saw."""
+    tenant = make_tenant()
+    setup_agency(client, tenant)
+    call_id, uv_call_id = add_call(db, tenant.agency_id)
+    mock_recording(uv, uv_call_id, status=200, body=WAV)
+    url = client.get(GET, query_string={"call_id": call_id}, headers=tenant.member()).json["recording_url"]
+    uv.rsps.reset()
+    seen: list = []
+
+    def callback(request):
+        validate_request(request)
+        seen.append(request)
+        return answers(request)
+
+    uv.rsps.add_callback(responses.GET, f"{UV_BASE}/api/calls/{uv_call_id}/recording", callback=callback,
+                         content_type="audio/wav")
+    return path_of(url), seen
+
+
+def _ranged(request):
+    """Ultravox honouring one byte range of WAV, as its API and storage do."""
+    start, end = request.headers["Range"].removeprefix("bytes=").split("-")
+    end = min(int(end), len(WAV) - 1) if end else len(WAV) - 1
+    if int(start) >= len(WAV):
+        return 416, {"Content-Range": f"bytes */{len(WAV)}"}, b""
+    part = WAV[int(start):end + 1]
+    return 206, {"Content-Range": f"bytes {start}-{end}/{len(WAV)}", "Accept-Ranges": "bytes",
+                 "Content-Length": str(len(part))}, part
+
+
+def test_signed_link_passes_a_byte_range_on_for_seeking(client, db, make_tenant, uv):
+    url, seen = _signed_audio_url(client, db, make_tenant, uv, _ranged)
+    audio = client.get(url, headers={"Range": "bytes=4-11"})
+    assert audio.status_code == 206
+    assert audio.data == WAV[4:12]
+    assert audio.headers["Content-Range"] == f"bytes 4-11/{len(WAV)}"
+    assert audio.headers["Accept-Ranges"] == "bytes" and audio.headers["Content-Length"] == "8"
+    assert audio.mimetype == "audio/wav" and audio.headers["Cache-Control"] == "private, no-store"
+    assert seen[-1].headers["Range"] == "bytes=4-11" and seen[-1].headers["X-API-Key"] == ULTRAVOX_KEY
+
+    outside = client.get(url, headers={"Range": f"bytes={len(WAV) + 10}-"})
+    assert outside.status_code == 416 and outside.headers["Content-Range"] == f"bytes */{len(WAV)}"
+
+
+@pytest.mark.parametrize("headers", [{"Range": "bytes=0-1,4-5"}, {"Range": "items=0-3"}, {"Range": "bytes=-"},
+                                     {"Range": "bytes=0-3;x"}, {"Range": "bytes=" + "9" * 30 + "-"},
+                                     {"Range": "bytes=0-3", "If-Range": '"some-etag"'}])
+def test_a_range_ultravox_cannot_be_asked_for_as_is_gets_the_whole_recording(client, db, make_tenant, uv,
+                                                                               headers):
+    url, seen = _signed_audio_url(client, db, make_tenant, uv, lambda request: (200, {}, WAV))
+    audio = client.get(url, headers=headers)
+    assert audio.status_code == 200 and audio.data == WAV
+    assert "Range" not in seen[-1].headers
+
+
+def test_a_range_ultravox_ignores_gets_the_whole_recording(client, db, make_tenant, uv):
+    url, seen = _signed_audio_url(client, db, make_tenant, uv, lambda request: (200, {}, WAV))
+    audio = client.get(url, headers={"Range": "bytes=4-11"})
+    assert seen[-1].headers["Range"] == "bytes=4-11"
+    assert audio.status_code == 200 and audio.data == WAV and "Content-Range" not in audio.headers
+
+
 def test_signed_link_redirects_when_ultravox_moved_to_storage(client, db, make_tenant, uv):
     tenant = make_tenant()
     setup_agency(client, tenant)
@@ -259,8 +323,10 @@ def test_sim_redirect_mode(sim_app, ultravox_sim, make_tenant):
     assert "/_sim/storage/" in url
     audio = requests.get(url, timeout=5)  # what the browser does, with no key
     assert audio.status_code == 200 and audio.content[:4] == b"RIFF"
+    seek = requests.get(url, headers={"Range": "bytes=4-7"}, timeout=5)  # and, seeking, straight at the storage
+    assert seek.status_code == 206 and seek.content == audio.content[4:8]
     storage = requests.get(f"{ultravox_sim.base_url}/_sim/storage-requests", timeout=5).json()["requests"]
-    assert [r["had_api_key"] for r in storage] == [False]
+    assert [r["had_api_key"] for r in storage] == [False, False]
 
 
 def test_sim_direct_mode_streams_through_our_signed_link(sim_app, ultravox_sim, make_tenant):
@@ -276,6 +342,24 @@ def test_sim_direct_mode_streams_through_our_signed_link(sim_app, ultravox_sim, 
     assert url.startswith("https://voice.example.test/recordings/")
     audio = client.get(path_of(url))
     assert audio.status_code == 200 and audio.data[:4] == b"RIFF" and audio.mimetype == "audio/wav"
+
+
+def test_sim_direct_mode_seeks_with_byte_ranges(sim_app, ultravox_sim, make_tenant):
+    client = sim_app.test_client()
+    tenant = make_tenant()
+    setup_agency(client, tenant, recording=True)
+    requests.post(f"{ultravox_sim.base_url}/_sim/config", json={"recording_mode": "direct"},
+                  timeout=5).raise_for_status()
+    call_id, _ = _ended_sim_call(client, sim_app, ultravox_sim, tenant)
+    url = path_of(client.get(GET, query_string={"call_id": call_id}, headers=tenant.member()).json["recording_url"])
+    whole = client.get(url)
+    assert whole.status_code == 200 and whole.headers["Content-Length"] == str(len(whole.data))
+    part = client.get(url, headers={"Range": "bytes=0-3"})
+    assert part.status_code == 206 and part.data == b"RIFF"
+    assert part.headers["Content-Range"] == f"bytes 0-3/{len(whole.data)}"
+    tail = client.get(url, headers={"Range": "bytes=-4"})
+    assert tail.status_code == 206 and tail.data == whole.data[-4:]
+    assert client.get(url, headers={"Range": f"bytes={len(whole.data)}-"}).status_code == 416
 
 
 def test_sim_404_when_recording_disabled_or_call_not_ended(sim_app, ultravox_sim, make_tenant):

@@ -18,6 +18,7 @@ CORS is answered here for these paths only (see `CORS_POLICIES`).
 """
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -154,24 +155,44 @@ def get_call_recording():
 @document(summary="The recording behind a signed link from get-call-recording", tags=["web calls"],
           security=[],
           parameters=[{"name": "expires", "in": "query", "required": True, "schema": {"type": "integer"}},
-                      {"name": "signature", "in": "query", "required": True, "schema": {"type": "string"}}],
+                      {"name": "signature", "in": "query", "required": True, "schema": {"type": "string"}},
+                      {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+                       "description": "One byte range (bytes=start-end), passed on to Ultravox"}],
           responses={200: (None, "The audio (audio/wav)"), 302: (None, "To Ultravox's signed storage URL"),
+                     206: (None, "The requested byte range of the audio (Content-Range)"),
+                     416: (None, "The byte range lies outside the audio"),
                      400: (None, "expires or signature missing"), 403: (None, "Invalid or expired link"),
                      404: (None, "Recording not available")})
 def recording_audio(call_id: uuid.UUID):
     query = parse_query(SignedLinkQuery)
-    recording = web_call_service.open_signed_recording(get_session(), call_id, query.expires, query.signature)
+    recording = web_call_service.open_signed_recording(get_session(), call_id, query.expires, query.signature,
+                                                       _forwardable_range())
     if recording.redirect_url:
-        # The browser follows this itself; our API key is never sent there.
+        # The browser follows this itself (with its Range); our API key is never sent there.
         return redirect(recording.redirect_url, 302)
     upstream = recording.response
     assert upstream is not None
-    response = Response(upstream.iter_content(STREAM_CHUNK_BYTES), status=200,
+    response = Response(upstream.iter_content(STREAM_CHUNK_BYTES), status=recording.status,
                         content_type=recording.content_type or "audio/wav")
+    response.headers.update(recording.headers)  # Content-Range, Accept-Ranges, Content-Length
     response.call_on_close(upstream.close)
     response.headers["Cache-Control"] = "private, no-store"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+# One byte range, as audio players send when seeking ("bytes=1000-", "bytes=0-99", "bytes=-500").
+_SINGLE_BYTE_RANGE = re.compile(r"bytes=(?:\d{1,15}-\d{0,15}|-\d{1,15})")
+
+
+def _forwardable_range() -> str | None:
+    """The request's Range header if Ultravox can be asked for exactly that. Anything
+    else (several ranges, another unit, a conditional If-Range we hold no validator
+    for) gets the whole recording, which HTTP allows a server to answer instead."""
+    value = request.headers.get("Range", "").strip()
+    if "If-Range" in request.headers or not _SINGLE_BYTE_RANGE.fullmatch(value):
+        return None
+    return value
 
 
 @bp.post("/calls/public/create-web-call")

@@ -161,15 +161,15 @@ def recording_signer() -> UrlSigner:
     return UrlSigner(get_config().credentials_keys, RECORDING_SIGNING_PURPOSE)
 
 
-def _fetch_recording(session: Session, call: Call) -> Recording:
-    """Ask Ultravox for the recording. Every failure is the seed's 404
-    "recording not available": not enabled, not ready, gone, or Ultravox
-    unreachable look the same to the user, and the log keeps the cause."""
+def _fetch_recording(session: Session, call: Call, byte_range: str | None = None) -> Recording:
+    """Ask Ultravox for the recording (or the `byte_range` of it). Every failure is
+    the seed's 404 "recording not available": not enabled, not ready, gone, or
+    Ultravox unreachable look the same to the user, and the log keeps the cause."""
     agency_id, ultravox_call_id = call.agency_id, str(call.ultravox_call_id)
     client = ultravox_client_for(session, agency_id)
     session.rollback()  # no database transaction held open while Ultravox answers
     try:
-        return client.get_recording(ultravox_call_id)
+        return client.get_recording(ultravox_call_id, byte_range)
     except UltravoxError as exc:
         log.info("recording of %s not available: %s", ultravox_call_id, exc)
         raise RecordingUnavailable("Recording not available") from None
@@ -201,11 +201,13 @@ def recording_link(session: Session, agency_id: uuid.UUID, call_id: uuid.UUID) -
     return RecordingLink(call_id=call_id, expires=expires, signature=signature)
 
 
-def open_signed_recording(session: Session, call_id: uuid.UUID, expires: int, signature: str) -> Recording:
+def open_signed_recording(session: Session, call_id: uuid.UUID, expires: int, signature: str,
+                          byte_range: str | None = None) -> Recording:
     """The recording behind a signed link: a redirect to Ultravox's storage or
-    the streamed audio (the caller must close `response`). The signature is
-    the authorization; it names the call, so no agency check is needed."""
+    the streamed audio, or the `byte_range` of it (the caller must close
+    `response`). The signature is the authorization; it names the call, so no
+    agency check is needed."""
     if not recording_signer().verify(str(call_id), expires, signature):
         raise InvalidLink("Invalid or expired link")
-    return _fetch_recording(session, _call_with_recording(session, call_id))
+    return _fetch_recording(session, _call_with_recording(session, call_id), byte_range)
 

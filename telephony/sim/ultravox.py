@@ -89,6 +89,13 @@ def silent_wav(seconds: float = 0.1, rate: int = 8000) -> bytes:
 _WAV = silent_wav()
 
 
+def _wav_response() -> Response:
+    """The recording, honouring one byte range (206, or 416 outside the file) as the
+    real API and its storage do: audio players seek with them."""
+    return Response(_WAV, status=200, mimetype="audio/wav").make_conditional(
+        request, accept_ranges=True, complete_length=len(_WAV))
+
+
 def sign_webhook(secret: str, body: bytes, timestamp: str) -> str:
     """Ultravox webhook signature: hex HMAC-SHA256(secret, raw body + timestamp)."""
     return hmac.new(secret.encode("utf-8"), body + timestamp.encode("utf-8"), hashlib.sha256).hexdigest()
@@ -588,7 +595,7 @@ def create_app(
         if call["ended"] is None:
             raise _detail(404, "Recording not available yet.")
         if mode == "direct":
-            return Response(_WAV, status=200, mimetype="audio/wav")
+            return _wav_response()
         expires = int(time.time()) + STORAGE_URL_TTL_S
         query = urlencode({"expires": expires, "signature": state.storage_signature(call_id, expires)})
         location = f"{request.host_url}_sim/storage/{call_id}.wav?{query}"
@@ -728,6 +735,6 @@ def create_app(
         if not valid or expired or not known:
             # GCS answers a bad or expired signed URL with 403 (an XML body there).
             return Response("AccessDenied", status=403, mimetype="text/plain")
-        return Response(_WAV, status=200, mimetype="audio/wav")
+        return _wav_response()
 
     return app
