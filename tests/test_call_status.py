@@ -99,3 +99,41 @@ def test_caller_hanging_up_while_we_wait_on_ultravox_stays_completed(app, client
         assert case.post(client, case.voice_path, case.inbound_form(call_sid)).status_code == 200
     [call] = calls(app)
     assert call.status == "completed" and call.join_url  # the answer is stored, the status kept
+
+
+def _subscribe(app, agency_id) -> None:
+    from telephony.services.event_endpoints import create_endpoint
+    with app.app_context(), app.extensions["telephony.db"].session() as session:
+        create_endpoint(session, agency_id, url="https://hooks.example.test/events",
+                        events=["call.ended", "call.failed"])
+
+
+def _agency_events(app) -> list[tuple[str, str, str]]:
+    import json
+
+    from sqlalchemy import select
+
+    from telephony.models import EventDelivery
+    with app.extensions["telephony.db"].session() as session:
+        rows = session.scalars(select(EventDelivery).order_by(EventDelivery.created_at))
+        return [(body["type"], body["data"]["status"], body["data"]["call_id"])
+                for body in (json.loads(row.payload) for row in rows)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("failure", ["busy", "no-answer", "failed", "canceled"])
+def test_a_call_that_never_connected_is_reported_to_the_agency_once_right_away(app, client, case, failure):
+    call_sid = _answered_call(app, client, case)
+    _subscribe(app, calls(app)[0].agency_id)
+    assert _status(client, case, call_sid, failure, sequence=3).status_code == 204
+    assert _status(client, case, call_sid, failure, sequence=4).status_code == 204  # a duplicate
+    assert _agency_events(app) == [("call.failed", failure, str(calls(app)[0].id))]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_a_completed_call_is_left_to_ultravox_to_report(app, client, case):
+    call_sid = _answered_call(app, client, case)
+    _subscribe(app, calls(app)[0].agency_id)
+    assert _status(client, case, call_sid, "in-progress", sequence=2).status_code == 204
+    assert _status(client, case, call_sid, "completed", sequence=3, duration=42).status_code == 204
+    assert _agency_events(app) == []  # call.ended comes with Ultravox's end reason and billing

@@ -22,6 +22,7 @@ from ..context import get_credentials
 from ..credentials import ProviderCredentials
 from ..errors import Forbidden
 from ..models import Call, CallSource, utcnow
+from .events import emit_call_event
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,16 @@ def apply_event(session: Session, call_id: uuid.UUID, event: StatusEvent) -> boo
     result = session.execute(statement.values(**values).execution_options(synchronize_session=False))
     changed = result.rowcount == 1
     log.info("call %s: %s%s", call_id, event.status, "" if changed else " ignored (duplicate or out of order)")
+    if changed and event.status in CARRIER_FAILURES:
+        # The carrier knows first that nobody will answer; Ultravox reports the unjoined
+        # call only when its join timeout runs out. The agency hears it now, once: the
+        # terminal event slot is shared with Ultravox's later call.ended.
+        emit_call_event(session, session.get(Call, call_id, populate_existing=True), "call.failed")
     return changed
+
+
+# Terminal statuses a carrier reports for a call that never connected. "completed" is
+# left to Ultravox's call.ended, which carries the end reason and billing.
+CARRIER_FAILURES = call_states.TERMINAL - {call_states.COMPLETED}
 
 
