@@ -137,3 +137,14 @@ def test_a_completed_call_is_left_to_ultravox_to_report(app, client, case):
     assert _status(client, case, call_sid, "in-progress", sequence=2).status_code == 204
     assert _status(client, case, call_sid, "completed", sequence=3, duration=42).status_code == 204
     assert _agency_events(app) == []  # call.ended comes with Ultravox's end reason and billing
+
+
+@pytest.mark.parametrize("plivo_status, ours", [("ringing", "ringing"), ("in-progress", "in-progress"),
+                                                ("completed", "completed"), ("busy", "busy"),
+                                                ("no-answer", "no-answer"), ("timeout", "failed"),
+                                                ("cancel", "canceled"), ("failed", "failed")])
+def test_plivo_call_statuses_mean_what_plivo_documents(app, client, plivo_status, ours):
+    case = PlivoCase()
+    call_sid = _answered_call(app, client, case)
+    assert _status(client, case, call_sid, plivo_status).status_code == 204
+    assert calls(app)[0].status == ours

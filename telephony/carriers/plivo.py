@@ -19,9 +19,13 @@ SIGNATURE_HEADERS = ("X-Plivo-Signature-V3", "X-Plivo-Signature-Ma-V3")  # (sub)
 NONCE_HEADER = "X-Plivo-Signature-V3-Nonce"
 # Ultravox recommends 16 kHz linear PCM for Plivo AudioStream.
 CONTENT_TYPE = "audio/x-l16;rate=16000"
-# Plivo CallStatus -> ours.
+# Plivo CallStatus -> ours. Plivo's list (support.plivo.com, "What do the different call
+# statuses mean?"): in-progress, completed, ringing, no-answer, busy, cancel (ended before
+# it was answered) and timeout, which is a connection timeout at a carrier or in Plivo's
+# network, not an unanswered phone: a failure. "failed" and the other spellings of
+# cancel are accepted too.
 _STATUSES = {"ringing": "ringing", "in-progress": "in-progress", "completed": "completed", "busy": "busy",
-             "failed": "failed", "no-answer": "no-answer", "timeout": "no-answer", "cancel": "canceled",
+             "failed": "failed", "no-answer": "no-answer", "timeout": "failed", "cancel": "canceled",
              "canceled": "canceled", "cancelled": "canceled"}
 
 
