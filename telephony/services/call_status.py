@@ -96,6 +96,11 @@ def end_reads_before_writing(session: Session) -> None:
         session.rollback()
 
 
+# Terminal statuses a carrier reports for a call that never connected. "completed" is
+# left to Ultravox's call.ended, which carries the end reason and billing.
+CARRIER_FAILURES = call_states.TERMINAL - {call_states.COMPLETED}
+
+
 def apply_event(session: Session, call_id: uuid.UUID, event: StatusEvent) -> bool:
     """One conditional UPDATE (the caller commits); True if it changed the call."""
     # call_states.should_advance as a WHERE clause: every status the new one may not
@@ -119,10 +124,3 @@ def apply_event(session: Session, call_id: uuid.UUID, event: StatusEvent) -> boo
         # terminal event slot is shared with Ultravox's later call.ended.
         emit_call_event(session, session.get(Call, call_id, populate_existing=True), "call.failed")
     return changed
-
-
-# Terminal statuses a carrier reports for a call that never connected. "completed" is
-# left to Ultravox's call.ended, which carries the end reason and billing.
-CARRIER_FAILURES = call_states.TERMINAL - {call_states.COMPLETED}
-
-
