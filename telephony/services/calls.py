@@ -19,7 +19,9 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from ..config import Config
 from ..context import get_config, get_credentials
+from ..credentials import CredentialStore
 from ..errors import DomainError
 from ..logging import call_id_var
 from ..models import AgentMapping, Call, CallDirection, CallSource, utcnow
@@ -49,14 +51,19 @@ class InvalidUltravoxKey(DomainError):
         super().__init__("The agency's Ultravox API key is malformed (it contains spaces or non-ASCII characters)")
 
 
-def ultravox_client_for(session: Session, agency_id: uuid.UUID) -> UltravoxClient:
+def ultravox_client_for(session: Session, agency_id: uuid.UUID, *, credentials: CredentialStore | None = None,
+                        config: Config | None = None) -> UltravoxClient:
     """The agency's Ultravox client; raises MissingUltravoxKey if none is stored
-    and InvalidUltravoxKey if the stored one could never be sent as a header."""
-    api_key = get_credentials().get(session, agency_id, "ultravox").get("api_key")
+    and InvalidUltravoxKey if the stored one could never be sent as a header.
+
+    The credential store and config are the current app's unless given (worker jobs
+    hand theirs in and need no app context)."""
+    credentials = credentials or get_credentials()
+    api_key = credentials.get(session, agency_id, "ultravox").get("api_key")
     if not api_key:
         raise MissingUltravoxKey()
     try:
-        return UltravoxClient.from_config(api_key, get_config())
+        return UltravoxClient.from_config(api_key, config or get_config())
     except ValueError:  # the client refuses such a key without repeating it; so do we
         raise InvalidUltravoxKey() from None
 
