@@ -1,127 +1,43 @@
-"""Background work claimed from the database.
+"""The worker process: the job loop, maintenance, and the campaign dispatcher beside them.
 
-Jobs are rows in `jobs`. A worker claims due jobs with a lease: on PostgreSQL
-the candidate rows are locked with FOR UPDATE SKIP LOCKED so many workers on
-many machines never take the same job, and the claim itself is a conditional
-UPDATE (checked by rowcount), which keeps SQLite correct too. A worker that
-dies mid-job leaves a lease that expires; the job is then claimed again, so
-handlers must be idempotent (they are written to be).
+`Worker` claims due jobs (telephony.jobs) and runs each with the handler of its
+kind from JOB_HANDLERS, handing it a JobContext built once from the app; every so
+often it purges expired bookkeeping rows (services/retention.py). `main_loop` is
+what `flask worker run` runs: the job loop, with the campaign dispatcher's
+threads started beside it.
 """
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import random
 import signal
 import threading
 import time
-import traceback
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from flask import Flask
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session
 
 from .db import Database
-from .logging import agency_id_var, request_id_var
-from .models import Job, utcnow
+from .jobs import Handler, JobContext, claim_jobs, run_job
+from .services import enrichment, events
 from .services.retention import run_purge
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Flask, dict[str, Any]], None]
-HANDLERS: dict[str, Handler] = {}
+# Every kind of job there is, and the handler that runs it.
+JOB_HANDLERS: dict[str, Handler] = {
+    events.DELIVER_JOB: events.deliver,
+    enrichment.ENRICH_JOB: enrichment.enrich_call,
+}
 
 
-class RetryLater(Exception):
-    """Raised by a handler to be retried after `delay` seconds without it
-    counting as a failure of the job's logic (e.g. an upstream 429)."""
-
-    def __init__(self, delay: float, reason: str = ""):
-        self.delay = delay
-        super().__init__(reason or f"retry in {delay}s")
-
-
-def job_handler(kind: str) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        HANDLERS[kind] = handler
-        return handler
-    return register
-
-
-def enqueue(session: Session, kind: str, payload: dict[str, Any] | None = None, *, agency_id=None,
-            run_at: datetime | None = None, max_attempts: int = 8) -> Job:
-    job = Job(kind=kind, payload=payload or {}, agency_id=agency_id, run_at=run_at or utcnow(),
-              max_attempts=max_attempts)
-    session.add(job)
-    session.flush()
-    return job
-
-
-def backoff_seconds(attempt: int, base: float = 5.0, cap: float = 3600.0) -> float:
-    return min(cap, base * (2 ** max(0, attempt - 1)))
-
-
-def _due(now: datetime):
-    return or_(and_(Job.status == "queued", Job.run_at <= now),
-               and_(Job.status == "running", Job.locked_until < now))
-
-
-def claim_jobs(db: Database, *, limit: int = 10, lease_seconds: float = 300.0,
-               kinds: list[str] | None = None) -> list[Job]:
-    """Claim up to `limit` due jobs in one atomic statement.
-
-    UPDATE ... WHERE id IN (SELECT ... [FOR UPDATE SKIP LOCKED]) RETURNING:
-    on PostgreSQL concurrent workers skip each other's rows instead of
-    waiting; on SQLite the single statement takes the write lock at once, so a
-    read lock is never upgraded (which SQLite answers with "database is locked").
-    """
-    now = utcnow()
-    due = select(Job.id).where(_due(now)).order_by(Job.run_at, Job.id).limit(limit)
-    if kinds:
-        due = due.where(Job.kind.in_(kinds))
-    if db.engine.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    claim = (update(Job).where(Job.id.in_(due.scalar_subquery()))
-             .values(status="running", locked_until=now + timedelta(seconds=lease_seconds),
-                     attempts=Job.attempts + 1)
-             .returning(Job.id))
-    with db.session() as session:
-        ids = list(session.scalars(claim))
-        jobs = list(session.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.run_at, Job.id))) if ids else []
-    return jobs
-
-
-def run_job(app: Flask, db: Database, job: Job) -> str:
-    """Run one claimed job and record the outcome: done, queued (retry) or failed."""
-    handler = HANDLERS.get(job.kind)
-    agency_id_var.set(str(job.agency_id) if job.agency_id else None)
-    request_id_var.set(f"job-{job.id}")
-    outcome: dict[str, Any]
-    try:
-        if handler is None:
-            raise LookupError(f"no handler for job kind {job.kind!r}")
-        with app.app_context():
-            handler(app, dict(job.payload))
-        outcome = {"status": "done", "finished_at": utcnow(), "locked_until": None, "last_error": None}
-    except RetryLater as exc:
-        outcome = {"status": "queued", "locked_until": None, "last_error": str(exc),
-                   "run_at": utcnow() + timedelta(seconds=exc.delay), "attempts": Job.attempts - 1}
-    except Exception as exc:  # a failing job must never stop the worker
-        error = f"{exc.__class__.__name__}: {exc}"[:2000]
-        if job.attempts >= job.max_attempts or isinstance(exc, LookupError):
-            log.error("job %s (%s) failed for good: %s", job.id, job.kind, error)
-            outcome = {"status": "failed", "finished_at": utcnow(), "locked_until": None, "last_error": error}
-        else:
-            delay = backoff_seconds(job.attempts)
-            log.warning("job %s (%s) failed, retrying in %ss: %s", job.id, job.kind, delay, error)
-            log.debug("%s", traceback.format_exc())
-            outcome = {"status": "queued", "locked_until": None, "last_error": error,
-                       "run_at": utcnow() + timedelta(seconds=delay)}
-    with db.session() as session:
-        session.execute(update(Job).where(Job.id == job.id).values(**outcome))
-    return outcome["status"]
+def job_context(app: Flask) -> JobContext:
+    """What the handlers get from the app: its database, config and credential store."""
+    return JobContext(db=app.extensions["telephony.db"], config=app.extensions["telephony.config"],
+                      credentials=app.extensions["telephony.credentials"])
 
 
 # Every worker process purges expired bookkeeping rows (services/retention.py) this often,
@@ -137,14 +53,17 @@ class Worker:
     batch_size: int = 10
     lease_seconds: float = 300.0
     maintenance_interval: float = MAINTENANCE_INTERVAL_SECONDS
+    handlers: Mapping[str, Handler] = field(default_factory=lambda: JOB_HANDLERS)
+    context: JobContext = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._next_maintenance = time.monotonic() + random.uniform(0, self.maintenance_interval)
+        self.context = job_context(self.app)
 
     @property
     def db(self) -> Database:
-        return self.app.extensions["telephony.db"]
+        return self.context.db
 
     def stop(self, *_args) -> None:
         self._stop.set()
@@ -154,7 +73,7 @@ class Worker:
         for job in jobs:
             if self._stop.is_set():
                 break
-            run_job(self.app, self.db, job)
+            run_job(self.context, self.handlers, job)
         return len(jobs)
 
     def maintain_if_due(self, now: float | None = None) -> bool:
@@ -163,13 +82,13 @@ class Worker:
         if now < self._next_maintenance:
             return False
         self._next_maintenance = now + self.maintenance_interval
-        run_purge(self.db, self.app.extensions["telephony.config"].retention_days)
+        run_purge(self.db, self.context.config.retention_days)
         return True
 
     def run_forever(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        log.info("worker started", extra={"handlers": sorted(HANDLERS)})
+        log.info("worker started", extra={"handlers": sorted(self.handlers)})
         while not self._stop.is_set():
             try:
                 done = self.run_once()
@@ -183,9 +102,6 @@ class Worker:
 
 
 def main_loop(app: Flask, poll_interval: float = 1.0) -> None:
-    import gc
-    import os
-
     from .services.dispatch import Dispatcher
 
     # As in gunicorn.conf.py's post_worker_init: what the app loaded lives as long as the

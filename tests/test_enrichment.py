@@ -6,10 +6,11 @@ import pytest
 import requests
 from sqlalchemy import select, update
 
+from telephony.jobs import enqueue
 from telephony.models import Call, Job, utcnow
 from telephony.services.enrichment import ENRICH_JOB, schedule_enrichment
 from telephony.ultravox import UltravoxClient
-from telephony.worker import Worker, enqueue
+from telephony.worker import Worker
 
 from .lifecycle_support import ULTRAVOX_KEY, UV_AGENT, add_call, get_call, set_ultravox_credentials
 

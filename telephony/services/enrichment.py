@@ -14,12 +14,11 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask
 from sqlalchemy.orm import Session
 
+from ..jobs import JobContext, RetryLater, enqueue
 from ..models import Call, utcnow
 from ..ultravox import UltravoxClient, UltravoxNotFound, UltravoxRateLimited
-from ..worker import RetryLater, enqueue, job_handler
 from .calls import ultravox_client_for
 from .idempotency import first_time
 
@@ -37,16 +36,17 @@ def schedule_enrichment(session: Session, call: Call) -> None:
         enqueue(session, ENRICH_JOB, {"call_id": str(call.id)}, agency_id=call.agency_id)
 
 
-@job_handler(ENRICH_JOB)
-def enrich_call(app: Flask, payload: dict[str, Any]) -> None:
-    db = app.extensions["telephony.db"]
+def enrich_call(context: JobContext, payload: dict[str, Any]) -> None:
+    """The ENRICH_JOB handler: store the transcript, summaries and recording state of an ended call."""
+    db = context.db
     call_id = uuid.UUID(payload["call_id"])
     check = int(payload.get("recording_check", 1))
     with db.session() as session:
         call = session.get(Call, call_id)
         if call is None or not call.ultravox_call_id:
             return
-        client = ultravox_client_for(session, call.agency_id)
+        client = ultravox_client_for(session, call.agency_id, credentials=context.credentials,
+                                     config=context.config)
         agency_id, ultravox_call_id, need_transcript = call.agency_id, call.ultravox_call_id, call.transcript is None
 
     # Upstream calls with no database connection held.

@@ -38,13 +38,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..context import get_config, get_credentials
+from ..credentials import CredentialStore
+from ..jobs import JobContext, RetryLater, enqueue
 from ..models import Call, EventDelivery, EventEndpoint, utcnow
-from ..worker import RetryLater, enqueue, job_handler
 from .idempotency import first_time
 
 log = logging.getLogger(__name__)
@@ -134,10 +133,9 @@ def sealed_purpose(endpoint_id: uuid.UUID) -> str:
     return f"event_endpoint:{endpoint_id}"
 
 
-def active_secrets(endpoint: EventEndpoint, now: datetime) -> list[str]:
+def active_secrets(store: CredentialStore, endpoint: EventEndpoint, now: datetime) -> list[str]:
     """The secrets that sign deliveries now: the current one, and the previous
-    one while its rotation grace period lasts."""
-    store = get_credentials()
+    one while its rotation grace period lasts (unsealed with `store`)."""
     purpose = sealed_purpose(endpoint.id)
     found = [store.unseal(endpoint.agency_id, purpose, endpoint.secret_ciphertext)]
     if (endpoint.previous_secret_ciphertext and endpoint.previous_secret_expires_at
@@ -215,24 +213,22 @@ class _Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-@job_handler(DELIVER_JOB)
-def deliver(app: Flask, payload: dict[str, Any]) -> None:
-    """Send one delivery once; schedule the next attempt with RetryLater."""
-    db = app.extensions["telephony.db"]
+def deliver(context: JobContext, payload: dict[str, Any]) -> None:
+    """The DELIVER_JOB handler: send one delivery once; schedule the next attempt with RetryLater."""
     delivery_id = uuid.UUID(payload["delivery_id"])
-    with db.session() as session:
-        prepared = _prepare(session, delivery_id)
+    with context.db.session() as session:
+        prepared = _prepare(session, context.credentials, delivery_id)
     if prepared is None:
         return
     # No database connection is held while the receiver takes its time.
-    attempt = _send(prepared, production=get_config().production)
-    with db.session() as session:
+    attempt = _send(prepared, production=context.config.production)
+    with context.db.session() as session:
         delay = _record(session, delivery_id, attempt)
     if delay is not None:
         raise RetryLater(delay, f"delivery {delivery_id} failed: {attempt.error}")
 
 
-def _prepare(session: Session, delivery_id: uuid.UUID) -> _Prepared | None:
+def _prepare(session: Session, credentials: CredentialStore, delivery_id: uuid.UUID) -> _Prepared | None:
     delivery = session.get(EventDelivery, delivery_id)
     if delivery is None or delivery.status != "pending":
         return None  # deleted with its endpoint, or already settled by an earlier run
@@ -241,7 +237,7 @@ def _prepare(session: Session, delivery_id: uuid.UUID) -> _Prepared | None:
         delivery.status, delivery.last_error, delivery.next_attempt_at = "failed", "endpoint disabled", None
         return None
     return _Prepared(url=endpoint.url, body=delivery.payload, webhook_id=str(delivery.event_id),
-                     secrets=active_secrets(endpoint, utcnow()))
+                     secrets=active_secrets(credentials, endpoint, utcnow()))
 
 
 def _send(prepared: _Prepared, *, production: bool) -> _Attempt:
