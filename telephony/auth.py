@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import jwt
 import requests
-from flask import g, request
+from flask import current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -129,6 +129,11 @@ class JwtVerifier:
         self._fetched_at = now
 
 
+def get_jwt_verifier() -> JwtVerifier:
+    """The current app's verifier (created by create_app)."""
+    return current_app.extensions["telephony.jwt"]
+
+
 def mint_token(secret: str, subject: str, *, audience: str = "authenticated", ttl_seconds: int = 3600,
                email: str | None = None) -> str:
     """An HS256 token shaped like Supabase's, for development and tests."""
@@ -182,8 +187,6 @@ def principal_for_token(session: Session, verifier: JwtVerifier, token: str) -> 
 
 
 def authenticate(*, allow_user: bool = True, allow_api_key: bool = True) -> Principal:
-    from .context import get_jwt_verifier
-
     session = get_session()
     authorization = request.headers.get("Authorization", "")
     api_key = request.headers.get("X-API-Key", "")

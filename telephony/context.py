@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 from flask import current_app
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .auth import JwtVerifier
     from .config import Config
     from .credentials import CredentialStore
 
@@ -17,7 +16,3 @@ def get_config() -> "Config":
 
 def get_credentials() -> "CredentialStore":
     return current_app.extensions["telephony.credentials"]
-
-
-def get_jwt_verifier() -> "JwtVerifier":
-    return current_app.extensions["telephony.jwt"]
