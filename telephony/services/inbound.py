@@ -10,6 +10,8 @@ Ultravox is asked for the call:
    message that writes nothing and starts nothing. The carrier credentials are
    decrypted and the signature verified; a missing, forged or (Telnyx) replayed
    signature raises SignatureRejected (403) with nothing written.
+2-3. `calls.start_call(..., claim_first=True)`, the path every call takes, in its
+   inbound order:
 2. INSERT the call ON CONFLICT (source, carrier_call_id) DO NOTHING, and COMMIT: the
    atomic claim. A repeated webhook for the same carrier call loses it and gets the same
    answer as the first one, without a second Ultravox call.
@@ -33,10 +35,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Literal
+from typing import Callable
 
-from sqlalchemy import bindparam, case, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from .. import call_states
@@ -44,15 +45,11 @@ from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
 from ..carriers.registry import TELNYX_CALL_CONTROL
 from ..context import get_config, get_credentials
 from ..credentials import ProviderCredentials
-from ..db import insert_if_absent
 from ..errors import InvalidInput
-from ..logging import agency_id_var, call_id_var
+from ..logging import agency_id_var
 from ..models import AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
-from ..ultravox import UltravoxClient, UltravoxError, UltravoxServerError
-from . import call_status
+from . import call_status, calls
 from .call_status import SignatureRejected
-from .calls import (METADATA_PREFIX, InvalidUltravoxKey, MissingUltravoxKey, agent_call_body, call_metadata,
-                    ultravox_client_for)
 from .idempotency import first_time
 from .phone_numbers import normalize_e164
 
@@ -140,7 +137,7 @@ def answer_inbound(session: Session, adapter: CarrierAdapter, request: WebhookRe
         # The catch-all: a bug or a database outage still answers (the apology, or the
         # fallback number once the request is verified), never an error page or silence.
         log.exception("inbound %s webhook failed; answering %s", adapter.name, outcome.answer.kind)
-        _rollback_quietly(session)
+        calls.rollback_quietly(session)
     return outcome
 
 
@@ -169,73 +166,25 @@ def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, 
 def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: AgentMapping, call: InboundCall,
              outcome: InboundOutcome) -> Answer:
     fallback = outcome.answer
-    source = CallSource(adapter.name)
     from_number = _e164(call.from_number) or call.from_number[:64]
-    call_id = uuid.uuid4()
-    call_id_var.set(str(call_id))
-    try:
-        client: UltravoxClient | None = ultravox_client_for(session, route.agency_id)
-    except (MissingUltravoxKey, InvalidUltravoxKey) as exc:
-        log.error("inbound call %s: %s", call_id, exc.message)
-        client = None
-
-    call_status.end_reads_before_writing(session)
-    claim = _claim(session, call_id=call_id, route=route, agent=agent, source=source, call=call,
-                   from_number=from_number)
-    if claim == "duplicate":
-        return _answer_of_first_delivery(session, source, call.carrier_call_id, fallback)
-
-    metadata = call_metadata(call_id=call_id, agency_id=route.agency_id, agent=agent, source=source,
-                             direction=CallDirection.inbound)
-    metadata.update({f"{METADATA_PREFIX}carrier_call_id": call.carrier_call_id,
-                     f"{METADATA_PREFIX}from": from_number, f"{METADATA_PREFIX}to": route.e164})
-    body = agent_call_body(
-        medium=adapter.medium, first_speaker="agent", metadata=metadata,
+    new_call = calls.NewCall(
+        agency_id=route.agency_id, agent=agent, medium=adapter.medium, source=CallSource(adapter.name),
+        direction=CallDirection.inbound, first_speaker="agent", from_number=from_number, to_number=route.e164,
+        carrier_call_id=call.carrier_call_id,
         template_context={"caller_number": from_number, "called_number": route.e164},
-        recording_enabled=agent.recording_enabled if route.recording_enabled is None else route.recording_enabled)
+        recording_enabled=route.recording_enabled)  # None: the agent's setting
     try:
-        if client is None:
-            raise MissingUltravoxKey()
-        started = time.perf_counter()
-        try:
-            created = client.create_agent_call(agent.ultravox_agent_id, body, timeout=_ultravox_timeout())
-        finally:
-            outcome.ultravox_seconds = time.perf_counter() - started
-        join_url, ultravox_call_id = created.get("joinUrl"), created.get("callId")
-        if not join_url or not ultravox_call_id:
-            raise UltravoxServerError("create_agent_call", "the call has no joinUrl or callId")
-    except (UltravoxError, MissingUltravoxKey) as exc:
-        log.warning("inbound call %s: Ultravox failed (%s); answering %s", call_id, exc, fallback.kind)
-        if claim == "claimed":
-            outcome.pending_write = functools.partial(
-                _record, call_id=call_id, statement=_RECORD_FALLBACK,
-                metadata={"inbound_answer": fallback.kind, "ultravox_error": type(exc).__name__})
+        started = calls.start_call(session, new_call, claim_first=True, timeout=_ultravox_timeout())
+    except calls.CallNotStarted as exc:
+        log.warning("inbound call %s: Ultravox failed (%s); answering %s", exc.call_id, exc.cause, fallback.kind)
+        outcome.ultravox_seconds = exc.ultravox_seconds
+        outcome.pending_write = exc.record(inbound_answer=fallback.kind)
         return fallback
-    if claim == "claimed":
-        outcome.pending_write = functools.partial(_record, call_id=call_id, statement=_RECORD_STREAM,
-                                                  ultravox_call_id=str(ultravox_call_id), join_url=join_url)
-    else:
-        log.error("inbound call %s connected as Ultravox call %s but not recorded; the Ultravox webhook "
-                  "ingest repairs it from the call's metadata", call_id, ultravox_call_id)
-    return Answer.stream(join_url)
-
-
-def _claim(session: Session, *, call_id: uuid.UUID, route: Route, agent: AgentMapping, source: CallSource,
-           call: InboundCall, from_number: str) -> Literal["claimed", "duplicate", "unrecorded"]:
-    try:
-        claimed = insert_if_absent(session, Call, {
-            "id": call_id, "agency_id": route.agency_id, "agent_id": agent.id, "source": source,
-            "direction": CallDirection.inbound, "from_number": from_number, "to_number": route.e164,
-            "carrier_call_id": call.carrier_call_id, "status": call_states.CREATED,
-        }, ["source", "carrier_call_id"])
-        session.commit()
-    except SQLAlchemyError:
-        # The caller is connected all the same: losing the row is repairable, losing the
-        # call is not. Idempotency is lost for this one request only.
-        log.exception("inbound call %s could not be recorded; connecting the caller anyway", call_id)
-        _rollback_quietly(session)
-        return "unrecorded"
-    return "claimed" if claimed else "duplicate"
+    if started.duplicate:
+        return _answer_of_first_delivery(session, new_call.source, call.carrier_call_id, fallback)
+    outcome.ultravox_seconds = started.ultravox_seconds
+    outcome.pending_write = started.record
+    return Answer.stream(started.join_url)
 
 
 def store_pending_write(session: Session, outcome: InboundOutcome) -> None:
@@ -243,28 +192,6 @@ def store_pending_write(session: Session, outcome: InboundOutcome) -> None:
     write, outcome.pending_write = outcome.pending_write, None
     if write is not None:
         write(session)
-
-
-def _record(session: Session, *, call_id: uuid.UUID, statement: Any, **values: object) -> None:
-    """Store the outcome on the claimed row (one of the _RECORD_* statements). Never
-    raises for a database error: the row is repaired from the Ultravox call's metadata."""
-    try:
-        session.execute(statement, {"call_id": call_id, **values})
-        session.commit()
-    except SQLAlchemyError:
-        log.exception("inbound call %s: could not store the outcome; the Ultravox webhook ingest repairs it "
-                      "from the call's metadata", call_id)
-        _rollback_quietly(session)
-
-
-# Built once (a hot path). A status callback may already have moved the call on (a caller
-# who hung up while we waited on Ultravox): only a call still "created" becomes "ringing".
-_calls = Call.__table__
-_RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
-                .values(status=case((_calls.c.status == call_states.CREATED, call_states.RINGING),
-                                    else_=_calls.c.status)))
-_RECORD_STREAM = _RECORD_BASE.values(ultravox_call_id=bindparam("ultravox_call_id"), join_url=bindparam("join_url"))
-_RECORD_FALLBACK = _RECORD_BASE.values(metadata=bindparam("metadata"))
 
 
 def _answer_of_first_delivery(session: Session, source: CallSource, carrier_call_id: str,
@@ -306,13 +233,6 @@ def _e164(number: str) -> str | None:
         return normalize_e164(number)
     except InvalidInput:
         return None
-
-
-def _rollback_quietly(session: Session) -> None:
-    try:
-        session.rollback()
-    except SQLAlchemyError:
-        log.warning("rollback failed (database unreachable?)", exc_info=True)
 
 
 # -- Telnyx Call Control ---------------------------------------------------------------------

@@ -5,8 +5,8 @@ The one path for single calls (POST /api/v1/calls) and campaign dials:
 1. `prepare_outbound` resolves the agent (by Ultravox agent id), the caller number
    (one of the agency's; default: the number assigned to the agent, which decides the
    carrier) and normalises the callee to E.164.
-2. `start_call` creates the Ultravox call (user speaks first; `joinTimeout` long enough
-   to cover ringing) and records our `calls` row.
+2. `calls.start_call` (the path every call takes) creates the Ultravox call (user
+   speaks first; `joinTimeout` long enough to cover ringing) and records our `calls` row.
 3. `place_carrier_call` asks the carrier with its official SDK (never auto-retrying,
    see carriers/sdk.py) to dial and connect the callee to the joinUrl. Every callback
    URL names our call id, so a callback can be matched to the call even when our
@@ -36,7 +36,8 @@ from ..carriers.registry import dialer
 from ..context import get_config, get_credentials
 from ..errors import DomainError, InvalidInput, NotFound
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
-from .calls import StartedCall, start_call, ultravox_client_for
+from . import calls
+from .calls import StartedCall, ultravox_client_for
 from .phone_numbers import normalize_e164
 
 log = logging.getLogger(__name__)
@@ -214,11 +215,11 @@ def start_ultravox_call(session: Session, agency_id: uuid.UUID, target: Outbound
                         template_context: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
                         stored_metadata: dict[str, Any] | None = None) -> StartedCall:
     """The Ultravox half (user speaks first); the call row is recorded as `created`."""
-    started = start_call(session, agency_id=agency_id, agent=target.agent, medium={target.carrier: {}},
-                         source=CallSource(target.carrier), direction=CallDirection.outbound, first_speaker="user",
-                         from_number=target.from_number, to_number=target.to, template_context=template_context,
-                         metadata=metadata, extra_body={"joinTimeout": JOIN_TIMEOUT},
-                         stored_metadata=stored_metadata)
+    started = calls.start_call(session, calls.NewCall(
+        agency_id=agency_id, agent=target.agent, medium={target.carrier: {}}, source=CallSource(target.carrier),
+        direction=CallDirection.outbound, first_speaker="user", from_number=target.from_number, to_number=target.to,
+        template_context=template_context, metadata=metadata, stored_metadata=stored_metadata,
+        extra_body={"joinTimeout": JOIN_TIMEOUT}))
     if started.call_id is not None and target.carrier == "plivo":
         # Plivo fetches the answer_url (possibly more than once): it is answered from this.
         session.execute(update(Call).where(Call.id == started.call_id).values(join_url=started.join_url)

@@ -1,7 +1,7 @@
 """Browser and server-socket calls, and links to call recordings.
 
-Four use cases, all on top of `calls.start_call` (which creates the Ultravox
-agent call, records it and implements the seeds' partial success):
+Four use cases, the calls all started by `calls.start_call` (which creates the
+Ultravox agent call, records it and implements the seeds' partial success):
 
 - the dashboard's test call (seed calls-create): webRtc, agent speaks first;
 - a public web call started by a widget with a public key (seed create-web-call);
@@ -26,7 +26,8 @@ from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, Publ
 from ..signing import UrlSigner
 from ..ultravox import Recording, UltravoxError
 from .agents import get_agent_by_ultravox_id
-from .calls import MissingUltravoxKey, StartedCall, start_call, ultravox_client_for
+from . import calls
+from .calls import MissingUltravoxKey, StartedCall, ultravox_client_for
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,10 @@ def start_dashboard_test_call(session: Session, agency_id: uuid.UUID, ultravox_a
     """Seed calls-create: a browser (webRtc) test call with one of the agency's agents."""
     agent = get_agent_by_ultravox_id(session, agency_id, ultravox_agent_id)
     with _ultravox_errors(public=False):
-        return start_call(session, agency_id=agency_id, agent=agent, medium=WEBRTC, source=CallSource.webrtc,
-                          direction=CallDirection.outbound, first_speaker="agent",
-                          metadata={"test_call": "true"}, stored_metadata={"test_call": True})
+        return calls.start_call(session, calls.NewCall(
+            agency_id=agency_id, agent=agent, medium=WEBRTC, source=CallSource.webrtc,
+            direction=CallDirection.outbound, first_speaker="agent",
+            metadata={"test_call": "true"}, stored_metadata={"test_call": True}))
 
 
 def start_websocket_call(session: Session, agency_id: uuid.UUID, ultravox_agent_id: str, *,
@@ -86,9 +88,9 @@ def start_websocket_call(session: Session, agency_id: uuid.UUID, ultravox_agent_
     if client_buffer_size_ms is not None:
         socket["clientBufferSizeMs"] = client_buffer_size_ms
     with _ultravox_errors(public=False):
-        return start_call(session, agency_id=agency_id, agent=agent, medium={"serverWebSocket": socket},
-                          source=CallSource.websocket, direction=CallDirection.outbound, first_speaker="agent",
-                          stored_metadata={"server_websocket": socket})
+        return calls.start_call(session, calls.NewCall(
+            agency_id=agency_id, agent=agent, medium={"serverWebSocket": socket}, source=CallSource.websocket,
+            direction=CallDirection.outbound, first_speaker="agent", stored_metadata={"server_websocket": socket}))
 
 
 def public_key_agent(session: Session, key: PublicKey, agent_ref: str) -> AgentMapping:
@@ -124,12 +126,12 @@ def start_public_web_call(session: Session, key: PublicKey, agent_ref: str, call
     key_id = key.id
     try:
         with _ultravox_errors(public=True):
-            return start_call(
-                session, agency_id=agent.agency_id, agent=agent, medium=WEBRTC, source=CallSource.webrtc,
+            return calls.start_call(session, calls.NewCall(
+                agency_id=agent.agency_id, agent=agent, medium=WEBRTC, source=CallSource.webrtc,
                 direction=CallDirection.outbound, first_speaker="agent",
                 extra_body={"initialOutputMedium": WEB_CALL_OUTPUT_MEDIUM[call_type]},
                 metadata={"public_web_call": "true", "web_call_type": call_type},
-                stored_metadata={"public_web_call": True, "public_key_id": str(key_id), "type": call_type})
+                stored_metadata={"public_web_call": True, "public_key_id": str(key_id), "type": call_type}))
     except MissingUltravoxKey:
         # For the widget this is just a misconfigured agent; the agency sees the cause in its settings.
         raise MisconfiguredAgent("Misconfigured agent: the agency has no Ultravox API key",
