@@ -32,7 +32,7 @@ from bench.common import (PUBLIC_BASE_URL, VOICE_PATH, fresh_database, free_port
 STEPS = (
     ("telephony.api.webhooks", "webhook_request"),
     ("telephony.services.inbound", "find_route"),
-    ("telephony.services.call_status", "verified_credentials"),
+    ("telephony.services.carrier_webhooks", "verified_credentials"),
     ("telephony.services.calls", "ultravox_client_for"),
     ("telephony.services.calls", "_claim"),
     ("telephony.ultravox", "UltravoxClient.create_agent_call"),

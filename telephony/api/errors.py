@@ -20,6 +20,13 @@ def error_response(error: ApiError):
     return response
 
 
+def api_error(error: DomainError) -> ApiError:
+    """The HTTP form of a domain error (status, code, the field at fault, Retry-After)."""
+    fields = {error.field: error.message} if error.field else None
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return ApiError(error.status, error.message, code=error.code, fields=fields, headers=headers)
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(error: ApiError):
@@ -27,8 +34,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(DomainError)
     def handle_domain_error(error: DomainError):
-        fields = {error.field: error.message} if error.field else None
-        return error_response(ApiError(error.status, error.message, code=error.code, fields=fields))
+        return error_response(api_error(error))
 
     @app.errorhandler(UnknownCredential)
     def handle_unknown_credential(error: UnknownCredential):

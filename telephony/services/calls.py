@@ -39,12 +39,11 @@ from .. import call_states
 from ..config import Config
 from ..context import get_config, get_credentials
 from ..credentials import CredentialStore
-from ..db import insert_if_absent
+from ..db import end_reads_before_writing, insert_if_absent
 from ..errors import DomainError
 from ..logging import call_id_var
 from ..models import AgentMapping, Call, CallDirection, CallSource, utcnow
 from ..ultravox import UltravoxClient, UltravoxError, UltravoxServerError
-from .call_status import end_reads_before_writing
 
 log = logging.getLogger(__name__)
 

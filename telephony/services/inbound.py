@@ -1,7 +1,7 @@
 """Answering a carrier's inbound-call webhook: the caller talks to the agency's agent.
 
 The normal path issues three SQL statements in two short transactions (three on SQLite,
-see call_status.end_reads_before_writing) and holds no database connection while
+see db.end_reads_before_writing) and holds no database connection while
 Ultravox is asked for the call:
 
 1. SELECT the dialled number, its agent and the agency's credential rows (encrypted).
@@ -45,11 +45,12 @@ from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
 from ..carriers.registry import TELNYX_CALL_CONTROL
 from ..context import get_config, get_credentials
 from ..credentials import ProviderCredentials
+from ..db import end_reads_before_writing
 from ..errors import InvalidInput
 from ..logging import agency_id_var
 from ..models import AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
-from . import call_status, calls
-from .call_status import SignatureRejected
+from . import call_status, calls, carrier_webhooks
+from .carrier_webhooks import SignatureRejected
 from .idempotency import first_time
 from .phone_numbers import normalize_e164
 
@@ -150,7 +151,7 @@ def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, 
         log.info("inbound %s call to %r: no such number here; not in service", adapter.name, call.to_number)
         outcome.answer = Answer.say(NOT_IN_SERVICE)
         return
-    outcome.credentials = call_status.verified_credentials(session, adapter, request, route.agency_id)
+    outcome.credentials = carrier_webhooks.verified_credentials(session, adapter, request, route.agency_id)
     outcome.agency_id = route.agency_id
     agency_id_var.set(str(route.agency_id))
     if route.agent is None or not call.carrier_call_id:
@@ -274,17 +275,17 @@ def handle_call_control_event(session: Session, request: WebhookRequest) -> None
             agency_id = uuid.UUID(event.say[0])
         except ValueError:
             raise SignatureRejected() from None
-        credentials = call_status.verified_credentials(session, adapter, request, agency_id)
+        credentials = carrier_webhooks.verified_credentials(session, adapter, request, agency_id)
         session.rollback()  # no transaction held across the REST command
         adapter.continue_say(event, credentials=credentials, api_base=api_base)
 
     status = adapter.parse_status(request)
     if status is None:
         return
-    verified = call_status.verified_call(session, adapter, request, status.carrier_call_id)
+    verified = carrier_webhooks.verified_call(session, adapter, request, status.carrier_call_id)
     if verified is None:
         return
-    call_status.end_reads_before_writing(session)
+    end_reads_before_writing(session)
     if status.event_id and not first_time(session, adapter.name, status.event_id, verified.agency_id):
         session.rollback()
         log.info("telnyx event %s already processed", status.event_id)

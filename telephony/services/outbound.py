@@ -34,8 +34,9 @@ from ..carriers import sdk
 from ..carriers.base import CarrierDialer, OutboundDial
 from ..carriers.registry import dialer
 from ..context import get_config, get_credentials
-from ..errors import DomainError, InvalidInput, NotFound
+from ..errors import DomainError, InvalidInput, NotFound, UpstreamBusy, UpstreamFailed
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
+from ..ultravox import UltravoxError, UltravoxRateLimited
 from . import calls
 from .calls import StartedCall, ultravox_client_for
 from .phone_numbers import normalize_e164
@@ -79,6 +80,14 @@ class CarrierNotConfigured(DomainError):
 class OnDoNotCallList(DomainError):
     status = 422
     code = "do_not_call"
+
+
+class UltravoxRefused(UpstreamFailed):
+    code = "ultravox_error"
+
+
+# A 429/503 from Ultravox without a Retry-After: how long the client is told to wait.
+DEFAULT_ULTRAVOX_RETRY_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -261,16 +270,22 @@ class OutboundResult:
 
 def make_call(session: Session, agency_id: uuid.UUID, *, agent_id: str, to: str, from_number: str | None,
               template_context: dict[str, Any] | None, metadata: dict[str, Any] | None) -> OutboundResult:
-    """A single outbound call. Raises DomainError subclasses (validation, DNC, carrier
-    errors) and Ultravox errors; carrier failures are recorded on the call first."""
+    """A single outbound call. Raises DomainError subclasses: validation, DNC, Ultravox
+    refusing (nothing recorded) and carrier errors (recorded on the call first)."""
     from .do_not_call import is_on_list
 
     target = prepare_outbound(session, agency_id, agent_id=agent_id, to=to, from_number=from_number)
     if is_on_list(session, agency_id, target.to):
         raise OnDoNotCallList(f"{target.to} is on the agency's do-not-call list", field="to")
     credentials = carrier_credentials(session, agency_id, target.carrier)
-    started = start_ultravox_call(session, agency_id, target, template_context=template_context,
-                                  metadata=metadata, stored_metadata={"outbound": "single"})
+    try:
+        started = start_ultravox_call(session, agency_id, target, template_context=template_context,
+                                      metadata=metadata, stored_metadata={"outbound": "single"})
+    except UltravoxRateLimited as exc:
+        retry = int(exc.retry_after) if exc.retry_after else DEFAULT_ULTRAVOX_RETRY_SECONDS
+        raise UpstreamBusy("Ultravox is at its rate or concurrency limit; retry later", retry_after=retry) from None
+    except UltravoxError as exc:
+        raise UltravoxRefused(f"Ultravox refused the call: {exc.detail}") from None
     if started.call_id is None:
         hang_up_quietly(session, agency_id, started.ultravox_call_id)
         raise CarrierUnavailable(target.carrier, "the call could not be recorded; nothing was dialled")
