@@ -34,10 +34,10 @@ from ..carriers import sdk
 from ..carriers.base import CarrierDialer, OutboundDial
 from ..carriers.registry import dialer
 from ..context import get_config, get_credentials
-from ..errors import DomainError, InvalidInput, NotFound, UpstreamBusy, UpstreamFailed
+from ..errors import DomainError, InvalidInput, UpstreamBusy, UpstreamFailed
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
 from ..ultravox import UltravoxError, UltravoxRateLimited
-from . import calls
+from . import agents, calls
 from .calls import StartedCall, ultravox_client_for
 from .phone_numbers import normalize_e164
 
@@ -98,21 +98,6 @@ class OutboundTarget:
     to: str
 
 
-def find_agent(session: Session, agency_id: uuid.UUID, agent_id: str) -> AgentMapping:
-    """The agency's agent by Ultravox agent id (or by our mapping id)."""
-    agent = session.scalar(select(AgentMapping).where(AgentMapping.agency_id == agency_id,
-                                                      AgentMapping.ultravox_agent_id == agent_id))
-    if agent is None:
-        try:
-            agent = session.scalar(select(AgentMapping).where(AgentMapping.agency_id == agency_id,
-                                                              AgentMapping.id == uuid.UUID(agent_id)))
-        except ValueError:
-            agent = None
-    if agent is None:
-        raise NotFound(f"agent {agent_id} not found", field="agent_id")
-    return agent
-
-
 def caller_number(session: Session, agency_id: uuid.UUID, agent: AgentMapping,
                   from_number: str | None) -> PhoneNumber:
     """`from_number` if it is one of the agency's numbers, else the agent's number."""
@@ -134,7 +119,7 @@ def caller_number(session: Session, agency_id: uuid.UUID, agent: AgentMapping,
 def prepare_outbound(session: Session, agency_id: uuid.UUID, *, agent_id: str, to: str,
                      from_number: str | None) -> OutboundTarget:
     to_e164 = normalize_e164(to, field="to")
-    agent = find_agent(session, agency_id, agent_id)
+    agent = agents.find_agent(session, agency_id, agent_id)
     number = caller_number(session, agency_id, agent, from_number)
     if number.e164 == to_e164:
         raise InvalidInput("to and from must differ", field="to")

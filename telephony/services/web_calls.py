@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..context import get_config
@@ -25,8 +25,7 @@ from ..errors import Forbidden, InvalidInput, NotFound, UpstreamFailed
 from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, PublicKey
 from ..signing import UrlSigner
 from ..ultravox import Recording, UltravoxError
-from .agents import get_agent_by_ultravox_id
-from . import calls
+from . import agents, calls
 from .calls import MissingUltravoxKey, StartedCall, ultravox_client_for
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def _ultravox_errors(public: bool) -> Iterator[None]:
 
 def start_dashboard_test_call(session: Session, agency_id: uuid.UUID, ultravox_agent_id: str) -> StartedCall:
     """Seed calls-create: a browser (webRtc) test call with one of the agency's agents."""
-    agent = get_agent_by_ultravox_id(session, agency_id, ultravox_agent_id)
+    agent = agents.find_agent(session, agency_id, ultravox_agent_id)
     with _ultravox_errors(public=False):
         return calls.start_call(session, calls.NewCall(
             agency_id=agency_id, agent=agent, medium=WEBRTC, source=CallSource.webrtc,
@@ -81,7 +80,7 @@ def start_websocket_call(session: Session, agency_id: uuid.UUID, ultravox_agent_
                          client_buffer_size_ms: int | None = None) -> StartedCall:
     """A server-to-server call: the caller's server joins `join_url` over a
     plain WebSocket and streams s16le PCM both ways."""
-    agent = get_agent_by_ultravox_id(session, agency_id, ultravox_agent_id)
+    agent = agents.find_agent(session, agency_id, ultravox_agent_id)
     socket: dict[str, int] = {"inputSampleRate": input_sample_rate}
     if output_sample_rate is not None:
         socket["outputSampleRate"] = output_sample_rate
@@ -101,15 +100,11 @@ def public_key_agent(session: Session, key: PublicKey, agent_ref: str) -> AgentM
     agent_ref = agent_ref.strip()
     agent = None
     if AGENT_REF.fullmatch(agent_ref):  # also keeps e.g. NUL bytes, which PostgreSQL refuses, out of the query
-        conditions = [AgentMapping.ultravox_agent_id == agent_ref]
         try:
-            conditions.append(AgentMapping.id == uuid.UUID(agent_ref))
-        except ValueError:
-            pass
-        agents = session.scalars(select(AgentMapping).where(AgentMapping.agency_id == key.agency_id,
-                                                            or_(*conditions))).all()
-        agent = next((a for a in agents if str(a.id) in key.agent_ids), None)
-    if agent is None:
+            agent = agents.find_agent(session, key.agency_id, agent_ref)
+        except NotFound:
+            agent = None
+    if agent is None or str(agent.id) not in key.agent_ids:
         raise MisconfiguredAgent("Misconfigured agent: unknown, or not enabled for this key",
                                  field="voicehub-agent-id")
     return agent
