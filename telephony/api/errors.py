@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..credentials import CredentialError, UnknownCredential
 from ..errors import ApiError, DomainError
@@ -49,9 +49,9 @@ def register(app: Flask) -> None:
     def handle_http_exception(error: HTTPException):
         messages = {404: "Not found", 405: "Method not allowed",
                     413: "Request body too large", 415: "Unsupported media type"}
-        api_error = ApiError(error.code or 500, messages.get(error.code or 500, error.description or error.name))
-        response = error_response(api_error)
-        if error.code == 405 and getattr(error, "valid_methods", None):
+        status = error.code or 500
+        response = error_response(ApiError(status, messages.get(status, error.description or error.name)))
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
 

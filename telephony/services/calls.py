@@ -28,9 +28,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, cast
 
-from sqlalchemy import bindparam, case, update
+from sqlalchemy import Table, bindparam, case, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -204,24 +204,25 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
         _insert(session, new, agent_id, started)
         return started
 
+    agency_client: UltravoxClient | None = None
+    key_problem: DomainError | None = None
     try:
-        client: UltravoxClient | None = ultravox_client_for(session, new.agency_id)
-        key_problem: DomainError | None = None
+        agency_client = ultravox_client_for(session, new.agency_id)
     except (MissingUltravoxKey, InvalidUltravoxKey) as exc:
         # Claimed all the same: a repeated webhook must find the claim, not try again.
         log.error("call %s: %s", call_id, exc.message)
-        client, key_problem = None, exc
+        key_problem = exc
     end_reads_before_writing(session)
     claim = _claim(session, new, agent_id, call_id)
     if claim == "duplicate":
         return StartedCall(call_id=None, ultravox_call_id="", join_url="", created_at=utcnow(), duplicate=True)
     claimed = claim == "claimed"
-    if client is None:
+    if agency_client is None:
         raise CallNotStarted(key_problem or MissingUltravoxKey(), call_id=call_id, claimed=claimed,
                              ultravox_seconds=None)
     began = time.perf_counter()
     try:
-        started = _create(client, ultravox_agent_id, body, call_id, timeout)
+        started = _create(agency_client, ultravox_agent_id, body, call_id, timeout)
     except UltravoxError as exc:
         raise CallNotStarted(exc, call_id=call_id, claimed=claimed,
                              ultravox_seconds=time.perf_counter() - began) from exc
@@ -297,7 +298,7 @@ def _record(session: Session, *, call_id: uuid.UUID, statement: Any, **values: o
 # Built once (inbound webhooks are a hot path). A status callback may already have moved
 # the call on (a caller who hung up while we waited on Ultravox): only a call still
 # "created" becomes "ringing".
-_calls = Call.__table__
+_calls = cast(Table, Call.__table__)
 _RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
                 .values(status=case((_calls.c.status == call_states.CREATED, call_states.RINGING),
                                     else_=_calls.c.status)))
