@@ -16,6 +16,11 @@ body and metadata, creates the call and records it. Two orders:
   `StartedCall.record` (or `CallNotStarted.record`), which the caller runs once its
   answer is on the way: the caller on the phone does not wait for that write.
 
+Credit: an agency whose credit balance is not above zero starts no call of any kind
+(InsufficientCredits, 403 `insufficient_credits`; claim first: CallNotStarted, and the
+inbound caller gets the number's fallback or an apology). The balance is what Ultravox's
+call.billed events leave after deducting each call's billed seconds.
+
 The metadata sent to Ultravox names our call id, agency, agent, source and direction
 (and the numbers and carrier call id when there are any), so a call whose row could not
 be written can be rebuilt from Ultravox's own webhooks later: nothing is lost.
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Literal, cast
 
-from sqlalchemy import Table, bindparam, case, update
+from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -40,9 +45,9 @@ from ..config import Config
 from ..context import get_config, get_credentials
 from ..credentials import CredentialStore
 from ..db import end_reads_before_writing, insert_if_absent
-from ..errors import DomainError
+from ..errors import DomainError, Forbidden
 from ..logging import call_id_var
-from ..models import AgentMapping, Call, CallDirection, CallSource, utcnow
+from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
 from ..ultravox import UltravoxClient, UltravoxError, UltravoxServerError
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,13 @@ METADATA_PREFIX = "telephony."
 PARTIAL_SUCCESS_WARNING = "Call created but failed to save to database"
 MAX_METADATA_ENTRIES = 20
 MAX_METADATA_VALUE = 500
+
+
+class InsufficientCredits(Forbidden):
+    code = "insufficient_credits"
+
+    def __init__(self) -> None:
+        super().__init__("Insufficient credits")
 
 
 class MissingUltravoxKey(DomainError):
@@ -142,6 +154,7 @@ class NewCall:
     stored_metadata: dict[str, Any] | None = None  # kept on our row (calls.metadata)
     recording_enabled: bool | None = None  # None: the agent's setting
     extra_body: dict[str, Any] | None = None  # further Ultravox call fields (joinTimeout, ...)
+    credit_balance: int | None = None  # the agency's, when the caller read it already; else read here
 
 
 @dataclass
@@ -176,15 +189,15 @@ class CallNotStarted(Exception):
         if not self.claimed:
             return None
         return functools.partial(_record, call_id=self.call_id, statement=_RECORD_FAILURE,
-                                 metadata={**metadata, "ultravox_error": type(self.cause).__name__})
+                                 metadata={**metadata, "start_error": type(self.cause).__name__})
 
 
 def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
                timeout: float | tuple[float, float] | None = None) -> StartedCall:
     """Create the agent's Ultravox call and record it (see the module docstring for the
-    two orders). Create first: raises MissingUltravoxKey / InvalidUltravoxKey and
-    UltravoxError subclasses with nothing written. Claim first: raises CallNotStarted
-    for either. The session's read transaction is ended before Ultravox is asked: no
+    two orders). Create first: raises InsufficientCredits, MissingUltravoxKey /
+    InvalidUltravoxKey and UltravoxError subclasses with nothing written. Claim first:
+    raises CallNotStarted for any of them. The session's read transaction is ended before Ultravox is asked: no
     connection or lock is held across the upstream call."""
     call_id = uuid.uuid4()
     call_id_var.set(str(call_id))
@@ -197,7 +210,11 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
         metadata=call_metadata(call_id=call_id, agency_id=new.agency_id, agent=agent, source=new.source,
                                direction=new.direction, extra=new.metadata, from_number=new.from_number,
                                to_number=new.to_number, carrier_call_id=new.carrier_call_id))
+    has_credit = _has_credit(session, new)
     if not claim_first:
+        if not has_credit:
+            session.rollback()
+            raise InsufficientCredits()
         client = ultravox_client_for(session, new.agency_id)
         session.rollback()
         started = _create(client, ultravox_agent_id, body, call_id, timeout)
@@ -217,6 +234,8 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
     if claim == "duplicate":
         return StartedCall(call_id=None, ultravox_call_id="", join_url="", created_at=utcnow(), duplicate=True)
     claimed = claim == "claimed"
+    if not has_credit:
+        raise CallNotStarted(InsufficientCredits(), call_id=call_id, claimed=claimed, ultravox_seconds=None)
     if agency_client is None:
         raise CallNotStarted(key_problem or MissingUltravoxKey(), call_id=call_id, claimed=claimed,
                              ultravox_seconds=None)
@@ -235,6 +254,13 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
         log.error("call %s connected as Ultravox call %s but not recorded; the Ultravox webhook ingest repairs "
                   "it from the call's metadata", call_id, started.ultravox_call_id)
     return started
+
+
+def _has_credit(session: Session, new: NewCall) -> bool:
+    balance = new.credit_balance
+    if balance is None:
+        balance = session.scalar(select(Agency.credit_balance).where(Agency.id == new.agency_id))
+    return balance is not None and balance > 0
 
 
 def _create(client: UltravoxClient, ultravox_agent_id: str, body: dict[str, Any], call_id: uuid.UUID,

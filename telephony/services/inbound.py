@@ -4,7 +4,8 @@ The normal path issues three SQL statements in two short transactions (three on 
 see db.end_reads_before_writing) and holds no database connection while
 Ultravox is asked for the call:
 
-1. SELECT the dialled number, its agent and the agency's credential rows (encrypted).
+1. SELECT the dialled number, its agent, the agency's credit balance and its credential
+   rows (encrypted).
    Unknown or carrier-mismatched numbers get a "not in service" message without
    verification: there are no credentials to verify with, and the answer is a fixed
    message that writes nothing and starts nothing. The carrier credentials are
@@ -48,7 +49,7 @@ from ..credentials import ProviderCredentials
 from ..db import end_reads_before_writing
 from ..errors import InvalidInput
 from ..logging import agency_id_var
-from ..models import AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
+from ..models import Agency, AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
 from . import call_status, calls, carrier_webhooks
 from .carrier_webhooks import SignatureRejected
 from .idempotency import first_time
@@ -70,6 +71,7 @@ class Route:
     e164: str
     fallback_number: str | None
     recording_enabled: bool | None  # the number's own setting; None follows the agent
+    credit_balance: int  # the agency's (no credit: no agent, see calls.start_call)
     agent: AgentMapping | None  # transient (not in the session): plain values
 
 
@@ -108,19 +110,22 @@ def find_route(session: Session, carrier: str, e164: str) -> Route | None:
         agent = AgentMapping(id=row.agent_id, agency_id=row.agency_id, name=row.agent_name,
                              ultravox_agent_id=row.ultravox_agent_id, recording_enabled=row.agent_recording)
     return Route(agency_id=row.agency_id, e164=row.e164, fallback_number=row.fallback_number,
-                 recording_enabled=row.recording_enabled, agent=agent)
+                 recording_enabled=row.recording_enabled, credit_balance=row.credit_balance, agent=agent)
 
 
 # Built once, from Core tables: a webhook is a hot path, and building (or ORM-compiling)
 # the statement costs as much as running it. One row per credential of the agency (an
 # agency has a handful), or one row with NULL credential columns.
 _numbers, _agents, _secrets = PhoneNumber.__table__, AgentMapping.__table__, AgencyCredential.__table__
+_agencies = Agency.__table__
 _ROUTE_QUERY = (
     select(_numbers.c.agency_id, _numbers.c.e164, _numbers.c.fallback_number, _numbers.c.recording_enabled,
+           _agencies.c.credit_balance,
            _agents.c.id.label("agent_id"), _agents.c.name.label("agent_name"), _agents.c.ultravox_agent_id,
            _agents.c.recording_enabled.label("agent_recording"),
            _secrets.c.name.label("credential_name"), _secrets.c.ciphertext)
     .select_from(_numbers)
+    .join(_agencies, _agencies.c.id == _numbers.c.agency_id)
     .outerjoin(_agents, (_agents.c.id == _numbers.c.agent_id) & (_agents.c.agency_id == _numbers.c.agency_id))
     .outerjoin(_secrets, _secrets.c.agency_id == _numbers.c.agency_id)
     .where(_numbers.c.e164 == bindparam("e164"), _numbers.c.carrier == bindparam("carrier"))
@@ -173,7 +178,8 @@ def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: Age
         direction=CallDirection.inbound, first_speaker="agent", from_number=from_number, to_number=route.e164,
         carrier_call_id=call.carrier_call_id,
         template_context={"caller_number": from_number, "called_number": route.e164},
-        recording_enabled=route.recording_enabled)  # None: the agent's setting
+        recording_enabled=route.recording_enabled,  # None: the agent's setting
+        credit_balance=route.credit_balance)
     try:
         started = calls.start_call(session, new_call, claim_first=True, timeout=_ultravox_timeout())
     except calls.CallNotStarted as exc:

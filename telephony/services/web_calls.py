@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from ..context import get_config
 from ..errors import Forbidden, InvalidInput, NotFound, UpstreamFailed
-from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, PublicKey
+from ..models import AgentMapping, Call, CallDirection, CallSource, PublicKey
 from ..signing import UrlSigner
 from ..ultravox import Recording, UltravoxError
 from . import agents, calls
@@ -45,10 +45,6 @@ RECORDING_SIGNING_PURPOSE = "recording"
 
 class MisconfiguredAgent(InvalidInput):
     code = "misconfigured_agent"
-
-
-class InsufficientCredits(Forbidden):
-    code = "insufficient_credits"
 
 
 @contextmanager
@@ -115,9 +111,6 @@ def start_public_web_call(session: Session, key: PublicKey, agent_ref: str, call
     if call_type not in WEB_CALL_OUTPUT_MEDIUM:
         raise InvalidInput(f"type must be one of {', '.join(WEB_CALL_OUTPUT_MEDIUM)}", field="type")
     agent = public_key_agent(session, key, agent_ref)
-    agency = session.get(Agency, key.agency_id)
-    if agency is None or agency.credit_balance <= 0:
-        raise InsufficientCredits("Insufficient credits")
     key_id = key.id
     try:
         with _ultravox_errors(public=True):
