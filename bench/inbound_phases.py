@@ -27,13 +27,14 @@ from cryptography.fernet import Fernet
 from bench.common import (PUBLIC_BASE_URL, VOICE_PATH, fresh_database, free_port, new_call_sid, postgres_reachable,
                           seed_demo, signed_twilio_webhook, start, wait_ready)
 
-# (module, attribute): the steps of services/inbound.py's answer, in the order they run.
+# (module, attribute): the steps of services/inbound.py's answer (calls.start_call inside it),
+# in the order they run.
 STEPS = (
     ("telephony.api.webhooks", "webhook_request"),
     ("telephony.services.inbound", "find_route"),
-    ("telephony.services.call_status", "verified_credentials"),
-    ("telephony.services.inbound", "ultravox_client_for"),
-    ("telephony.services.inbound", "_claim"),
+    ("telephony.services.carrier_webhooks", "verified_credentials"),
+    ("telephony.services.calls", "ultravox_client_for"),
+    ("telephony.services.calls", "_claim"),
     ("telephony.ultravox", "UltravoxClient.create_agent_call"),
     ("telephony.carriers.base", "XmlCarrierAdapter.render"),
     ("telephony.services.inbound", "store_pending_write"),

@@ -155,3 +155,13 @@ def _insert_if_absent_statement(table: Any, dialect_name: str, conflict_columns:
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     return (dialect.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
             .returning(*table.primary_key.columns))
+
+
+def end_reads_before_writing(session: Session) -> None:
+    """SQLite cannot turn a read snapshot into a write once another connection has
+    written meanwhile (it fails at once with "database is locked"; busy_timeout does
+    not apply), so there a write opens a transaction of its own. PostgreSQL (READ
+    COMMITTED) has no such limit, and keeping the reads and the write in one
+    transaction saves a pool checkout, its ping and a BEGIN/ROLLBACK round trip."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.rollback()

@@ -1,7 +1,9 @@
 """Domain errors raised by services, and the HTTP error the API renders.
 
 Services raise the domain errors; blueprints never build status codes by hand
-for these cases: the app's error handler maps them (api/errors.py).
+for these cases: the app's error handler maps them (api/errors.py), including a
+`retry_after` (seconds) as the Retry-After header. Services translate upstream
+errors (Ultravox, carriers) into these; routes never see the clients' own types.
 """
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ from __future__ import annotations
 class DomainError(Exception):
     status = 400
     code = "bad_request"
+    retry_after: int | None = None  # seconds; sent as Retry-After
 
-    def __init__(self, message: str, *, field: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None, retry_after: int | None = None):
         self.message = message
         self.field = field
+        if retry_after is not None:
+            self.retry_after = retry_after
         super().__init__(message)
 
 
@@ -44,6 +49,13 @@ class Forbidden(DomainError):
 class UpstreamFailed(DomainError):
     status = 502
     code = "upstream_error"
+
+
+class UpstreamBusy(DomainError):
+    """An upstream at its rate or concurrency limit: try again after `retry_after`."""
+
+    status = 429
+    code = "upstream_rate_limited"
 
 
 class ApiError(Exception):

@@ -490,7 +490,7 @@ class InboundContract:
         def broken(*args, **kwargs):
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(inbound_service, "agent_call_body", broken)
+        monkeypatch.setattr("telephony.services.calls.agent_call_body", broken)
         response = self.case.post(client, self.case.voice_path, self.case.inbound_form(self.case.call_id()))
         assert response.status_code == 200
         assert parse_answer(response.get_data(as_text=True)) == ("dial", self.case.number(FALLBACK))
@@ -501,7 +501,7 @@ class InboundContract:
         def insert_fails(*args, **kwargs):
             raise OperationalError("INSERT INTO calls ...", {}, Exception("disk I/O error"))
 
-        monkeypatch.setattr(inbound_service, "insert_if_absent", insert_fails)
+        monkeypatch.setattr("telephony.services.calls.insert_if_absent", insert_fails)
         uv = UltravoxMock()
         call_sid = self.case.call_id()
         with responses.RequestsMock() as rsps:

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from telephony.models import Agency, AgentMapping, CallDirection, CallSource
-from telephony.services.calls import call_metadata, start_call
+from telephony.services.calls import NewCall, call_metadata, start_call
 from telephony.sim.common import serve_in_thread
 from telephony.ultravox import UltravoxClient
 from telephony.worker import Worker
@@ -66,9 +66,9 @@ def test_a_call_from_start_to_enriched_history_and_agency_events(world):
     app, db, tenant = world["app"], world["db"], world["tenant"]
     with app.app_context():
         session = db.sessionmaker()
-        started = start_call(session, agency_id=tenant.agency_id, agent=session.get(AgentMapping, world["agent_id"]),
-                             medium={"webRtc": {}}, source=CallSource.webrtc, direction=CallDirection.inbound,
-                             recording_enabled=True)
+        started = start_call(session, NewCall(
+            agency_id=tenant.agency_id, agent=session.get(AgentMapping, world["agent_id"]), medium={"webRtc": {}},
+            source=CallSource.webrtc, direction=CallDirection.inbound, recording_enabled=True))
         session.close()
     uv_id = started.ultravox_call_id
 

@@ -121,6 +121,26 @@ def test_carrier_server_error_is_502_and_never_retried(sim_app, carrier_sim):
     assert len(dial_requests(carrier_sim)) == 1
 
 
+@pytest.mark.parametrize("failure, status, code, retry_after", [
+    ({"mode": "rate_limit", "retry_after": 7}, 429, "upstream_rate_limited", "7"),
+    ({"mode": "unavailable", "retry_after": 3}, 429, "upstream_rate_limited", "3"),
+    ({"mode": "error", "status": 500}, 502, "ultravox_error", None),
+])
+def test_ultravox_refusing_is_answered_and_nothing_is_dialled(sim_app, carrier_sim, ultravox_sim, failure, status,
+                                                              code, retry_after):
+    seeded = seed_agency(sim_app)
+    client = sim_app.test_client()
+    inject(ultravox_sim, {"path_prefix": "/api/agents/", "method": "POST", **failure})
+    body = {"agent_id": AGENT_UV_ID, "to": CALLEE}
+    response = _post(client, seeded, body, **{"Idempotency-Key": "k-uv"})
+    assert response.status_code == status and response.json["code"] == code
+    assert response.headers.get("Retry-After") == retry_after
+    assert sim_calls(carrier_sim) == []
+    # Nothing was dialled, so the key is free: the same request goes through now.
+    assert _post(client, seeded, body, **{"Idempotency-Key": "k-uv"}).status_code == 201
+    assert len(dial_requests(carrier_sim)) == 1
+
+
 def test_do_not_call_blocks_a_single_call(sim_app, carrier_sim):
     seeded = seed_agency(sim_app)
     client = sim_app.test_client()

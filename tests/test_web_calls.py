@@ -265,7 +265,7 @@ def test_500_unexpected_error(client, make_tenant, monkeypatch):
     def explode(*_args, **_kwargs):
         raise RuntimeError("boom with a secret in it")
 
-    monkeypatch.setattr("telephony.services.web_calls.start_call", explode)
+    monkeypatch.setattr("telephony.services.calls.start_call", explode)
     response = client.post(CREATE, json={"agent_id": UV_AGENT}, headers=tenant.member())
     assert response.status_code == 500
     assert response.json == {"error": "Unexpected server error", "code": "internal_error"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..credentials import CredentialError, UnknownCredential
 from ..errors import ApiError, DomainError
@@ -20,6 +20,13 @@ def error_response(error: ApiError):
     return response
 
 
+def api_error(error: DomainError) -> ApiError:
+    """The HTTP form of a domain error (status, code, the field at fault, Retry-After)."""
+    fields = {error.field: error.message} if error.field else None
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return ApiError(error.status, error.message, code=error.code, fields=fields, headers=headers)
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(error: ApiError):
@@ -27,8 +34,7 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(DomainError)
     def handle_domain_error(error: DomainError):
-        fields = {error.field: error.message} if error.field else None
-        return error_response(ApiError(error.status, error.message, code=error.code, fields=fields))
+        return error_response(api_error(error))
 
     @app.errorhandler(UnknownCredential)
     def handle_unknown_credential(error: UnknownCredential):
@@ -43,9 +49,9 @@ def register(app: Flask) -> None:
     def handle_http_exception(error: HTTPException):
         messages = {404: "Not found", 405: "Method not allowed",
                     413: "Request body too large", 415: "Unsupported media type"}
-        api_error = ApiError(error.code or 500, messages.get(error.code or 500, error.description or error.name))
-        response = error_response(api_error)
-        if error.code == 405 and getattr(error, "valid_methods", None):
+        status = error.code or 500
+        response = error_response(ApiError(status, messages.get(status, error.description or error.name)))
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
 

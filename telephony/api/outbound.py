@@ -22,12 +22,11 @@ from pydantic import Field
 from ..auth import current_principal, require_auth
 from ..carriers.registry import TELNYX_CALL_CONTROL, xml_carrier
 from ..db import get_session
-from ..errors import ApiError, DomainError
 from ..services import idempotency_keys
 from ..services import outbound as outbound_service
 from ..services import outbound_callbacks
-from ..services.call_status import SignatureRejected
-from ..ultravox import UltravoxError, UltravoxRateLimited
+from ..services.carrier_webhooks import SignatureRejected
+from .errors import api_error
 from .schema import RequestModel, ResponseModel, document, parse_body
 from .webhooks import webhook_request
 
@@ -57,13 +56,6 @@ IDEMPOTENCY_PARAMETER = {"name": "Idempotency-Key", "in": "header", "required": 
                          "schema": {"type": "string", "maxLength": 255},
                          "description": "Same key + same body within 24 h returns the first result without "
                                         "a second call; a different body is 422; while the first is in flight, 409."}
-
-
-def _error_body(exc: DomainError) -> dict[str, Any]:
-    body: dict[str, Any] = {"error": exc.message, "code": exc.code}
-    if exc.field:
-        body["fields"] = {exc.field: exc.message}
-    return body
 
 
 @bp.post("/api/v1/calls")
@@ -96,19 +88,10 @@ def create_outbound_call():
     except outbound_service.CarrierError as exc:
         # A call row exists and the carrier was asked: this outcome is the key's answer.
         if key is not None:
-            idempotency_keys.finish(session, agency_id, key.strip(), exc.status, _error_body(exc))
+            idempotency_keys.finish(session, agency_id, key.strip(), exc.status, api_error(exc).body())
         raise
-    except UltravoxRateLimited as exc:
-        if key is not None:
-            idempotency_keys.release(session, agency_id, key.strip())
-        retry = str(int(exc.retry_after)) if exc.retry_after else "5"
-        raise ApiError(429, "Ultravox is at its rate or concurrency limit; retry later", code="upstream_rate_limited",
-                       headers={"Retry-After": retry}) from None
-    except UltravoxError as exc:
-        if key is not None:
-            idempotency_keys.release(session, agency_id, key.strip())
-        raise ApiError(502, f"Ultravox refused the call: {exc.detail}", code="ultravox_error") from None
     except BaseException:
+        # Nothing was dialled (validation, Ultravox refusing, a bug): the key is free again.
         if key is not None:
             idempotency_keys.release(session, agency_id, key.strip())
         raise

@@ -14,7 +14,6 @@ import uuid
 from flask import Blueprint, request
 
 from ..db import get_session
-from ..errors import ApiError
 from ..services import ultravox_events
 from .schema import document
 
@@ -43,14 +42,12 @@ def _allow_call_sized_bodies() -> None:
                      503: (None, "Call not stored yet; retry (Retry-After)")})
 def receive(agency_id: uuid.UUID | None = None):
     session = get_session()
-    try:
-        ultravox_events.ingest(session, body=request.get_data(cache=False),
-                               signature=request.headers.get(ultravox_events.SIGNATURE_HEADER),
-                               timestamp=request.headers.get(ultravox_events.TIMESTAMP_HEADER),
-                               path_agency_id=agency_id)
-    except ultravox_events.CallNotStoredYet as exc:
-        raise ApiError(exc.status, exc.message, code=exc.code,
-                       headers={"Retry-After": str(exc.retry_after)}) from None
+    # CallNotStoredYet (503 with Retry-After) and the other domain errors propagate
+    # to the app's error handler.
+    ultravox_events.ingest(session, body=request.get_data(cache=False),
+                           signature=request.headers.get(ultravox_events.SIGNATURE_HEADER),
+                           timestamp=request.headers.get(ultravox_events.TIMESTAMP_HEADER),
+                           path_agency_id=agency_id)
     session.commit()
     return "", 204
 

@@ -30,12 +30,10 @@ from pydantic import ConfigDict, Field
 from ..auth import current_principal, require_auth
 from ..context import get_config
 from ..db import get_session
-from ..errors import ApiError
 from ..logging import agency_id_var
 from ..services import public_keys as public_key_service
 from ..services import web_calls as web_call_service
 from ..services.calls import StartedCall
-from .errors import error_response
 from .management import UltravoxId
 from .schema import RequestModel, ResponseModel, document, parse_body, parse_query
 
@@ -238,12 +236,6 @@ def create_websocket_call():
 
 
 # -- errors and CORS ------------------------------------------------------------------------
-
-@bp.errorhandler(public_key_service.RateLimited)
-def _rate_limited(error: public_key_service.RateLimited):
-    return error_response(ApiError(429, error.message, code=error.code,
-                                   headers={"Retry-After": str(error.retry_after)}))
-
 
 @dataclass(frozen=True)
 class CorsPolicy:

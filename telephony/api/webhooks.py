@@ -9,7 +9,8 @@ Status callbacks (204; 403 for a bad signature):
 Telnyx Call Control (JSON events; answered through the REST API):
   POST /webhooks/telnyx/call-control
 
-HTTP in, HTTP out: the use cases live in services/inbound.py and services/call_status.py.
+HTTP in, HTTP out: the use cases live in services/inbound.py and services/call_status.py
+(signatures: services/carrier_webhooks.py).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ..carriers.registry import xml_carrier
 from ..context import get_config
 from ..db import get_db, get_session
 from ..services import call_status, inbound
-from ..services.call_status import SignatureRejected
+from ..services.carrier_webhooks import SignatureRejected
 
 log = logging.getLogger(__name__)
 

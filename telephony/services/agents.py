@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,9 +25,17 @@ def get_agent(session: Session, agency_id: uuid.UUID, agent_id: uuid.UUID) -> Ag
     return agent
 
 
-def get_agent_by_ultravox_id(session: Session, agency_id: uuid.UUID, ultravox_agent_id: str) -> AgentMapping:
-    agent = session.scalar(select(AgentMapping).where(AgentMapping.ultravox_agent_id == ultravox_agent_id,
-                                                      AgentMapping.agency_id == agency_id))
+def find_agent(session: Session, agency_id: uuid.UUID, ref: str) -> AgentMapping:
+    """The agency's agent as a call or campaign names it: by its Ultravox agent id, or by
+    our mapping id. Another agency's agent is reported exactly like a missing one."""
+    conditions = [AgentMapping.ultravox_agent_id == ref]
+    try:
+        conditions.append(AgentMapping.id == uuid.UUID(ref))
+    except ValueError:
+        pass
+    agents = session.scalars(select(AgentMapping).where(AgentMapping.agency_id == agency_id, or_(*conditions))).all()
+    # An Ultravox agent id that happens to read as another mapping's id names its own agent.
+    agent = next((a for a in agents if a.ultravox_agent_id == ref), agents[0] if agents else None)
     if agent is None:
         raise NotFound("Agent not found or does not belong to your agency", field="agent_id")
     return agent

@@ -11,40 +11,23 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
 from .. import call_states
 from ..carriers.base import CarrierAdapter, StatusEvent, WebhookRequest
-from ..context import get_credentials
-from ..credentials import ProviderCredentials
-from ..errors import Forbidden
-from ..models import Call, CallSource, utcnow
+from ..db import end_reads_before_writing
+from ..models import Call, utcnow
+from .carrier_webhooks import verified_call
 from .events import emit_call_event
 
 log = logging.getLogger(__name__)
 
 
-class SignatureRejected(Forbidden):
-    """A carrier webhook without a valid signature (any route): 403, nothing written."""
-
-    code = "invalid_signature"
-
-    def __init__(self) -> None:
-        super().__init__("Missing or invalid webhook signature")
-
-
-@dataclass(frozen=True)
-class VerifiedCall:
-    call_id: uuid.UUID
-    agency_id: uuid.UUID
-    credentials: ProviderCredentials
-
-
 def apply_status(session: Session, adapter: CarrierAdapter, request: WebhookRequest) -> bool:
-    """Apply one status callback; True if the call changed. Raises SignatureRejected."""
+    """Apply one status callback; True if the call changed. Raises SignatureRejected
+    (carrier_webhooks) for a bad signature."""
     event = adapter.parse_status(request)
     if event is None:
         return False  # nothing we track (e.g. "initiated"): nothing to verify or write
@@ -55,45 +38,6 @@ def apply_status(session: Session, adapter: CarrierAdapter, request: WebhookRequ
     changed = apply_event(session, verified.call_id, event)
     session.commit()
     return changed
-
-
-def verified_call(session: Session, adapter: CarrierAdapter, request: WebhookRequest,
-                  carrier_call_id: str) -> VerifiedCall | None:
-    """The call a callback is about, once its signature checks out with the owning
-    agency's credentials. None for a call we do not know (nothing is written then, so
-    there is nothing to protect); SignatureRejected for a bad signature."""
-    row = session.execute(select(Call.id, Call.agency_id)
-                          .where(Call.source == CallSource(adapter.name), Call.carrier_call_id == carrier_call_id)
-                          ).first() if carrier_call_id else None
-    if row is None:
-        session.rollback()
-        log.info("%s callback for unknown call %r ignored", adapter.name, carrier_call_id)
-        return None
-    credentials = verified_credentials(session, adapter, request, row.agency_id)
-    return VerifiedCall(call_id=row.id, agency_id=row.agency_id, credentials=credentials)
-
-
-def verified_credentials(session: Session, adapter: CarrierAdapter, request: WebhookRequest,
-                         agency_id: uuid.UUID) -> ProviderCredentials:
-    """The agency's carrier credentials, once the request's signature checks out with
-    them; SignatureRejected (nothing written) otherwise."""
-    credentials = get_credentials().get(session, agency_id, adapter.name)
-    if not adapter.verify(request, credentials):
-        session.rollback()
-        log.warning("%s webhook for agency %s rejected: bad or missing signature%s", adapter.name, agency_id,
-                    "" if credentials else f" (no {adapter.name} credentials stored)")
-        raise SignatureRejected()
-    return credentials
-
-
-def end_reads_before_writing(session: Session) -> None:
-    """SQLite cannot turn a read snapshot into a write once another connection has
-    written meanwhile (it fails at once with "database is locked"; busy_timeout does
-    not apply), so there a write opens a transaction of its own. PostgreSQL (READ
-    COMMITTED) has no such limit, and keeping the reads and the write in one
-    transaction saves a pool checkout, its ping and a BEGIN/ROLLBACK round trip."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.rollback()
 
 
 # Terminal statuses a carrier reports for a call that never connected. "completed" is

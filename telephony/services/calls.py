@@ -1,31 +1,54 @@
-"""Starting an Ultravox call for an agent: the one path every entry point uses.
+"""Starting an Ultravox call for an agent: the one path every call takes.
 
-Dashboard test calls, public web calls, server WebSocket calls, outbound dials
-and inbound carrier webhooks all come down to: find the agency's Ultravox key,
-create a call for the agent on a medium, record it, hand back the joinUrl.
+Dashboard test calls, public web calls, server WebSocket calls, single outbound calls,
+campaign dials and inbound carrier webhooks all describe their call as a `NewCall` and
+hand it to `start_call`, which finds the agency's Ultravox key, builds the Ultravox
+body and metadata, creates the call and records it. Two orders:
 
-The metadata sent to Ultravox names our call id, agency, agent, source and
-direction, so a call whose database insert failed (the seeds' "partial
-success") can be recreated from Ultravox's own webhooks later: nothing is lost.
+- create first (every source but inbound): create the Ultravox call, then INSERT the
+  row. Ultravox errors propagate with nothing written. A failed insert after a
+  successful create is the seeds' "partial success": the StartedCall has call_id=None
+  and a warning.
+- claim first (inbound, `claim_first=True`): INSERT the row ON CONFLICT (source,
+  carrier_call_id) DO NOTHING and commit, then create the Ultravox call. The claim is
+  what makes a repeated carrier webhook lose (`StartedCall.duplicate`) instead of
+  creating a second Ultravox call. What Ultravox answered is written afterwards by
+  `StartedCall.record` (or `CallNotStarted.record`), which the caller runs once its
+  answer is on the way: the caller on the phone does not wait for that write.
+
+Credit: an agency whose credit balance is not above zero starts no call of any kind
+(InsufficientCredits, 403 `insufficient_credits`; claim first: CallNotStarted, and the
+inbound caller gets the number's fallback or an apology). The balance is what Ultravox's
+call.billed events leave after deducting each call's billed seconds.
+
+The metadata sent to Ultravox names our call id, agency, agent, source and direction
+(and the numbers and carrier call id when there are any), so a call whose row could not
+be written can be rebuilt from Ultravox's own webhooks later: nothing is lost.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable, Literal, cast
 
+from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+
+from .. import call_states
 
 from ..config import Config
 from ..context import get_config, get_credentials
 from ..credentials import CredentialStore
-from ..errors import DomainError
+from ..db import end_reads_before_writing, insert_if_absent
+from ..errors import DomainError, Forbidden
 from ..logging import call_id_var
-from ..models import AgentMapping, Call, CallDirection, CallSource, utcnow
-from ..ultravox import UltravoxClient
+from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
+from ..ultravox import UltravoxClient, UltravoxError, UltravoxServerError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +56,13 @@ METADATA_PREFIX = "telephony."
 PARTIAL_SUCCESS_WARNING = "Call created but failed to save to database"
 MAX_METADATA_ENTRIES = 20
 MAX_METADATA_VALUE = 500
+
+
+class InsufficientCredits(Forbidden):
+    code = "insufficient_credits"
+
+    def __init__(self) -> None:
+        super().__init__("Insufficient credits")
 
 
 class MissingUltravoxKey(DomainError):
@@ -69,9 +99,12 @@ def ultravox_client_for(session: Session, agency_id: uuid.UUID, *, credentials: 
 
 
 def call_metadata(*, call_id: uuid.UUID, agency_id: uuid.UUID, agent: AgentMapping, source: CallSource,
-                  direction: CallDirection, extra: dict[str, Any] | None = None) -> dict[str, str]:
+                  direction: CallDirection, extra: dict[str, Any] | None = None, from_number: str | None = None,
+                  to_number: str | None = None, carrier_call_id: str | None = None) -> dict[str, str]:
     """Ultravox metadata: string values only; ours under the `telephony.` prefix
-    (Ultravox reserves `ultravox.`), the caller's own keys kept as given."""
+    (Ultravox reserves `ultravox.`), the caller's own keys kept as given. The numbers
+    and the carrier call id are there when the call has them: the webhook ingest
+    rebuilds an unrecorded call from these."""
     metadata = {str(k): str(v) for k, v in (extra or {}).items() if not str(k).startswith(METADATA_PREFIX)}
     metadata.update({
         "telephony.call_id": str(call_id),
@@ -80,6 +113,9 @@ def call_metadata(*, call_id: uuid.UUID, agency_id: uuid.UUID, agent: AgentMappi
         "telephony.source": source.value,
         "telephony.direction": direction.value,
     })
+    for key, value in (("carrier_call_id", carrier_call_id), ("from", from_number), ("to", to_number)):
+        if value:
+            metadata[METADATA_PREFIX + key] = value
     return metadata
 
 
@@ -100,59 +136,207 @@ def agent_call_body(*, medium: dict, first_speaker: str, metadata: dict[str, str
     return body
 
 
+@dataclass(frozen=True)
+class NewCall:
+    """One call to start: who, which agent, on which medium, from where."""
+
+    agency_id: uuid.UUID
+    agent: AgentMapping  # read for its id, Ultravox agent id and recording setting only
+    medium: dict[str, Any]  # the Ultravox medium, e.g. {"webRtc": {}} or {"twilio": {}}
+    source: CallSource
+    direction: CallDirection
+    first_speaker: str = "agent"
+    from_number: str | None = None
+    to_number: str | None = None
+    carrier_call_id: str | None = None  # inbound: the carrier's id, the key of the claim
+    template_context: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None  # the caller's own Ultravox metadata
+    stored_metadata: dict[str, Any] | None = None  # kept on our row (calls.metadata)
+    recording_enabled: bool | None = None  # None: the agent's setting
+    extra_body: dict[str, Any] | None = None  # further Ultravox call fields (joinTimeout, ...)
+    credit_balance: int | None = None  # the agency's, when the caller read it already; else read here
+
+
 @dataclass
 class StartedCall:
-    call_id: uuid.UUID | None  # None when the Ultravox call exists but our insert failed
+    call_id: uuid.UUID | None  # None when the Ultravox call exists but our row could not be written
     ultravox_call_id: str
     join_url: str
     created_at: datetime
     warning: str | None = None
     ultravox_call: dict[str, Any] = field(default_factory=dict, repr=False)
+    ultravox_seconds: float | None = None  # time spent waiting on Ultravox (Server-Timing)
+    # claim_first only. duplicate: another delivery of the same carrier call holds the
+    # claim (nothing was created). record: the write that stores the answer on the row.
+    duplicate: bool = False
+    record: Callable[[Session], None] | None = field(default=None, repr=False)
 
 
-def start_call(session: Session, *, agency_id: uuid.UUID, agent: AgentMapping, medium: dict,
-               source: CallSource, direction: CallDirection, first_speaker: str = "agent",
-               from_number: str | None = None, to_number: str | None = None,
-               template_context: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
-               recording_enabled: bool | None = None, extra_body: dict[str, Any] | None = None,
-               stored_metadata: dict[str, Any] | None = None, status: str = "created",
+class CallNotStarted(Exception):
+    """claim_first only: Ultravox did not create the call (its error, or no usable key
+    for the agency). `record` notes what the caller was answered instead on the claimed
+    row (None when the row could not be claimed)."""
+
+    def __init__(self, cause: Exception, *, call_id: uuid.UUID, claimed: bool,
+                 ultravox_seconds: float | None) -> None:
+        self.cause = cause
+        self.call_id = call_id
+        self.claimed = claimed
+        self.ultravox_seconds = ultravox_seconds
+        super().__init__(f"call {call_id} not started: {type(cause).__name__}")
+
+    def record(self, **metadata: str) -> Callable[[Session], None] | None:
+        if not self.claimed:
+            return None
+        return functools.partial(_record, call_id=self.call_id, statement=_RECORD_FAILURE,
+                                 metadata={**metadata, "start_error": type(self.cause).__name__})
+
+
+def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
                timeout: float | tuple[float, float] | None = None) -> StartedCall:
-    """Create the Ultravox call, then record it.
-
-    Ultravox errors propagate (UltravoxError subclasses) with nothing written.
-    A failed insert after a successful create is the seeds' partial success:
-    the StartedCall has call_id=None and a warning, and the call is logged so
-    the webhook ingest can rebuild the row from its metadata.
-    """
-    client = ultravox_client_for(session, agency_id)
+    """Create the agent's Ultravox call and record it (see the module docstring for the
+    two orders). Create first: raises InsufficientCredits, MissingUltravoxKey /
+    InvalidUltravoxKey and UltravoxError subclasses with nothing written. Claim first:
+    raises CallNotStarted for any of them. The session's read transaction is ended before Ultravox is asked: no
+    connection or lock is held across the upstream call."""
     call_id = uuid.uuid4()
     call_id_var.set(str(call_id))
-    body = agent_call_body(
-        medium=medium, first_speaker=first_speaker, template_context=template_context,
-        recording_enabled=agent.recording_enabled if recording_enabled is None else recording_enabled,
-        metadata=call_metadata(call_id=call_id, agency_id=agency_id, agent=agent, source=source,
-                               direction=direction, extra=metadata),
-        extra=extra_body,
-    )
-    # End the read transaction before waiting on Ultravox: no database
-    # connection or lock is held across the upstream call.
+    agent = new.agent
     agent_id, ultravox_agent_id = agent.id, agent.ultravox_agent_id
-    session.rollback()
-    created = client.create_agent_call(ultravox_agent_id, body, timeout=timeout)
-    started = StartedCall(call_id=call_id, ultravox_call_id=created["callId"], join_url=created.get("joinUrl") or "",
-                          created_at=_parse_time(created.get("created")) or utcnow(), ultravox_call=created)
+    recording = agent.recording_enabled if new.recording_enabled is None else new.recording_enabled
+    body = agent_call_body(
+        medium=new.medium, first_speaker=new.first_speaker, template_context=new.template_context,
+        recording_enabled=recording, extra=new.extra_body,
+        metadata=call_metadata(call_id=call_id, agency_id=new.agency_id, agent=agent, source=new.source,
+                               direction=new.direction, extra=new.metadata, from_number=new.from_number,
+                               to_number=new.to_number, carrier_call_id=new.carrier_call_id))
+    has_credit = _has_credit(session, new)
+    if not claim_first:
+        if not has_credit:
+            session.rollback()
+            raise InsufficientCredits()
+        client = ultravox_client_for(session, new.agency_id)
+        session.rollback()
+        started = _create(client, ultravox_agent_id, body, call_id, timeout)
+        _insert(session, new, agent_id, started)
+        return started
+
+    agency_client: UltravoxClient | None = None
+    key_problem: DomainError | None = None
     try:
-        session.add(Call(id=call_id, agency_id=agency_id, agent_id=agent_id, ultravox_call_id=started.ultravox_call_id,
-                         source=source, direction=direction, from_number=from_number, to_number=to_number,
-                         status=status, metadata_=stored_metadata or {}, created_at=started.created_at))
+        agency_client = ultravox_client_for(session, new.agency_id)
+    except (MissingUltravoxKey, InvalidUltravoxKey) as exc:
+        # Claimed all the same: a repeated webhook must find the claim, not try again.
+        log.error("call %s: %s", call_id, exc.message)
+        key_problem = exc
+    end_reads_before_writing(session)
+    claim = _claim(session, new, agent_id, call_id)
+    if claim == "duplicate":
+        return StartedCall(call_id=None, ultravox_call_id="", join_url="", created_at=utcnow(), duplicate=True)
+    claimed = claim == "claimed"
+    if not has_credit:
+        raise CallNotStarted(InsufficientCredits(), call_id=call_id, claimed=claimed, ultravox_seconds=None)
+    if agency_client is None:
+        raise CallNotStarted(key_problem or MissingUltravoxKey(), call_id=call_id, claimed=claimed,
+                             ultravox_seconds=None)
+    began = time.perf_counter()
+    try:
+        started = _create(agency_client, ultravox_agent_id, body, call_id, timeout)
+    except UltravoxError as exc:
+        raise CallNotStarted(exc, call_id=call_id, claimed=claimed,
+                             ultravox_seconds=time.perf_counter() - began) from exc
+    started.ultravox_seconds = time.perf_counter() - began
+    if claimed:
+        started.record = functools.partial(_record, call_id=call_id, statement=_RECORD_STARTED,
+                                           ultravox_call_id=started.ultravox_call_id, join_url=started.join_url)
+    else:
+        started.call_id, started.warning = None, PARTIAL_SUCCESS_WARNING
+        log.error("call %s connected as Ultravox call %s but not recorded; the Ultravox webhook ingest repairs "
+                  "it from the call's metadata", call_id, started.ultravox_call_id)
+    return started
+
+
+def _has_credit(session: Session, new: NewCall) -> bool:
+    balance = new.credit_balance
+    if balance is None:
+        balance = session.scalar(select(Agency.credit_balance).where(Agency.id == new.agency_id))
+    return balance is not None and balance > 0
+
+
+def _create(client: UltravoxClient, ultravox_agent_id: str, body: dict[str, Any], call_id: uuid.UUID,
+            timeout: float | tuple[float, float] | None) -> StartedCall:
+    created = client.create_agent_call(ultravox_agent_id, body, timeout=timeout)
+    ultravox_call_id, join_url = created.get("callId"), created.get("joinUrl")
+    if not ultravox_call_id or not join_url:
+        raise UltravoxServerError("create_agent_call", "the call has no joinUrl or callId")
+    return StartedCall(call_id=call_id, ultravox_call_id=str(ultravox_call_id), join_url=str(join_url),
+                       created_at=_parse_time(created.get("created")) or utcnow(), ultravox_call=created)
+
+
+def _insert(session: Session, new: NewCall, agent_id: uuid.UUID, started: StartedCall) -> None:
+    """Create first: the row, once Ultravox has the call (or the seeds' partial success)."""
+    try:
+        session.add(Call(id=started.call_id, agency_id=new.agency_id, agent_id=agent_id,
+                         ultravox_call_id=started.ultravox_call_id, source=new.source, direction=new.direction,
+                         from_number=new.from_number, to_number=new.to_number, status=call_states.CREATED,
+                         metadata_=new.stored_metadata or {}, created_at=started.created_at))
         session.commit()
     except SQLAlchemyError:
         session.rollback()
         log.exception("call %s created in Ultravox as %s but not saved; the webhook ingest will repair it",
-                      call_id, started.ultravox_call_id)
+                      started.call_id, started.ultravox_call_id)
         started.call_id = None
         started.warning = PARTIAL_SUCCESS_WARNING
-    return started
+
+
+def _claim(session: Session, new: NewCall, agent_id: uuid.UUID,
+           call_id: uuid.UUID) -> Literal["claimed", "duplicate", "unrecorded"]:
+    """Claim first: the row, keyed by (source, carrier_call_id), committed."""
+    try:
+        claimed = insert_if_absent(session, Call, {
+            "id": call_id, "agency_id": new.agency_id, "agent_id": agent_id, "source": new.source,
+            "direction": new.direction, "from_number": new.from_number, "to_number": new.to_number,
+            "carrier_call_id": new.carrier_call_id, "status": call_states.CREATED,
+            "metadata": new.stored_metadata or {},
+        }, ["source", "carrier_call_id"])
+        session.commit()
+    except SQLAlchemyError:
+        # The caller is connected all the same: losing the row is repairable, losing the
+        # call is not. Idempotency is lost for this one request only.
+        log.exception("call %s could not be claimed; starting it anyway", call_id)
+        rollback_quietly(session)
+        return "unrecorded"
+    return "claimed" if claimed else "duplicate"
+
+
+def _record(session: Session, *, call_id: uuid.UUID, statement: Any, **values: object) -> None:
+    """Claim first: store the outcome on the claimed row (one of the _RECORD_* statements).
+    Never raises for a database error: the row is repaired from the Ultravox call's metadata."""
+    try:
+        session.execute(statement, {"call_id": call_id, **values})
+        session.commit()
+    except SQLAlchemyError:
+        log.exception("call %s: could not store the outcome; the Ultravox webhook ingest repairs it "
+                      "from the call's metadata", call_id)
+        rollback_quietly(session)
+
+
+# Built once (inbound webhooks are a hot path). A status callback may already have moved
+# the call on (a caller who hung up while we waited on Ultravox): only a call still
+# "created" becomes "ringing".
+_calls = cast(Table, Call.__table__)
+_RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
+                .values(status=case((_calls.c.status == call_states.CREATED, call_states.RINGING),
+                                    else_=_calls.c.status)))
+_RECORD_STARTED = _RECORD_BASE.values(ultravox_call_id=bindparam("ultravox_call_id"), join_url=bindparam("join_url"))
+_RECORD_FAILURE = _RECORD_BASE.values(metadata=bindparam("metadata"))
+
+
+def rollback_quietly(session: Session) -> None:
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        log.warning("rollback failed (database unreachable?)", exc_info=True)
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -19,7 +19,7 @@ from ..errors import Conflict, InvalidInput, NotFound
 from ..models import Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
 from ..db import insert_if_absent
 from .do_not_call import listed_among
-from .outbound import find_agent
+from .agents import find_agent
 from .phone_numbers import normalize_e164
 
 CONTACT_STATES = ("queued", "dialing", "completed", "failed", "unknown", "suppressed", "cancelled")

@@ -24,12 +24,24 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from ..errors import ApiError
-from ..models import IdempotencyKey, utcnow
 from ..db import insert_if_absent
+from ..errors import Conflict, DomainError, InvalidInput
+from ..models import IdempotencyKey, utcnow
 
 TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
+
+
+class KeyInFlight(Conflict):
+    code = "idempotency_key_in_flight"
+
+    def __init__(self) -> None:
+        super().__init__("A request with this Idempotency-Key is still in progress")
+
+
+class KeyReused(DomainError):
+    status = 422
+    code = "idempotency_key_reused"
 
 
 @dataclass
@@ -44,10 +56,10 @@ def fingerprint(body: Any) -> str:
 
 def begin(session: Session, agency_id: uuid.UUID, key: str, request_hash: str) -> Replay | None:
     """None: this request owns the key now (committed). A Replay: answer with it.
-    Raises ApiError 409 (in flight) / 422 (different body) / 400 (bad key)."""
+    Raises KeyInFlight (409), KeyReused (422, a different body) or InvalidInput (a bad key)."""
     if not key or len(key) > MAX_KEY_LENGTH or any(ord(c) < 32 or ord(c) > 126 for c in key):
-        raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
-                       code="invalid_input", fields={"Idempotency-Key": "invalid"})
+        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters",
+                           field="Idempotency-Key")
     for _ in range(2):
         session.rollback()  # SQLite cannot turn an open read transaction into a write
         inserted = insert_if_absent(session, IdempotencyKey,
@@ -67,13 +79,11 @@ def begin(session: Session, agency_id: uuid.UUID, key: str, request_hash: str) -
             session.commit()
             continue
         if row.request_hash != request_hash:
-            raise ApiError(422, "This Idempotency-Key was used with a different request body",
-                           code="idempotency_key_reused")
+            raise KeyReused("This Idempotency-Key was used with a different request body")
         if row.state != "done" or row.response_status is None:
-            raise ApiError(409, "A request with this Idempotency-Key is still in progress",
-                           code="idempotency_key_in_flight")
+            raise KeyInFlight()
         return Replay(status=row.response_status, body=row.response_body or {})
-    raise ApiError(409, "A request with this Idempotency-Key is still in progress", code="idempotency_key_in_flight")
+    raise KeyInFlight()
 
 
 def finish(session: Session, agency_id: uuid.UUID, key: str, status: int, body: dict[str, Any]) -> None:

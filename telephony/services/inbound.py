@@ -1,15 +1,18 @@
 """Answering a carrier's inbound-call webhook: the caller talks to the agency's agent.
 
 The normal path issues three SQL statements in two short transactions (three on SQLite,
-see call_status.end_reads_before_writing) and holds no database connection while
+see db.end_reads_before_writing) and holds no database connection while
 Ultravox is asked for the call:
 
-1. SELECT the dialled number, its agent and the agency's credential rows (encrypted).
+1. SELECT the dialled number, its agent, the agency's credit balance and its credential
+   rows (encrypted).
    Unknown or carrier-mismatched numbers get a "not in service" message without
    verification: there are no credentials to verify with, and the answer is a fixed
    message that writes nothing and starts nothing. The carrier credentials are
    decrypted and the signature verified; a missing, forged or (Telnyx) replayed
    signature raises SignatureRejected (403) with nothing written.
+2-3. `calls.start_call(..., claim_first=True)`, the path every call takes, in its
+   inbound order:
 2. INSERT the call ON CONFLICT (source, carrier_call_id) DO NOTHING, and COMMIT: the
    atomic claim. A repeated webhook for the same carrier call loses it and gets the same
    answer as the first one, without a second Ultravox call.
@@ -33,10 +36,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Literal
+from typing import Callable
 
-from sqlalchemy import bindparam, case, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from .. import call_states
@@ -44,15 +46,12 @@ from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
 from ..carriers.registry import TELNYX_CALL_CONTROL
 from ..context import get_config, get_credentials
 from ..credentials import ProviderCredentials
-from ..db import insert_if_absent
+from ..db import end_reads_before_writing
 from ..errors import InvalidInput
-from ..logging import agency_id_var, call_id_var
-from ..models import AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
-from ..ultravox import UltravoxClient, UltravoxError, UltravoxServerError
-from . import call_status
-from .call_status import SignatureRejected
-from .calls import (METADATA_PREFIX, InvalidUltravoxKey, MissingUltravoxKey, agent_call_body, call_metadata,
-                    ultravox_client_for)
+from ..logging import agency_id_var
+from ..models import Agency, AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
+from . import call_status, calls, carrier_webhooks
+from .carrier_webhooks import SignatureRejected
 from .idempotency import first_time
 from .phone_numbers import normalize_e164
 
@@ -72,6 +71,7 @@ class Route:
     e164: str
     fallback_number: str | None
     recording_enabled: bool | None  # the number's own setting; None follows the agent
+    credit_balance: int  # the agency's (no credit: no agent, see calls.start_call)
     agent: AgentMapping | None  # transient (not in the session): plain values
 
 
@@ -110,19 +110,22 @@ def find_route(session: Session, carrier: str, e164: str) -> Route | None:
         agent = AgentMapping(id=row.agent_id, agency_id=row.agency_id, name=row.agent_name,
                              ultravox_agent_id=row.ultravox_agent_id, recording_enabled=row.agent_recording)
     return Route(agency_id=row.agency_id, e164=row.e164, fallback_number=row.fallback_number,
-                 recording_enabled=row.recording_enabled, agent=agent)
+                 recording_enabled=row.recording_enabled, credit_balance=row.credit_balance, agent=agent)
 
 
 # Built once, from Core tables: a webhook is a hot path, and building (or ORM-compiling)
 # the statement costs as much as running it. One row per credential of the agency (an
 # agency has a handful), or one row with NULL credential columns.
 _numbers, _agents, _secrets = PhoneNumber.__table__, AgentMapping.__table__, AgencyCredential.__table__
+_agencies = Agency.__table__
 _ROUTE_QUERY = (
     select(_numbers.c.agency_id, _numbers.c.e164, _numbers.c.fallback_number, _numbers.c.recording_enabled,
+           _agencies.c.credit_balance,
            _agents.c.id.label("agent_id"), _agents.c.name.label("agent_name"), _agents.c.ultravox_agent_id,
            _agents.c.recording_enabled.label("agent_recording"),
            _secrets.c.name.label("credential_name"), _secrets.c.ciphertext)
     .select_from(_numbers)
+    .join(_agencies, _agencies.c.id == _numbers.c.agency_id)
     .outerjoin(_agents, (_agents.c.id == _numbers.c.agent_id) & (_agents.c.agency_id == _numbers.c.agency_id))
     .outerjoin(_secrets, _secrets.c.agency_id == _numbers.c.agency_id)
     .where(_numbers.c.e164 == bindparam("e164"), _numbers.c.carrier == bindparam("carrier"))
@@ -140,7 +143,7 @@ def answer_inbound(session: Session, adapter: CarrierAdapter, request: WebhookRe
         # The catch-all: a bug or a database outage still answers (the apology, or the
         # fallback number once the request is verified), never an error page or silence.
         log.exception("inbound %s webhook failed; answering %s", adapter.name, outcome.answer.kind)
-        _rollback_quietly(session)
+        calls.rollback_quietly(session)
     return outcome
 
 
@@ -153,7 +156,7 @@ def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, 
         log.info("inbound %s call to %r: no such number here; not in service", adapter.name, call.to_number)
         outcome.answer = Answer.say(NOT_IN_SERVICE)
         return
-    outcome.credentials = call_status.verified_credentials(session, adapter, request, route.agency_id)
+    outcome.credentials = carrier_webhooks.verified_credentials(session, adapter, request, route.agency_id)
     outcome.agency_id = route.agency_id
     agency_id_var.set(str(route.agency_id))
     if route.agent is None or not call.carrier_call_id:
@@ -169,73 +172,26 @@ def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, 
 def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: AgentMapping, call: InboundCall,
              outcome: InboundOutcome) -> Answer:
     fallback = outcome.answer
-    source = CallSource(adapter.name)
     from_number = _e164(call.from_number) or call.from_number[:64]
-    call_id = uuid.uuid4()
-    call_id_var.set(str(call_id))
-    try:
-        client: UltravoxClient | None = ultravox_client_for(session, route.agency_id)
-    except (MissingUltravoxKey, InvalidUltravoxKey) as exc:
-        log.error("inbound call %s: %s", call_id, exc.message)
-        client = None
-
-    call_status.end_reads_before_writing(session)
-    claim = _claim(session, call_id=call_id, route=route, agent=agent, source=source, call=call,
-                   from_number=from_number)
-    if claim == "duplicate":
-        return _answer_of_first_delivery(session, source, call.carrier_call_id, fallback)
-
-    metadata = call_metadata(call_id=call_id, agency_id=route.agency_id, agent=agent, source=source,
-                             direction=CallDirection.inbound)
-    metadata.update({f"{METADATA_PREFIX}carrier_call_id": call.carrier_call_id,
-                     f"{METADATA_PREFIX}from": from_number, f"{METADATA_PREFIX}to": route.e164})
-    body = agent_call_body(
-        medium=adapter.medium, first_speaker="agent", metadata=metadata,
+    new_call = calls.NewCall(
+        agency_id=route.agency_id, agent=agent, medium=adapter.medium, source=CallSource(adapter.name),
+        direction=CallDirection.inbound, first_speaker="agent", from_number=from_number, to_number=route.e164,
+        carrier_call_id=call.carrier_call_id,
         template_context={"caller_number": from_number, "called_number": route.e164},
-        recording_enabled=agent.recording_enabled if route.recording_enabled is None else route.recording_enabled)
+        recording_enabled=route.recording_enabled,  # None: the agent's setting
+        credit_balance=route.credit_balance)
     try:
-        if client is None:
-            raise MissingUltravoxKey()
-        started = time.perf_counter()
-        try:
-            created = client.create_agent_call(agent.ultravox_agent_id, body, timeout=_ultravox_timeout())
-        finally:
-            outcome.ultravox_seconds = time.perf_counter() - started
-        join_url, ultravox_call_id = created.get("joinUrl"), created.get("callId")
-        if not join_url or not ultravox_call_id:
-            raise UltravoxServerError("create_agent_call", "the call has no joinUrl or callId")
-    except (UltravoxError, MissingUltravoxKey) as exc:
-        log.warning("inbound call %s: Ultravox failed (%s); answering %s", call_id, exc, fallback.kind)
-        if claim == "claimed":
-            outcome.pending_write = functools.partial(
-                _record, call_id=call_id, statement=_RECORD_FALLBACK,
-                metadata={"inbound_answer": fallback.kind, "ultravox_error": type(exc).__name__})
+        started = calls.start_call(session, new_call, claim_first=True, timeout=_ultravox_timeout())
+    except calls.CallNotStarted as exc:
+        log.warning("inbound call %s: Ultravox failed (%s); answering %s", exc.call_id, exc.cause, fallback.kind)
+        outcome.ultravox_seconds = exc.ultravox_seconds
+        outcome.pending_write = exc.record(inbound_answer=fallback.kind)
         return fallback
-    if claim == "claimed":
-        outcome.pending_write = functools.partial(_record, call_id=call_id, statement=_RECORD_STREAM,
-                                                  ultravox_call_id=str(ultravox_call_id), join_url=join_url)
-    else:
-        log.error("inbound call %s connected as Ultravox call %s but not recorded; the Ultravox webhook "
-                  "ingest repairs it from the call's metadata", call_id, ultravox_call_id)
-    return Answer.stream(join_url)
-
-
-def _claim(session: Session, *, call_id: uuid.UUID, route: Route, agent: AgentMapping, source: CallSource,
-           call: InboundCall, from_number: str) -> Literal["claimed", "duplicate", "unrecorded"]:
-    try:
-        claimed = insert_if_absent(session, Call, {
-            "id": call_id, "agency_id": route.agency_id, "agent_id": agent.id, "source": source,
-            "direction": CallDirection.inbound, "from_number": from_number, "to_number": route.e164,
-            "carrier_call_id": call.carrier_call_id, "status": call_states.CREATED,
-        }, ["source", "carrier_call_id"])
-        session.commit()
-    except SQLAlchemyError:
-        # The caller is connected all the same: losing the row is repairable, losing the
-        # call is not. Idempotency is lost for this one request only.
-        log.exception("inbound call %s could not be recorded; connecting the caller anyway", call_id)
-        _rollback_quietly(session)
-        return "unrecorded"
-    return "claimed" if claimed else "duplicate"
+    if started.duplicate:
+        return _answer_of_first_delivery(session, new_call.source, call.carrier_call_id, fallback)
+    outcome.ultravox_seconds = started.ultravox_seconds
+    outcome.pending_write = started.record
+    return Answer.stream(started.join_url)
 
 
 def store_pending_write(session: Session, outcome: InboundOutcome) -> None:
@@ -243,28 +199,6 @@ def store_pending_write(session: Session, outcome: InboundOutcome) -> None:
     write, outcome.pending_write = outcome.pending_write, None
     if write is not None:
         write(session)
-
-
-def _record(session: Session, *, call_id: uuid.UUID, statement: Any, **values: object) -> None:
-    """Store the outcome on the claimed row (one of the _RECORD_* statements). Never
-    raises for a database error: the row is repaired from the Ultravox call's metadata."""
-    try:
-        session.execute(statement, {"call_id": call_id, **values})
-        session.commit()
-    except SQLAlchemyError:
-        log.exception("inbound call %s: could not store the outcome; the Ultravox webhook ingest repairs it "
-                      "from the call's metadata", call_id)
-        _rollback_quietly(session)
-
-
-# Built once (a hot path). A status callback may already have moved the call on (a caller
-# who hung up while we waited on Ultravox): only a call still "created" becomes "ringing".
-_calls = Call.__table__
-_RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
-                .values(status=case((_calls.c.status == call_states.CREATED, call_states.RINGING),
-                                    else_=_calls.c.status)))
-_RECORD_STREAM = _RECORD_BASE.values(ultravox_call_id=bindparam("ultravox_call_id"), join_url=bindparam("join_url"))
-_RECORD_FALLBACK = _RECORD_BASE.values(metadata=bindparam("metadata"))
 
 
 def _answer_of_first_delivery(session: Session, source: CallSource, carrier_call_id: str,
@@ -308,13 +242,6 @@ def _e164(number: str) -> str | None:
         return None
 
 
-def _rollback_quietly(session: Session) -> None:
-    try:
-        session.rollback()
-    except SQLAlchemyError:
-        log.warning("rollback failed (database unreachable?)", exc_info=True)
-
-
 # -- Telnyx Call Control ---------------------------------------------------------------------
 
 
@@ -354,17 +281,17 @@ def handle_call_control_event(session: Session, request: WebhookRequest) -> None
             agency_id = uuid.UUID(event.say[0])
         except ValueError:
             raise SignatureRejected() from None
-        credentials = call_status.verified_credentials(session, adapter, request, agency_id)
+        credentials = carrier_webhooks.verified_credentials(session, adapter, request, agency_id)
         session.rollback()  # no transaction held across the REST command
         adapter.continue_say(event, credentials=credentials, api_base=api_base)
 
     status = adapter.parse_status(request)
     if status is None:
         return
-    verified = call_status.verified_call(session, adapter, request, status.carrier_call_id)
+    verified = carrier_webhooks.verified_call(session, adapter, request, status.carrier_call_id)
     if verified is None:
         return
-    call_status.end_reads_before_writing(session)
+    end_reads_before_writing(session)
     if status.event_id and not first_time(session, adapter.name, status.event_id, verified.agency_id):
         session.rollback()
         log.info("telnyx event %s already processed", status.event_id)

@@ -5,8 +5,8 @@ The one path for single calls (POST /api/v1/calls) and campaign dials:
 1. `prepare_outbound` resolves the agent (by Ultravox agent id), the caller number
    (one of the agency's; default: the number assigned to the agent, which decides the
    carrier) and normalises the callee to E.164.
-2. `start_call` creates the Ultravox call (user speaks first; `joinTimeout` long enough
-   to cover ringing) and records our `calls` row.
+2. `calls.start_call` (the path every call takes) creates the Ultravox call (user
+   speaks first; `joinTimeout` long enough to cover ringing) and records our `calls` row.
 3. `place_carrier_call` asks the carrier with its official SDK (never auto-retrying,
    see carriers/sdk.py) to dial and connect the callee to the joinUrl. Every callback
    URL names our call id, so a callback can be matched to the call even when our
@@ -34,9 +34,11 @@ from ..carriers import sdk
 from ..carriers.base import CarrierDialer, OutboundDial
 from ..carriers.registry import dialer
 from ..context import get_config, get_credentials
-from ..errors import DomainError, InvalidInput, NotFound
+from ..errors import DomainError, InvalidInput, UpstreamBusy, UpstreamFailed
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
-from .calls import StartedCall, start_call, ultravox_client_for
+from ..ultravox import UltravoxError, UltravoxRateLimited
+from . import agents, calls
+from .calls import StartedCall, ultravox_client_for
 from .phone_numbers import normalize_e164
 
 log = logging.getLogger(__name__)
@@ -80,27 +82,20 @@ class OnDoNotCallList(DomainError):
     code = "do_not_call"
 
 
+class UltravoxRefused(UpstreamFailed):
+    code = "ultravox_error"
+
+
+# A 429/503 from Ultravox without a Retry-After: how long the client is told to wait.
+DEFAULT_ULTRAVOX_RETRY_SECONDS = 5
+
+
 @dataclass(frozen=True)
 class OutboundTarget:
     agent: AgentMapping
     from_number: str
     carrier: str
     to: str
-
-
-def find_agent(session: Session, agency_id: uuid.UUID, agent_id: str) -> AgentMapping:
-    """The agency's agent by Ultravox agent id (or by our mapping id)."""
-    agent = session.scalar(select(AgentMapping).where(AgentMapping.agency_id == agency_id,
-                                                      AgentMapping.ultravox_agent_id == agent_id))
-    if agent is None:
-        try:
-            agent = session.scalar(select(AgentMapping).where(AgentMapping.agency_id == agency_id,
-                                                              AgentMapping.id == uuid.UUID(agent_id)))
-        except ValueError:
-            agent = None
-    if agent is None:
-        raise NotFound(f"agent {agent_id} not found", field="agent_id")
-    return agent
 
 
 def caller_number(session: Session, agency_id: uuid.UUID, agent: AgentMapping,
@@ -124,7 +119,7 @@ def caller_number(session: Session, agency_id: uuid.UUID, agent: AgentMapping,
 def prepare_outbound(session: Session, agency_id: uuid.UUID, *, agent_id: str, to: str,
                      from_number: str | None) -> OutboundTarget:
     to_e164 = normalize_e164(to, field="to")
-    agent = find_agent(session, agency_id, agent_id)
+    agent = agents.find_agent(session, agency_id, agent_id)
     number = caller_number(session, agency_id, agent, from_number)
     if number.e164 == to_e164:
         raise InvalidInput("to and from must differ", field="to")
@@ -214,11 +209,11 @@ def start_ultravox_call(session: Session, agency_id: uuid.UUID, target: Outbound
                         template_context: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
                         stored_metadata: dict[str, Any] | None = None) -> StartedCall:
     """The Ultravox half (user speaks first); the call row is recorded as `created`."""
-    started = start_call(session, agency_id=agency_id, agent=target.agent, medium={target.carrier: {}},
-                         source=CallSource(target.carrier), direction=CallDirection.outbound, first_speaker="user",
-                         from_number=target.from_number, to_number=target.to, template_context=template_context,
-                         metadata=metadata, extra_body={"joinTimeout": JOIN_TIMEOUT},
-                         stored_metadata=stored_metadata)
+    started = calls.start_call(session, calls.NewCall(
+        agency_id=agency_id, agent=target.agent, medium={target.carrier: {}}, source=CallSource(target.carrier),
+        direction=CallDirection.outbound, first_speaker="user", from_number=target.from_number, to_number=target.to,
+        template_context=template_context, metadata=metadata, stored_metadata=stored_metadata,
+        extra_body={"joinTimeout": JOIN_TIMEOUT}))
     if started.call_id is not None and target.carrier == "plivo":
         # Plivo fetches the answer_url (possibly more than once): it is answered from this.
         session.execute(update(Call).where(Call.id == started.call_id).values(join_url=started.join_url)
@@ -260,16 +255,22 @@ class OutboundResult:
 
 def make_call(session: Session, agency_id: uuid.UUID, *, agent_id: str, to: str, from_number: str | None,
               template_context: dict[str, Any] | None, metadata: dict[str, Any] | None) -> OutboundResult:
-    """A single outbound call. Raises DomainError subclasses (validation, DNC, carrier
-    errors) and Ultravox errors; carrier failures are recorded on the call first."""
+    """A single outbound call. Raises DomainError subclasses: validation, DNC, Ultravox
+    refusing (nothing recorded) and carrier errors (recorded on the call first)."""
     from .do_not_call import is_on_list
 
     target = prepare_outbound(session, agency_id, agent_id=agent_id, to=to, from_number=from_number)
     if is_on_list(session, agency_id, target.to):
         raise OnDoNotCallList(f"{target.to} is on the agency's do-not-call list", field="to")
     credentials = carrier_credentials(session, agency_id, target.carrier)
-    started = start_ultravox_call(session, agency_id, target, template_context=template_context,
-                                  metadata=metadata, stored_metadata={"outbound": "single"})
+    try:
+        started = start_ultravox_call(session, agency_id, target, template_context=template_context,
+                                      metadata=metadata, stored_metadata={"outbound": "single"})
+    except UltravoxRateLimited as exc:
+        retry = int(exc.retry_after) if exc.retry_after else DEFAULT_ULTRAVOX_RETRY_SECONDS
+        raise UpstreamBusy("Ultravox is at its rate or concurrency limit; retry later", retry_after=retry) from None
+    except UltravoxError as exc:
+        raise UltravoxRefused(f"Ultravox refused the call: {exc.detail}") from None
     if started.call_id is None:
         hang_up_quietly(session, agency_id, started.ultravox_call_id)
         raise CarrierUnavailable(target.carrier, "the call could not be recorded; nothing was dialled")

@@ -13,8 +13,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..carriers.base import CarrierAdapter, StatusEvent, WebhookRequest
+from ..db import end_reads_before_writing
 from ..models import Call, CallSource, CampaignContact, DialAttempt
-from . import call_status, dispatch
+from . import call_status, carrier_webhooks, dispatch
 from .idempotency import first_time
 from .outbound import record_carrier_call
 
@@ -32,10 +33,10 @@ def apply_callback(session: Session, carrier: str, call_id: uuid.UUID, adapter: 
     if call is None:
         session.rollback()
         return
-    call_status.verified_credentials(session, adapter, request, call.agency_id)
+    carrier_webhooks.verified_credentials(session, adapter, request, call.agency_id)
     event = event if event is not None else adapter.parse_status(request)
     carrier_call_id = bind_id or (event.carrier_call_id if event is not None else None)
-    call_status.end_reads_before_writing(session)
+    end_reads_before_writing(session)
     if carrier_call_id and carrier == "plivo" and call.carrier_call_id != carrier_call_id:
         # Plivo answers calls.create with a request_uuid; its callbacks carry the CallUUID.
         _set_carrier_call_id(session, call_id, carrier_call_id)
@@ -60,7 +61,7 @@ def plivo_answer(session: Session, call_id: uuid.UUID, adapter: CarrierAdapter,
     if call is None or not call.join_url:
         session.rollback()
         return None
-    call_status.verified_credentials(session, adapter, request, call.agency_id)
+    carrier_webhooks.verified_credentials(session, adapter, request, call.agency_id)
     join_url = call.join_url
     call_uuid = request.field("CallUUID")
     session.rollback()

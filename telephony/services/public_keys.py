@@ -49,10 +49,6 @@ class RateLimited(DomainError):
     status = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
 
 def new_public_key() -> tuple[str, str, str]:
     """(plaintext key, display prefix, hash). The plaintext is shown once."""

@@ -1,7 +1,7 @@
 """Browser and server-socket calls, and links to call recordings.
 
-Four use cases, all on top of `calls.start_call` (which creates the Ultravox
-agent call, records it and implements the seeds' partial success):
+Four use cases, the calls all started by `calls.start_call` (which creates the
+Ultravox agent call, records it and implements the seeds' partial success):
 
 - the dashboard's test call (seed calls-create): webRtc, agent speaks first;
 - a public web call started by a widget with a public key (seed create-web-call);
@@ -17,16 +17,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..context import get_config
 from ..errors import Forbidden, InvalidInput, NotFound, UpstreamFailed
-from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, PublicKey
+from ..models import AgentMapping, Call, CallDirection, CallSource, PublicKey
 from ..signing import UrlSigner
 from ..ultravox import Recording, UltravoxError
-from .agents import get_agent_by_ultravox_id
-from .calls import MissingUltravoxKey, StartedCall, start_call, ultravox_client_for
+from . import agents, calls
+from .calls import MissingUltravoxKey, StartedCall, ultravox_client_for
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ class MisconfiguredAgent(InvalidInput):
     code = "misconfigured_agent"
 
 
-class InsufficientCredits(Forbidden):
-    code = "insufficient_credits"
-
-
 @contextmanager
 def _ultravox_errors(public: bool) -> Iterator[None]:
     """Ultravox failures become 502. Dashboard users see Ultravox's own message
@@ -67,11 +63,12 @@ def _ultravox_errors(public: bool) -> Iterator[None]:
 
 def start_dashboard_test_call(session: Session, agency_id: uuid.UUID, ultravox_agent_id: str) -> StartedCall:
     """Seed calls-create: a browser (webRtc) test call with one of the agency's agents."""
-    agent = get_agent_by_ultravox_id(session, agency_id, ultravox_agent_id)
+    agent = agents.find_agent(session, agency_id, ultravox_agent_id)
     with _ultravox_errors(public=False):
-        return start_call(session, agency_id=agency_id, agent=agent, medium=WEBRTC, source=CallSource.webrtc,
-                          direction=CallDirection.outbound, first_speaker="agent",
-                          metadata={"test_call": "true"}, stored_metadata={"test_call": True})
+        return calls.start_call(session, calls.NewCall(
+            agency_id=agency_id, agent=agent, medium=WEBRTC, source=CallSource.webrtc,
+            direction=CallDirection.outbound, first_speaker="agent",
+            metadata={"test_call": "true"}, stored_metadata={"test_call": True}))
 
 
 def start_websocket_call(session: Session, agency_id: uuid.UUID, ultravox_agent_id: str, *,
@@ -79,16 +76,16 @@ def start_websocket_call(session: Session, agency_id: uuid.UUID, ultravox_agent_
                          client_buffer_size_ms: int | None = None) -> StartedCall:
     """A server-to-server call: the caller's server joins `join_url` over a
     plain WebSocket and streams s16le PCM both ways."""
-    agent = get_agent_by_ultravox_id(session, agency_id, ultravox_agent_id)
+    agent = agents.find_agent(session, agency_id, ultravox_agent_id)
     socket: dict[str, int] = {"inputSampleRate": input_sample_rate}
     if output_sample_rate is not None:
         socket["outputSampleRate"] = output_sample_rate
     if client_buffer_size_ms is not None:
         socket["clientBufferSizeMs"] = client_buffer_size_ms
     with _ultravox_errors(public=False):
-        return start_call(session, agency_id=agency_id, agent=agent, medium={"serverWebSocket": socket},
-                          source=CallSource.websocket, direction=CallDirection.outbound, first_speaker="agent",
-                          stored_metadata={"server_websocket": socket})
+        return calls.start_call(session, calls.NewCall(
+            agency_id=agency_id, agent=agent, medium={"serverWebSocket": socket}, source=CallSource.websocket,
+            direction=CallDirection.outbound, first_speaker="agent", stored_metadata={"server_websocket": socket}))
 
 
 def public_key_agent(session: Session, key: PublicKey, agent_ref: str) -> AgentMapping:
@@ -99,15 +96,11 @@ def public_key_agent(session: Session, key: PublicKey, agent_ref: str) -> AgentM
     agent_ref = agent_ref.strip()
     agent = None
     if AGENT_REF.fullmatch(agent_ref):  # also keeps e.g. NUL bytes, which PostgreSQL refuses, out of the query
-        conditions = [AgentMapping.ultravox_agent_id == agent_ref]
         try:
-            conditions.append(AgentMapping.id == uuid.UUID(agent_ref))
-        except ValueError:
-            pass
-        agents = session.scalars(select(AgentMapping).where(AgentMapping.agency_id == key.agency_id,
-                                                            or_(*conditions))).all()
-        agent = next((a for a in agents if str(a.id) in key.agent_ids), None)
-    if agent is None:
+            agent = agents.find_agent(session, key.agency_id, agent_ref)
+        except NotFound:
+            agent = None
+    if agent is None or str(agent.id) not in key.agent_ids:
         raise MisconfiguredAgent("Misconfigured agent: unknown, or not enabled for this key",
                                  field="voicehub-agent-id")
     return agent
@@ -118,18 +111,15 @@ def start_public_web_call(session: Session, key: PublicKey, agent_ref: str, call
     if call_type not in WEB_CALL_OUTPUT_MEDIUM:
         raise InvalidInput(f"type must be one of {', '.join(WEB_CALL_OUTPUT_MEDIUM)}", field="type")
     agent = public_key_agent(session, key, agent_ref)
-    agency = session.get(Agency, key.agency_id)
-    if agency is None or agency.credit_balance <= 0:
-        raise InsufficientCredits("Insufficient credits")
     key_id = key.id
     try:
         with _ultravox_errors(public=True):
-            return start_call(
-                session, agency_id=agent.agency_id, agent=agent, medium=WEBRTC, source=CallSource.webrtc,
+            return calls.start_call(session, calls.NewCall(
+                agency_id=agent.agency_id, agent=agent, medium=WEBRTC, source=CallSource.webrtc,
                 direction=CallDirection.outbound, first_speaker="agent",
                 extra_body={"initialOutputMedium": WEB_CALL_OUTPUT_MEDIUM[call_type]},
                 metadata={"public_web_call": "true", "web_call_type": call_type},
-                stored_metadata={"public_web_call": True, "public_key_id": str(key_id), "type": call_type})
+                stored_metadata={"public_web_call": True, "public_key_id": str(key_id), "type": call_type}))
     except MissingUltravoxKey:
         # For the widget this is just a misconfigured agent; the agency sees the cause in its settings.
         raise MisconfiguredAgent("Misconfigured agent: the agency has no Ultravox API key",
