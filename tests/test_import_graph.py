@@ -31,8 +31,6 @@ KNOWN_FUNCTION_LEVEL_IMPORTS = {
     ("telephony.services.dispatch", "from .events import emit_event"),
     # removed by the campaigns / call-start refactor
     ("telephony.services.dispatch", "from .campaigns import contact_counts"),
-    # removed by the campaigns / call-start refactor
-    ("telephony.services.outbound", "from .do_not_call import is_on_list"),
     # removed by the campaigns / call-start refactor (the Dispatcher moves; the lead fixes this import at merge)
     ("telephony.worker", "from .services.dispatch import Dispatcher"),
 }

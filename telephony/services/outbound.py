@@ -38,6 +38,7 @@ from ..errors import DomainError, InvalidInput, UpstreamBusy, UpstreamFailed
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
 from ..ultravox import UltravoxError, UltravoxRateLimited
 from . import agents, calls
+from .do_not_call import is_on_list
 from .calls import StartedCall, ultravox_client_for
 from .phone_numbers import normalize_e164
 
@@ -257,8 +258,6 @@ def make_call(session: Session, agency_id: uuid.UUID, *, agent_id: str, to: str,
               template_context: dict[str, Any] | None, metadata: dict[str, Any] | None) -> OutboundResult:
     """A single outbound call. Raises DomainError subclasses: validation, DNC, Ultravox
     refusing (nothing recorded) and carrier errors (recorded on the call first)."""
-    from .do_not_call import is_on_list
-
     target = prepare_outbound(session, agency_id, agent_id=agent_id, to=to, from_number=from_number)
     if is_on_list(session, agency_id, target.to):
         raise OnDoNotCallList(f"{target.to} is on the agency's do-not-call list", field="to")
