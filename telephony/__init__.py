@@ -26,7 +26,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     app.extensions["telephony.config"] = config
-    app.extensions["telephony.db"] = Database(config.database_url)
+    app.extensions["telephony.db"] = Database(config.database_url, timeouts=config.database_timeouts)
     app.extensions["telephony.credentials"] = CredentialStore(config.credentials_keys)
     app.extensions["telephony.jwt"] = JwtVerifier(secret=config.jwt_secret, jwks_url=config.jwks_url,
                                                   audience=config.jwt_audience, timeout=config.upstream_timeout)

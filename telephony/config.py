@@ -31,6 +31,18 @@ TELNYX_STREAM_FORMATS: Mapping[str, int] = {"L16": 16000, "PCMU": 8000, "PCMA": 
 DEFAULT_TELNYX_STREAM_CODEC = "L16"
 
 
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """Bounds on every wait for the database, so that a database that accepts connections
+    but never answers cannot hold a request (or a carrier's webhook) past its deadline.
+    PostgreSQL only; SQLite waits for its write lock (busy_timeout) instead."""
+
+    connect: int = 3  # s: opening a connection, the startup exchange included (libpq: at least 2)
+    pool: float = 5.0  # s: waiting for a pooled connection when every one is in use
+    statement_ms: int = 30_000  # one statement (server side: statement_timeout)
+    lock_ms: int = 10_000  # waiting for a row or table lock (server side: lock_timeout)
+
+
 class ConfigError(ValueError):
     """A configuration variable is missing or invalid. The message names it."""
 
@@ -58,6 +70,7 @@ class Config:
     telnyx_stream_codec: str = DEFAULT_TELNYX_STREAM_CODEC
     max_body_bytes: int = 64 * 1024
     retention_days: int = 30  # finished jobs, deliveries, processed webhook-event ids (services/retention.py)
+    database_timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
     log_level: str = "INFO"
     production: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -138,6 +151,11 @@ class Config:
                                         tuple(TELNYX_STREAM_FORMATS)),
             log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
             retention_days=_int(env, "RETENTION_DAYS", 30, 1, 3650),
+            database_timeouts=DatabaseTimeouts(
+                connect=_int(env, "DB_CONNECT_TIMEOUT", DatabaseTimeouts.connect, 2, 60),
+                pool=_float(env, "DB_POOL_TIMEOUT", DatabaseTimeouts.pool, 0.1, 60),
+                statement_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", DatabaseTimeouts.statement_ms, 100, 3_600_000),
+                lock_ms=_int(env, "DB_LOCK_TIMEOUT_MS", DatabaseTimeouts.lock_ms, 100, 3_600_000)),
             production=production,
         )
 

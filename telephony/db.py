@@ -16,8 +16,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from .config import DatabaseTimeouts
 
-def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Engine:
+
+def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20,
+                timeouts: DatabaseTimeouts | None = None) -> Engine:
     if url.startswith("sqlite"):
         # check_same_thread=False: gunicorn threads share the pool; SQLite
         # serialises writers itself and busy_timeout makes them wait, not fail.
@@ -42,7 +45,14 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Eng
             conn.exec_driver_sql("BEGIN")
 
         return engine
-    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+    timeouts = timeouts or DatabaseTimeouts()
+    # Every wait is bounded (config.DatabaseTimeouts): a server that accepts connections
+    # and never answers costs a request at most `connect` (+ `pool` when all are busy)
+    # seconds, then an OperationalError / TimeoutError the callers answer safely.
+    engine = create_engine(
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=timeouts.pool,
+        connect_args={"connect_timeout": timeouts.connect,
+                      "options": f"-c statement_timeout={timeouts.statement_ms} -c lock_timeout={timeouts.lock_ms}"})
     _ping_idle_connections(engine)
     return engine
 

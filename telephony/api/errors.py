@@ -4,12 +4,17 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from ..credentials import CredentialError, UnknownCredential
 from ..errors import ApiError, DomainError
 
 log = logging.getLogger(__name__)
+
+# Retry-After for a request the database could not serve (down, hung, or too slow).
+DATABASE_RETRY_SECONDS = 5
 
 
 def error_response(error: ApiError):
@@ -44,6 +49,15 @@ def register(app: Flask) -> None:
     def handle_credential_error(error: CredentialError):
         log.error("credential store failure: %s", error)
         return error_response(ApiError(500, "Failed to retrieve API credentials", code="credentials_unavailable"))
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeout)
+    def handle_database_unavailable(error: Exception):
+        # Unreachable, not answering within DB_CONNECT_TIMEOUT / DB_POOL_TIMEOUT, or a
+        # statement or lock timeout: the request can be retried as it is.
+        log.error("database unavailable: %s", error.__class__.__name__)
+        return error_response(ApiError(503, "The service is briefly unavailable; retry shortly",
+                                       code="unavailable", headers={"Retry-After": str(DATABASE_RETRY_SECONDS)}))
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException):
