@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select, update
 
 from telephony.models import Campaign, CampaignContact, DialAttempt, utcnow
-from telephony.services import campaigns as campaign_service
+from telephony.services.campaigns import manage as campaign_service
 from telephony.services import dispatch
 from tests.outbound_helpers import attempts, contacts_by_phone, create_campaign, seed_agency
 

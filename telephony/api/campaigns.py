@@ -20,7 +20,7 @@ from pydantic import Field
 from ..auth import current_principal, require_auth
 from ..db import get_session
 from ..errors import ApiError
-from ..services import campaigns as campaign_service
+from ..services.campaigns import manage as campaign_service
 from .schema import RequestModel, ResponseModel, document, parse_body, parse_query, render
 
 bp = Blueprint("campaigns", __name__, url_prefix="/api/v1")

@@ -58,7 +58,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .. import call_states
-from ..campaigns.windows import CallingWindow, is_open, next_open, timezone_for
+from .campaigns.windows import CallingWindow, is_open, next_open, timezone_for
 from ..db import Database, commit_without_waiting_for_disk, dialect_insert
 from ..models import (Agency, AgentMapping, Call, Campaign, CampaignContact, DialAttempt, PhoneNumber,
                       RateLimitWindow, utcnow)
@@ -664,7 +664,7 @@ def complete_finished_campaigns(session: Session) -> int:
             .values(status="completed", completed_at=utcnow()).execution_options(synchronize_session=False))
         if result.rowcount == 1:
             campaign = session.get(Campaign, campaign_id)
-            from .campaigns import contact_counts
+            from .campaigns.manage import contact_counts
             emit_event(session, campaign.agency_id, "campaign.completed",
                        {"campaign_id": str(campaign_id), "name": campaign.name,
                         "contacts": contact_counts(session, campaign_id)})

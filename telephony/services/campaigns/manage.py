@@ -13,14 +13,14 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ..campaigns.contacts import ImportResult, parse_contacts_csv, parse_contacts_json
-from ..campaigns.windows import CallingWindow, validate_timezone
-from ..errors import Conflict, InvalidInput, NotFound
-from ..models import Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
-from ..db import insert_if_absent
-from .do_not_call import listed_among
-from .outbound import find_agent
-from .phone_numbers import normalize_e164
+from ...db import insert_if_absent
+from ...errors import Conflict, InvalidInput, NotFound
+from ...models import Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
+from ..do_not_call import listed_among
+from ..outbound import find_agent
+from ..phone_numbers import normalize_e164
+from .contacts import ImportResult, parse_contacts_csv, parse_contacts_json
+from .windows import CallingWindow, validate_timezone
 
 CONTACT_STATES = ("queued", "dialing", "completed", "failed", "unknown", "suppressed", "cancelled")
 RETRYABLE = ("busy", "no-answer", "failed")

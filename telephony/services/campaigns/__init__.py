@@ -1,0 +1,1 @@
+"""Outbound campaigns: management (manage), contact import (contacts), calling windows (windows)."""
