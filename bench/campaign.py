@@ -57,7 +57,7 @@ from sqlalchemy import create_engine, text
 
 from bench.common import (BIN, PG_ADMIN_URL, PUBLIC_BASE_URL, ROOT, ULTRAVOX_AGENT_ID, Proc, free_port,
                           fresh_database, postgres_reachable, seed_demo, start, wait_ready)
-from telephony.services.dispatch import pacing_plan
+from telephony.services.campaigns.pacing import pacing_plan
 
 RESULTS = ROOT / "bench" / "results"
 CONTACTS = 2000

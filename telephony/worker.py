@@ -186,7 +186,7 @@ def main_loop(app: Flask, poll_interval: float = 1.0) -> None:
     import gc
     import os
 
-    from .services.dispatch import Dispatcher
+    from .services.campaigns.loop import Dispatcher
 
     # As in gunicorn.conf.py's post_worker_init: what the app loaded lives as long as the
     # process, and a full garbage collection walking it would stop the campaign dialers

@@ -1,0 +1,277 @@
+"""Dialling: `dial_attempt` carries out one claimed attempt; no transaction is held across HTTP.
+
+  1. re-check the do-not-call list and the campaign status, right before dialling;
+  2. create the Ultravox call (429/503: the campaign backs off by Retry-After, the
+     contact goes back to the queue without using up an attempt);
+  3. take a calls-per-second slot for the carrier account (`pacing.acquire_cps_slot`:
+     one upsert on a per-window counter row shared by every dispatcher), and wait for it;
+  4. commit state "dialing" (conditional on still being "claimed"), THEN call the
+     carrier (if that commit made the dialer late for its slot, it steps back to
+     "claimed" and takes a later slot: nothing was sent);
+  5. record "placed" + the carrier's call id.
+
+The "dialing" commit does not wait for the disk (PostgreSQL synchronous_commit off: a
+flushed commit took up to 600 ms on a busy disk and cost the campaign its slots); a
+dialer dying cannot undo it, only a crash of the database server could, and step 5
+(flushed, retried for 60 s while the database is unreachable, well inside
+CLAIM_TIMEOUT) records the call before any reaper could re-queue it.
+
+A crash before 4 leaves "claimed": after CLAIM_TIMEOUT the contact is re-queued (the
+carrier was never asked). A crash between 4 and 5 leaves "dialing" without a carrier
+id: after DIAL_TIMEOUT it becomes "unknown" and is NOT redialled; a carrier callback
+(its URL names our call id) still reconciles it (see outcomes).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ...db import commit_without_waiting_for_disk
+from ...models import AgentMapping, Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
+from ...ultravox import UltravoxError, UltravoxRateLimited, UltravoxServerError, UltravoxTimeout, \
+    UltravoxUnavailable
+from ..do_not_call import is_on_list
+from ..outbound import (CarrierError, CarrierRateLimited, CarrierRejected, OutboundTarget, carrier_account_key,
+                        carrier_client, carrier_credentials, hang_up_quietly, place_carrier_call, record_call_failed,
+                        record_carrier_call, start_ultravox_call)
+from .attempts import close_contact, requeue_contact, update_attempt
+from .outcomes import settle_call
+from .pacing import acquire_cps_slot, pacing_plan
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKOFF_SECONDS = 5.0
+
+
+def abort_attempt(session: Session, attempt: DialAttempt, *, state: str = "aborted", reason: str,
+                  contact_state: str | None = None, requeue_at: datetime | None = None) -> None:
+    """End an attempt that never reached the carrier: re-queue (not counted) or close the contact."""
+    attempt_id, contact_id = attempt.id, attempt.contact_id
+    session.rollback()
+    if not update_attempt(session, attempt_id, ("claimed",), state=state, error=reason[:2000], ended_at=utcnow()):
+        session.rollback()
+        return
+    if contact_state is None:
+        requeue_contact(session, contact_id, requeue_at or utcnow(), uncount=True)
+    else:
+        close_contact(session, contact_id, contact_state, reason[:32])
+    session.commit()
+
+
+def _backoff(session: Session, campaign_id: uuid.UUID, seconds: float) -> datetime:
+    until = utcnow() + timedelta(seconds=seconds)
+    session.execute(update(Campaign).where(Campaign.id == campaign_id,
+                                           or_(Campaign.backoff_until.is_(None), Campaign.backoff_until < until))
+                    .values(backoff_until=until).execution_options(synchronize_session=False))
+    return until
+
+
+def _pick_from_number(campaign: Campaign, attempt: DialAttempt) -> str:
+    numbers = campaign.from_numbers or []
+    return numbers[(attempt.attempt_number + attempt.contact_id.int) % len(numbers)]
+
+
+def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_seconds: float = 60.0) -> str:
+    """Carry out one claimed attempt (see the module docstring). Returns its final state here."""
+    attempt = session.get(DialAttempt, attempt_id)
+    if attempt is None or attempt.state != "claimed":
+        session.rollback()
+        return "gone"
+    contact = session.get(CampaignContact, attempt.contact_id)
+    campaign = session.get(Campaign, attempt.campaign_id)
+    assert contact is not None and campaign is not None
+    agency_id = campaign.agency_id
+    if is_on_list(session, agency_id, contact.phone):
+        abort_attempt(session, attempt, reason="do-not-call", contact_state="suppressed")
+        return "suppressed"
+    if campaign.status != "running":
+        if campaign.status == "cancelled":
+            abort_attempt(session, attempt, reason="campaign cancelled", contact_state="cancelled")
+        else:
+            abort_attempt(session, attempt, reason=f"campaign {campaign.status}")
+        return "aborted"
+    agent = session.get(AgentMapping, campaign.agent_id)
+    from_number = _pick_from_number(campaign, attempt)
+    number = session.scalar(select(PhoneNumber).where(PhoneNumber.agency_id == agency_id,
+                                                      PhoneNumber.e164 == from_number))
+    if agent is None or number is None:
+        abort_attempt(session, attempt, reason="agent or caller number no longer exists", contact_state="failed")
+        return "failed"
+    carrier = number.carrier.value
+    try:
+        credentials = carrier_credentials(session, agency_id, carrier)
+    except Exception as exc:
+        _pause(session, campaign.id, str(exc))
+        abort_attempt(session, attempt, reason=str(exc))
+        return "aborted"
+    target = OutboundTarget(agent=agent, from_number=from_number, carrier=carrier, to=contact.phone)
+    context = {**(campaign.template_context or {}), **(contact.template_context or {})}
+    contact_id, campaign_id = contact.id, campaign.id
+    cps = campaign.calls_per_second
+    try:
+        started = start_ultravox_call(session, agency_id, target, template_context=context or None,
+                                      metadata={"campaign_id": str(campaign_id), "contact_id": str(contact_id)},
+                                      stored_metadata={"campaign_id": str(campaign_id),
+                                                       "contact_id": str(contact_id),
+                                                       "attempt_id": str(attempt_id)})
+    except (UltravoxRateLimited, UltravoxServerError, UltravoxTimeout, UltravoxUnavailable) as exc:
+        # Ultravox is saturated or unwell: slow the campaign down, lose nothing.
+        delay = exc.retry_after if exc.retry_after else DEFAULT_BACKOFF_SECONDS
+        session.rollback()
+        until = _backoff(session, campaign_id, delay)
+        session.commit()
+        attempt = session.get(DialAttempt, attempt_id)
+        abort_attempt(session, attempt, reason=str(exc), requeue_at=until)
+        log.warning("campaign %s: Ultravox %s; backing off %.1fs", campaign_id, exc.status, delay)
+        return "aborted"
+    except UltravoxError as exc:  # 4xx: our request or key is wrong; a person must look
+        session.rollback()
+        _pause(session, campaign_id, f"Ultravox refused the call: {exc.detail}"[:200])
+        attempt = session.get(DialAttempt, attempt_id)
+        abort_attempt(session, attempt, reason=str(exc))
+        return "aborted"
+    except Exception as exc:  # e.g. the agency's Ultravox key is missing
+        session.rollback()
+        _pause(session, campaign_id, str(exc)[:200])
+        attempt = session.get(DialAttempt, attempt_id)
+        abort_attempt(session, attempt, reason=str(exc))
+        return "aborted"
+    if started.call_id is None:
+        hang_up_quietly(session, agency_id, started.ultravox_call_id)
+        attempt = session.get(DialAttempt, attempt_id)
+        abort_attempt(session, attempt, reason="call not recorded", requeue_at=utcnow() + timedelta(seconds=30))
+        return "aborted"
+    call_id = started.call_id
+    session.rollback()
+    update_attempt(session, attempt_id, ("claimed",), call_id=call_id, carrier=carrier, from_number=from_number)
+    session.commit()
+
+    client = carrier_client(carrier, credentials)  # before the slot: only the request follows it
+    if not _enter_dialing(session, attempt_id, carrier_account_key(carrier, credentials), cps,
+                          deadline=time.time() + cps_deadline_seconds):
+        session.rollback()
+        record_call_failed(session, call_id, "not_dialled")
+        session.commit()
+        attempt = session.get(DialAttempt, attempt_id)
+        if attempt is not None and attempt.state == "claimed":
+            abort_attempt(session, attempt, reason="no calls-per-second slot in time")
+        hang_up_quietly(session, agency_id, started.ultravox_call_id)
+        return "aborted"
+    try:
+        carrier_call_id = place_carrier_call(carrier, credentials, to=contact.phone, from_number=from_number,
+                                             join_url=started.join_url, call_id=call_id, command_id=str(attempt_id),
+                                             client=client)
+    except CarrierError as exc:
+        return _carrier_failed(session, attempt_id, contact_id, agency_id, call_id, started.ultravox_call_id, exc)
+    _record_placed(session, attempt_id, contact_id, call_id, carrier_call_id)
+    # A callback may have finished the call before we recorded the carrier id.
+    settle_call(session, call_id)
+    return "placed"
+
+
+# How long a dialer keeps trying to record a call the carrier accepted while the
+# database is unreachable: less than CLAIM_TIMEOUT, so that the record is in before a
+# reaper could re-queue an attempt whose "dialing" mark a database crash undid.
+PLACED_RECORD_RETRY_SECONDS = 60.0
+PLACED_RECORD_RETRY_PAUSE = 1.0
+
+
+def _record_placed(session: Session, attempt_id: uuid.UUID, contact_id: uuid.UUID, call_id: uuid.UUID,
+                   carrier_call_id: str) -> None:
+    """The carrier accepted the call: record "placed" and its call id (a flushed commit),
+    retrying while the database is unreachable."""
+    give_up = time.monotonic() + PLACED_RECORD_RETRY_SECONDS
+    while True:
+        try:
+            session.rollback()
+            # "unknown": a reaper gave up on us while the carrier was slow. "claimed": a
+            # database crash undid the unflushed "dialing" mark (see _enter_dialing).
+            update_attempt(session, attempt_id, ("dialing", "unknown", "claimed"), state="placed",
+                         carrier_call_id=carrier_call_id)
+            session.execute(update(CampaignContact).where(CampaignContact.id == contact_id,
+                                                          CampaignContact.state == "unknown")
+                            .values(state="dialing").execution_options(synchronize_session=False))
+            record_carrier_call(session, call_id, carrier_call_id)
+            session.commit()
+            return
+        except (OperationalError, InterfaceError):
+            if time.monotonic() >= give_up:
+                raise
+            log.warning("attempt %s: carrier call %s placed but not recorded yet (database unreachable); retrying",
+                        attempt_id, carrier_call_id, exc_info=True)
+            try:
+                session.rollback()
+            except SQLAlchemyError:
+                pass
+            time.sleep(PLACED_RECORD_RETRY_PAUSE)
+
+
+def _enter_dialing(session: Session, attempt_id: uuid.UUID, bucket: str, cps: int, *, deadline: float,
+                   clock=time.time) -> bool:
+    """Wait for a calls-per-second slot, then commit "dialing": the point of no return,
+    committed before the carrier hears of the call. True: send now. False: no slot in
+    time, or the attempt is no longer ours (still uncommitted; the caller aborts)."""
+    late_limit = pacing_plan(cps).late_limit
+    while True:
+        slot = acquire_cps_slot(session, bucket, cps, deadline=deadline)
+        if slot is None:
+            return False
+        # Not waiting for the disk here keeps the carrier request on its slot (on a busy
+        # disk a flushed commit took 20-600 ms). A dialer dying leaves the mark in place;
+        # only a database-server crash could undo it, and then `_record_placed` (flushed,
+        # retried until the database is back) records the call before any reaper could
+        # re-queue the contact.
+        commit_without_waiting_for_disk(session)
+        if not update_attempt(session, attempt_id, ("claimed",), state="dialing", dial_started_at=utcnow()):
+            return False
+        session.commit()
+        if clock() <= slot + late_limit:
+            return True
+        # The commit itself made us late (a slow database or a busy machine). Nothing was
+        # sent yet, so stepping back to "claimed" is safe; take a later slot.
+        stepped_back = update_attempt(session, attempt_id, ("dialing",), state="claimed", dial_started_at=None)
+        session.commit()
+        log.info("attempt %s: late for its calls-per-second slot after the dialing commit; taking a later one",
+                 attempt_id)
+        if not stepped_back:
+            return True  # cannot happen while we hold the attempt; sending is what "dialing" promised
+
+
+def _carrier_failed(session: Session, attempt_id: uuid.UUID, contact_id: uuid.UUID, agency_id: uuid.UUID,
+                    call_id: uuid.UUID, ultravox_call_id: str, exc: CarrierError) -> str:
+    session.rollback()
+    if isinstance(exc, CarrierRateLimited):
+        # 429 is never processed by the carrier: safe to dial again later.
+        update_attempt(session, attempt_id, ("dialing",), state="aborted", error=str(exc)[:2000], ended_at=utcnow())
+        requeue_contact(session, contact_id, utcnow() + timedelta(seconds=5), uncount=True)
+        record_call_failed(session, call_id, "carrier_rate_limited")
+        session.commit()
+        hang_up_quietly(session, agency_id, ultravox_call_id)
+        return "aborted"
+    if isinstance(exc, CarrierRejected):
+        update_attempt(session, attempt_id, ("dialing", "unknown"), state="failed", outcome="rejected",
+                     error=str(exc)[:2000], ended_at=utcnow())
+        close_contact(session, contact_id, "failed", "rejected")
+        record_call_failed(session, call_id, "carrier_rejected")
+        session.commit()
+        hang_up_quietly(session, agency_id, ultravox_call_id)
+        return "failed"
+    # 5xx / timeout: the call may exist. Never redial blindly; callbacks may still tell.
+    update_attempt(session, attempt_id, ("dialing",), state="unknown", error=str(exc)[:2000])
+    close_contact(session, contact_id, "unknown", "carrier_error")
+    session.commit()
+    return "unknown"
+
+
+def _pause(session: Session, campaign_id: uuid.UUID, reason: str) -> None:
+    session.rollback()
+    session.execute(update(Campaign).where(Campaign.id == campaign_id, Campaign.status == "running")
+                    .values(status="paused", paused_reason=reason[:200]).execution_options(synchronize_session=False))
+    session.commit()
+    log.warning("campaign %s paused: %s", campaign_id, reason)

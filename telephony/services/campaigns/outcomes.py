@@ -1,0 +1,174 @@
+"""Outcomes: how an attempt ends, and the reaper for attempts that never report back.
+
+An attempt ends when its call reaches a terminal status (carrier status callbacks and
+Ultravox webhooks write `calls.status`; `settle_call` right after, `reconcile` on its
+next pass for the rest); the retry policy then re-queues the contact (busy / no-answer
+/ failed, after the delay, up to max_attempts) or closes it. `reconcile` also reaps
+attempts stuck in a state: "claimed" for CLAIM_TIMEOUT (the carrier was never asked:
+re-queued), "dialing" without a carrier id for DIAL_TIMEOUT (the carrier may have
+dialled: "unknown", never redialled), and a placed call that never reports back frees
+its slot after LIVE_TIMEOUT (state "expired", contact "unknown": it may have been
+answered). A carrier callback for an attempt given up as "unknown" still binds it
+(`bind_attempt`) and records its outcome, without a retry. Campaigns with no contact
+left to dial are completed (`complete_finished_campaigns`, event campaign.completed).
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ... import call_states
+from ...models import Call, Campaign, CampaignContact, DialAttempt, utcnow
+from ..events import emit_event
+from .attempts import close_contact, requeue_contact, update_attempt
+from .manage import contact_counts
+
+CLAIM_TIMEOUT = timedelta(seconds=120)     # claimed, carrier never asked: safe to re-queue
+DIAL_TIMEOUT = timedelta(seconds=60)       # carrier asked, no answer recorded: unknown
+LIVE_TIMEOUT = timedelta(hours=2)          # placed, never reported back: frees the slot
+
+
+@dataclass
+class DispatchSettings:
+    claim_timeout: timedelta = CLAIM_TIMEOUT
+    dial_timeout: timedelta = DIAL_TIMEOUT
+    live_timeout: timedelta = LIVE_TIMEOUT
+
+
+def settle_call(session: Session, call_id: uuid.UUID) -> bool:
+    """If the call of a campaign attempt has reached a terminal status, end the attempt
+    and apply the retry policy. Idempotent; True if it settled something now."""
+    session.rollback()
+    row = session.execute(select(DialAttempt.id, Call.status).join(Call, Call.id == DialAttempt.call_id)
+                          .where(DialAttempt.call_id == call_id)).first()
+    session.rollback()
+    if row is None or not call_states.is_terminal(row.status):
+        return False
+    return finish_attempt(session, row.id, row.status)
+
+
+def finish_attempt(session: Session, attempt_id: uuid.UUID, outcome: str) -> bool:
+    session.rollback()
+    previous = session.scalar(select(DialAttempt.state).where(DialAttempt.id == attempt_id))
+    session.rollback()  # SQLite: a write opens its own transaction (no read-to-write upgrade)
+    if previous not in ("dialing", "placed", "unknown", "expired") or not update_attempt(
+            session, attempt_id, (previous,), state="ended", outcome=outcome, ended_at=utcnow()):
+        session.rollback()
+        return False
+    # An attempt we had given up on ("unknown"/"expired") is recorded but never retried:
+    # whether the callee was reached cannot be told for sure.
+    may_retry = previous in ("dialing", "placed")
+    attempt = session.get(DialAttempt, attempt_id)
+    contact = session.get(CampaignContact, attempt.contact_id)
+    campaign = session.get(Campaign, attempt.campaign_id)
+    if contact is None or campaign is None or contact.state not in ("dialing", "unknown"):
+        session.commit()
+        return True
+    contact.last_outcome = outcome
+    if outcome == call_states.COMPLETED:
+        contact.state = "completed"
+    elif (may_retry and outcome in (campaign.retry_on or []) and contact.attempts < campaign.max_attempts
+          and campaign.status != "cancelled"):
+        contact.state = "queued"
+        contact.next_attempt_at = utcnow() + timedelta(seconds=campaign.retry_delay_seconds)
+    else:
+        contact.state = "failed"
+    session.commit()
+    return True
+
+
+def reconcile(session: Session, settings: DispatchSettings | None = None, *, now: datetime | None = None) -> dict:
+    """Settle finished calls, expire stuck attempts, complete finished campaigns."""
+    settings = settings or DispatchSettings()
+    now = now or utcnow()
+    stats = {"settled": 0, "requeued": 0, "unknown": 0, "expired": 0, "completed_campaigns": 0}
+    session.rollback()
+    finished = session.execute(
+        select(DialAttempt.id, Call.status).join(Call, Call.id == DialAttempt.call_id)
+        .where(DialAttempt.state.in_(("dialing", "placed", "unknown", "expired")),
+               Call.status.in_(sorted(call_states.TERMINAL))).limit(1000)).all()
+    session.rollback()
+    for attempt_id, status in finished:
+        stats["settled"] += finish_attempt(session, attempt_id, status)
+    # claimed too long: the carrier was never asked (the dialer died or hangs): re-queue.
+    stale = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
+        DialAttempt.state == "claimed", DialAttempt.state_changed_at < now - settings.claim_timeout)).all()
+    session.rollback()
+    for attempt_id, contact_id in stale:
+        if update_attempt(session, attempt_id, ("claimed",), state="aborted", error="claim timed out",
+                        ended_at=now):
+            requeue_contact(session, contact_id, now, uncount=True)
+            stats["requeued"] += 1
+        session.commit()
+    # dialing too long without a carrier id: the carrier MAY have dialled. Never redial.
+    stuck = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
+        DialAttempt.state == "dialing", DialAttempt.carrier_call_id.is_(None),
+        DialAttempt.state_changed_at < now - settings.dial_timeout)).all()
+    session.rollback()
+    for attempt_id, contact_id in stuck:
+        if update_attempt(session, attempt_id, ("dialing",), state="unknown",
+                        error="no answer from the carrier request (worker died or carrier hung)"):
+            close_contact(session, contact_id, "unknown", "unknown")
+            stats["unknown"] += 1
+        session.commit()
+    # placed but silent for too long: free the slot; the outcome stays unknown.
+    silent = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
+        DialAttempt.state.in_(("placed", "dialing")),
+        DialAttempt.state_changed_at < now - settings.live_timeout)).all()
+    session.rollback()
+    for attempt_id, contact_id in silent:
+        if update_attempt(session, attempt_id, ("placed", "dialing"), state="expired",
+                        error="no terminal status reported in time"):
+            close_contact(session, contact_id, "unknown", "no-report")
+            stats["expired"] += 1
+        session.commit()
+    stats["completed_campaigns"] = complete_finished_campaigns(session)
+    return stats
+
+
+def complete_finished_campaigns(session: Session) -> int:
+    session.rollback()
+    candidates = list(session.scalars(select(Campaign.id).where(
+        Campaign.status == "running",
+        ~select(CampaignContact.id).where(CampaignContact.campaign_id == Campaign.id,
+                                          CampaignContact.state.in_(("queued", "dialing"))).exists(),
+        select(CampaignContact.id).where(CampaignContact.campaign_id == Campaign.id).exists())))
+    session.rollback()
+    done = 0
+    for campaign_id in candidates:
+        result = session.execute(update(Campaign).where(
+            Campaign.id == campaign_id, Campaign.status == "running",
+            ~select(CampaignContact.id).where(CampaignContact.campaign_id == campaign_id,
+                                              CampaignContact.state.in_(("queued", "dialing"))).exists())
+            .values(status="completed", completed_at=utcnow()).execution_options(synchronize_session=False))
+        if result.rowcount == 1:
+            campaign = session.get(Campaign, campaign_id)
+            emit_event(session, campaign.agency_id, "campaign.completed",
+                       {"campaign_id": str(campaign_id), "name": campaign.name,
+                        "contacts": contact_counts(session, campaign_id)})
+            done += 1
+        session.commit()
+    return done
+
+
+def bind_attempt(session: Session, call_id: uuid.UUID, carrier_call_id: str | None) -> None:
+    """A callback proves the carrier placed the call: an attempt stuck in "dialing" or
+    given up as "unknown" (its worker died mid-dial) becomes "placed"."""
+    if not carrier_call_id:
+        return
+    session.rollback()
+    attempt = session.scalar(select(DialAttempt).where(DialAttempt.call_id == call_id))
+    if attempt is None:
+        session.rollback()
+        return
+    if attempt.state in ("dialing", "unknown"):
+        if attempt.state == "unknown":
+            session.execute(update(CampaignContact).where(CampaignContact.id == attempt.contact_id,
+                                                          CampaignContact.state == "unknown")
+                            .values(state="dialing").execution_options(synchronize_session=False))
+        attempt.state, attempt.carrier_call_id = "placed", carrier_call_id
+    session.commit()
