@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from ...models import Agency, Campaign, CampaignContact, DialAttempt, utcnow
 from ..do_not_call import listed_among
-from .attempts import LIVE_ATTEMPT_STATES
+from .attempts import (ATTEMPT_CLAIMED, CONTACT_DIALING, CONTACT_QUEUED, CONTACT_SUPPRESSED,
+                       LIVE_ATTEMPT_STATES)
 from .windows import CallingWindow, is_open, next_open, timezone_for
 
 
@@ -51,7 +52,7 @@ def due_campaign_ids(session: Session, now: datetime) -> list[uuid.UUID]:
         select(Campaign.id).where(Campaign.status == "running", Campaign.start_at <= now,
                                   or_(Campaign.backoff_until.is_(None), Campaign.backoff_until <= now),
                                   select(CampaignContact.id).where(CampaignContact.campaign_id == Campaign.id,
-                                                                   CampaignContact.state == "queued",
+                                                                   CampaignContact.state == CONTACT_QUEUED,
                                                                    CampaignContact.next_attempt_at <= now)
                                   .exists())
         .order_by(Campaign.created_at)))
@@ -93,7 +94,7 @@ def claim_batch(session: Session, campaign_id: uuid.UUID, limit: int, *, now: da
         window = _window(campaign)
         fetch = max(2 * slots, 50) if window else slots
         query = (select(CampaignContact)
-                 .where(CampaignContact.campaign_id == campaign.id, CampaignContact.state == "queued",
+                 .where(CampaignContact.campaign_id == campaign.id, CampaignContact.state == CONTACT_QUEUED,
                         CampaignContact.next_attempt_at <= now)
                  .order_by(CampaignContact.next_attempt_at, CampaignContact.id).limit(fetch))
         if pg:
@@ -107,7 +108,7 @@ def claim_batch(session: Session, campaign_id: uuid.UUID, limit: int, *, now: da
         attempt_ids: list[uuid.UUID] = []
         for contact in contacts:
             if contact.phone in dnc:
-                contact.state, contact.last_outcome = "suppressed", "do-not-call"
+                contact.state, contact.last_outcome = CONTACT_SUPPRESSED, "do-not-call"
                 continue
             if window is not None:
                 zone = _contact_zone(contact, campaign)
@@ -116,12 +117,11 @@ def claim_batch(session: Session, campaign_id: uuid.UUID, limit: int, *, now: da
                     continue
             if len(attempt_ids) >= slots:
                 continue
-            contact.state = "dialing"
+            contact.state = CONTACT_DIALING
             contact.attempts += 1
             attempt = DialAttempt(id=uuid.uuid4(), campaign_id=campaign.id, contact_id=contact.id,
                                   agency_id=campaign.agency_id, attempt_number=(numbers.get(contact.id) or 0) + 1,
-                                  state="claimed",
-                                  created_at=now, state_changed_at=now)
+                                  state=ATTEMPT_CLAIMED, created_at=now, state_changed_at=now)
             session.add(attempt)
             attempt_ids.append(attempt.id)
         session.commit()

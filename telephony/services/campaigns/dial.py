@@ -40,21 +40,25 @@ from ..do_not_call import is_on_list
 from ..outbound import (CarrierError, CarrierRateLimited, CarrierRejected, OutboundTarget, carrier_account_key,
                         carrier_client, carrier_credentials, hang_up_quietly, place_carrier_call, record_call_failed,
                         record_carrier_call, start_ultravox_call)
-from .attempts import close_contact, requeue_contact, update_attempt
+from .attempts import (ATTEMPT_ABORTED, ATTEMPT_CLAIMED, ATTEMPT_DIALING, ATTEMPT_FAILED, ATTEMPT_PLACED,
+                       ATTEMPT_UNKNOWN, CONTACT_CANCELLED, CONTACT_FAILED, CONTACT_SUPPRESSED, CONTACT_UNKNOWN,
+                       close_contact, reopen_contact, requeue_contact, update_attempt)
 from .outcomes import settle_call
 from .pacing import acquire_cps_slot, pacing_plan
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKOFF_SECONDS = 5.0
+# What dial_attempt answers for an attempt that is no longer claimed (someone else has it).
+GONE = "gone"
 
 
-def abort_attempt(session: Session, attempt: DialAttempt, *, state: str = "aborted", reason: str,
+def abort_attempt(session: Session, attempt: DialAttempt, *, state: str = ATTEMPT_ABORTED, reason: str,
                   contact_state: str | None = None, requeue_at: datetime | None = None) -> None:
     """End an attempt that never reached the carrier: re-queue (not counted) or close the contact."""
     attempt_id, contact_id = attempt.id, attempt.contact_id
     session.rollback()
-    if not update_attempt(session, attempt_id, ("claimed",), state=state, error=reason[:2000], ended_at=utcnow()):
+    if not update_attempt(session, attempt_id, (ATTEMPT_CLAIMED,), state=state, error=reason[:2000], ended_at=utcnow()):
         session.rollback()
         return
     if contact_state is None:
@@ -80,36 +84,36 @@ def _pick_from_number(campaign: Campaign, attempt: DialAttempt) -> str:
 def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_seconds: float = 60.0) -> str:
     """Carry out one claimed attempt (see the module docstring). Returns its final state here."""
     attempt = session.get(DialAttempt, attempt_id)
-    if attempt is None or attempt.state != "claimed":
+    if attempt is None or attempt.state != ATTEMPT_CLAIMED:
         session.rollback()
-        return "gone"
+        return GONE
     contact = session.get(CampaignContact, attempt.contact_id)
     campaign = session.get(Campaign, attempt.campaign_id)
     assert contact is not None and campaign is not None
     agency_id = campaign.agency_id
     if is_on_list(session, agency_id, contact.phone):
-        abort_attempt(session, attempt, reason="do-not-call", contact_state="suppressed")
-        return "suppressed"
+        abort_attempt(session, attempt, reason="do-not-call", contact_state=CONTACT_SUPPRESSED)
+        return CONTACT_SUPPRESSED
     if campaign.status != "running":
         if campaign.status == "cancelled":
-            abort_attempt(session, attempt, reason="campaign cancelled", contact_state="cancelled")
+            abort_attempt(session, attempt, reason="campaign cancelled", contact_state=CONTACT_CANCELLED)
         else:
             abort_attempt(session, attempt, reason=f"campaign {campaign.status}")
-        return "aborted"
+        return ATTEMPT_ABORTED
     agent = session.get(AgentMapping, campaign.agent_id)
     from_number = _pick_from_number(campaign, attempt)
     number = session.scalar(select(PhoneNumber).where(PhoneNumber.agency_id == agency_id,
                                                       PhoneNumber.e164 == from_number))
     if agent is None or number is None:
-        abort_attempt(session, attempt, reason="agent or caller number no longer exists", contact_state="failed")
-        return "failed"
+        abort_attempt(session, attempt, reason="agent or caller number no longer exists", contact_state=CONTACT_FAILED)
+        return CONTACT_FAILED
     carrier = number.carrier.value
     try:
         credentials = carrier_credentials(session, agency_id, carrier)
     except Exception as exc:
         _pause(session, campaign.id, str(exc))
         abort_attempt(session, attempt, reason=str(exc))
-        return "aborted"
+        return ATTEMPT_ABORTED
     target = OutboundTarget(agent=agent, from_number=from_number, carrier=carrier, to=contact.phone)
     context = {**(campaign.template_context or {}), **(contact.template_context or {})}
     contact_id, campaign_id = contact.id, campaign.id
@@ -129,27 +133,27 @@ def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_second
         attempt = session.get(DialAttempt, attempt_id)
         abort_attempt(session, attempt, reason=str(exc), requeue_at=until)
         log.warning("campaign %s: Ultravox %s; backing off %.1fs", campaign_id, exc.status, delay)
-        return "aborted"
+        return ATTEMPT_ABORTED
     except UltravoxError as exc:  # 4xx: our request or key is wrong; a person must look
         session.rollback()
         _pause(session, campaign_id, f"Ultravox refused the call: {exc.detail}"[:200])
         attempt = session.get(DialAttempt, attempt_id)
         abort_attempt(session, attempt, reason=str(exc))
-        return "aborted"
+        return ATTEMPT_ABORTED
     except Exception as exc:  # e.g. the agency's Ultravox key is missing
         session.rollback()
         _pause(session, campaign_id, str(exc)[:200])
         attempt = session.get(DialAttempt, attempt_id)
         abort_attempt(session, attempt, reason=str(exc))
-        return "aborted"
+        return ATTEMPT_ABORTED
     if started.call_id is None:
         hang_up_quietly(session, agency_id, started.ultravox_call_id)
         attempt = session.get(DialAttempt, attempt_id)
         abort_attempt(session, attempt, reason="call not recorded", requeue_at=utcnow() + timedelta(seconds=30))
-        return "aborted"
+        return ATTEMPT_ABORTED
     call_id = started.call_id
     session.rollback()
-    update_attempt(session, attempt_id, ("claimed",), call_id=call_id, carrier=carrier, from_number=from_number)
+    update_attempt(session, attempt_id, (ATTEMPT_CLAIMED,), call_id=call_id, carrier=carrier, from_number=from_number)
     session.commit()
 
     client = carrier_client(carrier, credentials)  # before the slot: only the request follows it
@@ -159,10 +163,10 @@ def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_second
         record_call_failed(session, call_id, "not_dialled")
         session.commit()
         attempt = session.get(DialAttempt, attempt_id)
-        if attempt is not None and attempt.state == "claimed":
+        if attempt is not None and attempt.state == ATTEMPT_CLAIMED:
             abort_attempt(session, attempt, reason="no calls-per-second slot in time")
         hang_up_quietly(session, agency_id, started.ultravox_call_id)
-        return "aborted"
+        return ATTEMPT_ABORTED
     try:
         carrier_call_id = place_carrier_call(carrier, credentials, to=contact.phone, from_number=from_number,
                                              join_url=started.join_url, call_id=call_id, command_id=str(attempt_id),
@@ -172,7 +176,7 @@ def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_second
     _record_placed(session, attempt_id, contact_id, call_id, carrier_call_id)
     # A callback may have finished the call before we recorded the carrier id.
     settle_call(session, call_id)
-    return "placed"
+    return ATTEMPT_PLACED
 
 
 # How long a dialer keeps trying to record a call the carrier accepted while the
@@ -192,11 +196,9 @@ def _record_placed(session: Session, attempt_id: uuid.UUID, contact_id: uuid.UUI
             session.rollback()
             # "unknown": a reaper gave up on us while the carrier was slow. "claimed": a
             # database crash undid the unflushed "dialing" mark (see _enter_dialing).
-            update_attempt(session, attempt_id, ("dialing", "unknown", "claimed"), state="placed",
-                         carrier_call_id=carrier_call_id)
-            session.execute(update(CampaignContact).where(CampaignContact.id == contact_id,
-                                                          CampaignContact.state == "unknown")
-                            .values(state="dialing").execution_options(synchronize_session=False))
+            update_attempt(session, attempt_id, (ATTEMPT_DIALING, ATTEMPT_UNKNOWN, ATTEMPT_CLAIMED),
+                           state=ATTEMPT_PLACED, carrier_call_id=carrier_call_id)
+            reopen_contact(session, contact_id)
             record_carrier_call(session, call_id, carrier_call_id)
             session.commit()
             return
@@ -228,14 +230,15 @@ def _enter_dialing(session: Session, attempt_id: uuid.UUID, bucket: str, cps: in
         # retried until the database is back) records the call before any reaper could
         # re-queue the contact.
         commit_without_waiting_for_disk(session)
-        if not update_attempt(session, attempt_id, ("claimed",), state="dialing", dial_started_at=utcnow()):
+        if not update_attempt(session, attempt_id, (ATTEMPT_CLAIMED,), state=ATTEMPT_DIALING, dial_started_at=utcnow()):
             return False
         session.commit()
         if clock() <= slot + late_limit:
             return True
         # The commit itself made us late (a slow database or a busy machine). Nothing was
         # sent yet, so stepping back to "claimed" is safe; take a later slot.
-        stepped_back = update_attempt(session, attempt_id, ("dialing",), state="claimed", dial_started_at=None)
+        stepped_back = update_attempt(session, attempt_id, (ATTEMPT_DIALING,), state=ATTEMPT_CLAIMED,
+                                      dial_started_at=None)
         session.commit()
         log.info("attempt %s: late for its calls-per-second slot after the dialing commit; taking a later one",
                  attempt_id)
@@ -248,25 +251,26 @@ def _carrier_failed(session: Session, attempt_id: uuid.UUID, contact_id: uuid.UU
     session.rollback()
     if isinstance(exc, CarrierRateLimited):
         # 429 is never processed by the carrier: safe to dial again later.
-        update_attempt(session, attempt_id, ("dialing",), state="aborted", error=str(exc)[:2000], ended_at=utcnow())
+        update_attempt(session, attempt_id, (ATTEMPT_DIALING,), state=ATTEMPT_ABORTED, error=str(exc)[:2000],
+                       ended_at=utcnow())
         requeue_contact(session, contact_id, utcnow() + timedelta(seconds=5), uncount=True)
         record_call_failed(session, call_id, "carrier_rate_limited")
         session.commit()
         hang_up_quietly(session, agency_id, ultravox_call_id)
-        return "aborted"
+        return ATTEMPT_ABORTED
     if isinstance(exc, CarrierRejected):
-        update_attempt(session, attempt_id, ("dialing", "unknown"), state="failed", outcome="rejected",
-                     error=str(exc)[:2000], ended_at=utcnow())
-        close_contact(session, contact_id, "failed", "rejected")
+        update_attempt(session, attempt_id, (ATTEMPT_DIALING, ATTEMPT_UNKNOWN), state=ATTEMPT_FAILED,
+                       outcome="rejected", error=str(exc)[:2000], ended_at=utcnow())
+        close_contact(session, contact_id, CONTACT_FAILED, "rejected")
         record_call_failed(session, call_id, "carrier_rejected")
         session.commit()
         hang_up_quietly(session, agency_id, ultravox_call_id)
-        return "failed"
+        return ATTEMPT_FAILED
     # 5xx / timeout: the call may exist. Never redial blindly; callbacks may still tell.
-    update_attempt(session, attempt_id, ("dialing",), state="unknown", error=str(exc)[:2000])
-    close_contact(session, contact_id, "unknown", "carrier_error")
+    update_attempt(session, attempt_id, (ATTEMPT_DIALING,), state=ATTEMPT_UNKNOWN, error=str(exc)[:2000])
+    close_contact(session, contact_id, CONTACT_UNKNOWN, "carrier_error")
     session.commit()
-    return "unknown"
+    return ATTEMPT_UNKNOWN
 
 
 def _pause(session: Session, campaign_id: uuid.UUID, reason: str) -> None:

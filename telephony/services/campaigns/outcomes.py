@@ -24,7 +24,10 @@ from sqlalchemy.orm import Session
 from ... import call_states
 from ...models import Call, Campaign, CampaignContact, DialAttempt, utcnow
 from ..events import emit_event
-from .attempts import close_contact, requeue_contact, update_attempt
+from .attempts import (ATTEMPT_ABORTED, ATTEMPT_CLAIMED, ATTEMPT_DIALING, ATTEMPT_ENDED, ATTEMPT_EXPIRED,
+                       ATTEMPT_PLACED, ATTEMPT_UNKNOWN, CONTACT_COMPLETED, CONTACT_DIALING, CONTACT_FAILED,
+                       CONTACT_QUEUED, CONTACT_UNKNOWN, IN_FLIGHT_ATTEMPT_STATES, SETTLEABLE_ATTEMPT_STATES,
+                       UNFINISHED_CONTACT_STATES, close_contact, reopen_contact, requeue_contact, update_attempt)
 from .manage import contact_counts
 
 CLAIM_TIMEOUT = timedelta(seconds=120)     # claimed, carrier never asked: safe to re-queue
@@ -55,28 +58,28 @@ def finish_attempt(session: Session, attempt_id: uuid.UUID, outcome: str) -> boo
     session.rollback()
     previous = session.scalar(select(DialAttempt.state).where(DialAttempt.id == attempt_id))
     session.rollback()  # SQLite: a write opens its own transaction (no read-to-write upgrade)
-    if previous not in ("dialing", "placed", "unknown", "expired") or not update_attempt(
-            session, attempt_id, (previous,), state="ended", outcome=outcome, ended_at=utcnow()):
+    if previous not in SETTLEABLE_ATTEMPT_STATES or not update_attempt(
+            session, attempt_id, (previous,), state=ATTEMPT_ENDED, outcome=outcome, ended_at=utcnow()):
         session.rollback()
         return False
-    # An attempt we had given up on ("unknown"/"expired") is recorded but never retried:
+    # An attempt we had given up on (GIVEN_UP_ATTEMPT_STATES) is recorded but never retried:
     # whether the callee was reached cannot be told for sure.
-    may_retry = previous in ("dialing", "placed")
+    may_retry = previous in IN_FLIGHT_ATTEMPT_STATES
     attempt = session.get(DialAttempt, attempt_id)
     contact = session.get(CampaignContact, attempt.contact_id)
     campaign = session.get(Campaign, attempt.campaign_id)
-    if contact is None or campaign is None or contact.state not in ("dialing", "unknown"):
+    if contact is None or campaign is None or contact.state not in (CONTACT_DIALING, CONTACT_UNKNOWN):
         session.commit()
         return True
     contact.last_outcome = outcome
     if outcome == call_states.COMPLETED:
-        contact.state = "completed"
+        contact.state = CONTACT_COMPLETED
     elif (may_retry and outcome in (campaign.retry_on or []) and contact.attempts < campaign.max_attempts
           and campaign.status != "cancelled"):
-        contact.state = "queued"
+        contact.state = CONTACT_QUEUED
         contact.next_attempt_at = utcnow() + timedelta(seconds=campaign.retry_delay_seconds)
     else:
-        contact.state = "failed"
+        contact.state = CONTACT_FAILED
     session.commit()
     return True
 
@@ -89,41 +92,41 @@ def reconcile(session: Session, settings: DispatchSettings | None = None, *, now
     session.rollback()
     finished = session.execute(
         select(DialAttempt.id, Call.status).join(Call, Call.id == DialAttempt.call_id)
-        .where(DialAttempt.state.in_(("dialing", "placed", "unknown", "expired")),
+        .where(DialAttempt.state.in_(SETTLEABLE_ATTEMPT_STATES),
                Call.status.in_(sorted(call_states.TERMINAL))).limit(1000)).all()
     session.rollback()
     for attempt_id, status in finished:
         stats["settled"] += finish_attempt(session, attempt_id, status)
     # claimed too long: the carrier was never asked (the dialer died or hangs): re-queue.
     stale = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
-        DialAttempt.state == "claimed", DialAttempt.state_changed_at < now - settings.claim_timeout)).all()
+        DialAttempt.state == ATTEMPT_CLAIMED, DialAttempt.state_changed_at < now - settings.claim_timeout)).all()
     session.rollback()
     for attempt_id, contact_id in stale:
-        if update_attempt(session, attempt_id, ("claimed",), state="aborted", error="claim timed out",
-                        ended_at=now):
+        if update_attempt(session, attempt_id, (ATTEMPT_CLAIMED,), state=ATTEMPT_ABORTED, error="claim timed out",
+                          ended_at=now):
             requeue_contact(session, contact_id, now, uncount=True)
             stats["requeued"] += 1
         session.commit()
     # dialing too long without a carrier id: the carrier MAY have dialled. Never redial.
     stuck = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
-        DialAttempt.state == "dialing", DialAttempt.carrier_call_id.is_(None),
+        DialAttempt.state == ATTEMPT_DIALING, DialAttempt.carrier_call_id.is_(None),
         DialAttempt.state_changed_at < now - settings.dial_timeout)).all()
     session.rollback()
     for attempt_id, contact_id in stuck:
-        if update_attempt(session, attempt_id, ("dialing",), state="unknown",
-                        error="no answer from the carrier request (worker died or carrier hung)"):
-            close_contact(session, contact_id, "unknown", "unknown")
+        if update_attempt(session, attempt_id, (ATTEMPT_DIALING,), state=ATTEMPT_UNKNOWN,
+                          error="no answer from the carrier request (worker died or carrier hung)"):
+            close_contact(session, contact_id, CONTACT_UNKNOWN, "unknown")
             stats["unknown"] += 1
         session.commit()
     # placed but silent for too long: free the slot; the outcome stays unknown.
     silent = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
-        DialAttempt.state.in_(("placed", "dialing")),
+        DialAttempt.state.in_(IN_FLIGHT_ATTEMPT_STATES),
         DialAttempt.state_changed_at < now - settings.live_timeout)).all()
     session.rollback()
     for attempt_id, contact_id in silent:
-        if update_attempt(session, attempt_id, ("placed", "dialing"), state="expired",
-                        error="no terminal status reported in time"):
-            close_contact(session, contact_id, "unknown", "no-report")
+        if update_attempt(session, attempt_id, IN_FLIGHT_ATTEMPT_STATES, state=ATTEMPT_EXPIRED,
+                          error="no terminal status reported in time"):
+            close_contact(session, contact_id, CONTACT_UNKNOWN, "no-report")
             stats["expired"] += 1
         session.commit()
     stats["completed_campaigns"] = complete_finished_campaigns(session)
@@ -135,7 +138,7 @@ def complete_finished_campaigns(session: Session) -> int:
     candidates = list(session.scalars(select(Campaign.id).where(
         Campaign.status == "running",
         ~select(CampaignContact.id).where(CampaignContact.campaign_id == Campaign.id,
-                                          CampaignContact.state.in_(("queued", "dialing"))).exists(),
+                                          CampaignContact.state.in_(UNFINISHED_CONTACT_STATES)).exists(),
         select(CampaignContact.id).where(CampaignContact.campaign_id == Campaign.id).exists())))
     session.rollback()
     done = 0
@@ -143,7 +146,7 @@ def complete_finished_campaigns(session: Session) -> int:
         result = session.execute(update(Campaign).where(
             Campaign.id == campaign_id, Campaign.status == "running",
             ~select(CampaignContact.id).where(CampaignContact.campaign_id == campaign_id,
-                                              CampaignContact.state.in_(("queued", "dialing"))).exists())
+                                              CampaignContact.state.in_(UNFINISHED_CONTACT_STATES)).exists())
             .values(status="completed", completed_at=utcnow()).execution_options(synchronize_session=False))
         if result.rowcount == 1:
             campaign = session.get(Campaign, campaign_id)
@@ -165,10 +168,8 @@ def bind_attempt(session: Session, call_id: uuid.UUID, carrier_call_id: str | No
     if attempt is None:
         session.rollback()
         return
-    if attempt.state in ("dialing", "unknown"):
-        if attempt.state == "unknown":
-            session.execute(update(CampaignContact).where(CampaignContact.id == attempt.contact_id,
-                                                          CampaignContact.state == "unknown")
-                            .values(state="dialing").execution_options(synchronize_session=False))
-        attempt.state, attempt.carrier_call_id = "placed", carrier_call_id
+    if attempt.state in (ATTEMPT_DIALING, ATTEMPT_UNKNOWN):
+        if attempt.state == ATTEMPT_UNKNOWN:
+            reopen_contact(session, attempt.contact_id)
+        attempt.state, attempt.carrier_call_id = ATTEMPT_PLACED, carrier_call_id
     session.commit()
