@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ... import call_states
+from ...db import end_read, transaction
 from ...models import Call, Campaign, CampaignContact, DialAttempt, utcnow
 from ..events import emit_event
 from .attempts import (ATTEMPT_ABORTED, ATTEMPT_CLAIMED, ATTEMPT_DIALING, ATTEMPT_ENDED, ATTEMPT_EXPIRED,
@@ -45,32 +46,41 @@ class DispatchSettings:
 def settle_call(session: Session, call_id: uuid.UUID) -> bool:
     """If the call of a campaign attempt has reached a terminal status, end the attempt
     and apply the retry policy. Idempotent; True if it settled something now."""
-    session.rollback()
+    end_read(session)
     row = session.execute(select(DialAttempt.id, Call.status).join(Call, Call.id == DialAttempt.call_id)
                           .where(DialAttempt.call_id == call_id)).first()
-    session.rollback()
+    end_read(session)
     if row is None or not call_states.is_terminal(row.status):
         return False
     return finish_attempt(session, row.id, row.status)
 
 
 def finish_attempt(session: Session, attempt_id: uuid.UUID, outcome: str) -> bool:
-    session.rollback()
+    """End the attempt with its call's terminal status `outcome`, then apply the retry
+    policy to its contact. True if this call ended it."""
+    end_read(session)
     previous = session.scalar(select(DialAttempt.state).where(DialAttempt.id == attempt_id))
-    session.rollback()  # SQLite: a write opens its own transaction (no read-to-write upgrade)
+    end_read(session)  # SQLite: the write below opens its own transaction (no read-to-write upgrade)
     if previous not in SETTLEABLE_ATTEMPT_STATES or not update_attempt(
             session, attempt_id, (previous,), state=ATTEMPT_ENDED, outcome=outcome, ended_at=utcnow()):
-        session.rollback()
+        session.rollback()  # not in a state that ends, or moved by someone else meanwhile
         return False
     # An attempt we had given up on (GIVEN_UP_ATTEMPT_STATES) is recorded but never retried:
     # whether the callee was reached cannot be told for sure.
-    may_retry = previous in IN_FLIGHT_ATTEMPT_STATES
+    _apply_retry_policy(session, attempt_id, outcome, may_retry=previous in IN_FLIGHT_ATTEMPT_STATES)
+    session.commit()
+    return True
+
+
+def _apply_retry_policy(session: Session, attempt_id: uuid.UUID, outcome: str, *, may_retry: bool) -> None:
+    """The contact of an attempt that just ended: completed, queued again for a retry
+    (busy / no-answer / failed, after the delay, up to max_attempts), or failed."""
     attempt = session.get(DialAttempt, attempt_id)
+    assert attempt is not None  # its update has just matched
     contact = session.get(CampaignContact, attempt.contact_id)
     campaign = session.get(Campaign, attempt.campaign_id)
     if contact is None or campaign is None or contact.state not in (CONTACT_DIALING, CONTACT_UNKNOWN):
-        session.commit()
-        return True
+        return
     contact.last_outcome = outcome
     if outcome == call_states.COMPLETED:
         contact.state = CONTACT_COMPLETED
@@ -80,81 +90,83 @@ def finish_attempt(session: Session, attempt_id: uuid.UUID, outcome: str) -> boo
         contact.next_attempt_at = utcnow() + timedelta(seconds=campaign.retry_delay_seconds)
     else:
         contact.state = CONTACT_FAILED
-    session.commit()
-    return True
 
 
 def reconcile(session: Session, settings: DispatchSettings | None = None, *, now: datetime | None = None) -> dict:
-    """Settle finished calls, expire stuck attempts, complete finished campaigns."""
+    """Settle finished calls, reap stuck attempts, complete finished campaigns. Each
+    read ends before its writes; each attempt is moved in a transaction of its own."""
     settings = settings or DispatchSettings()
     now = now or utcnow()
     stats = {"settled": 0, "requeued": 0, "unknown": 0, "expired": 0, "completed_campaigns": 0}
-    session.rollback()
+    end_read(session)
     finished = session.execute(
         select(DialAttempt.id, Call.status).join(Call, Call.id == DialAttempt.call_id)
         .where(DialAttempt.state.in_(SETTLEABLE_ATTEMPT_STATES),
                Call.status.in_(sorted(call_states.TERMINAL))).limit(1000)).all()
-    session.rollback()
+    end_read(session)
     for attempt_id, status in finished:
         stats["settled"] += finish_attempt(session, attempt_id, status)
     # claimed too long: the carrier was never asked (the dialer died or hangs): re-queue.
     stale = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
         DialAttempt.state == ATTEMPT_CLAIMED, DialAttempt.state_changed_at < now - settings.claim_timeout)).all()
-    session.rollback()
+    end_read(session)
     for attempt_id, contact_id in stale:
-        if update_attempt(session, attempt_id, (ATTEMPT_CLAIMED,), state=ATTEMPT_ABORTED, error="claim timed out",
-                          ended_at=now):
-            requeue_contact(session, contact_id, now, uncount=True)
-            stats["requeued"] += 1
-        session.commit()
+        with transaction(session):
+            if update_attempt(session, attempt_id, (ATTEMPT_CLAIMED,), state=ATTEMPT_ABORTED,
+                              error="claim timed out", ended_at=now):
+                requeue_contact(session, contact_id, now, uncount=True)
+                stats["requeued"] += 1
     # dialing too long without a carrier id: the carrier MAY have dialled. Never redial.
     stuck = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
         DialAttempt.state == ATTEMPT_DIALING, DialAttempt.carrier_call_id.is_(None),
         DialAttempt.state_changed_at < now - settings.dial_timeout)).all()
-    session.rollback()
+    end_read(session)
     for attempt_id, contact_id in stuck:
-        if update_attempt(session, attempt_id, (ATTEMPT_DIALING,), state=ATTEMPT_UNKNOWN,
-                          error="no answer from the carrier request (worker died or carrier hung)"):
-            close_contact(session, contact_id, CONTACT_UNKNOWN, "unknown")
-            stats["unknown"] += 1
-        session.commit()
+        with transaction(session):
+            if update_attempt(session, attempt_id, (ATTEMPT_DIALING,), state=ATTEMPT_UNKNOWN,
+                              error="no answer from the carrier request (worker died or carrier hung)"):
+                close_contact(session, contact_id, CONTACT_UNKNOWN, "unknown")
+                stats["unknown"] += 1
     # placed but silent for too long: free the slot; the outcome stays unknown.
     silent = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
         DialAttempt.state.in_(IN_FLIGHT_ATTEMPT_STATES),
         DialAttempt.state_changed_at < now - settings.live_timeout)).all()
-    session.rollback()
+    end_read(session)
     for attempt_id, contact_id in silent:
-        if update_attempt(session, attempt_id, IN_FLIGHT_ATTEMPT_STATES, state=ATTEMPT_EXPIRED,
-                          error="no terminal status reported in time"):
-            close_contact(session, contact_id, CONTACT_UNKNOWN, "no-report")
-            stats["expired"] += 1
-        session.commit()
+        with transaction(session):
+            if update_attempt(session, attempt_id, IN_FLIGHT_ATTEMPT_STATES, state=ATTEMPT_EXPIRED,
+                              error="no terminal status reported in time"):
+                close_contact(session, contact_id, CONTACT_UNKNOWN, "no-report")
+                stats["expired"] += 1
     stats["completed_campaigns"] = complete_finished_campaigns(session)
     return stats
 
 
 def complete_finished_campaigns(session: Session) -> int:
-    session.rollback()
+    """Running campaigns with contacts, none of them queued or dialing, become completed
+    (event campaign.completed). Returns how many."""
+    end_read(session)
     candidates = list(session.scalars(select(Campaign.id).where(
         Campaign.status == "running",
         ~select(CampaignContact.id).where(CampaignContact.campaign_id == Campaign.id,
                                           CampaignContact.state.in_(UNFINISHED_CONTACT_STATES)).exists(),
         select(CampaignContact.id).where(CampaignContact.campaign_id == Campaign.id).exists())))
-    session.rollback()
+    end_read(session)
     done = 0
     for campaign_id in candidates:
-        result = session.execute(update(Campaign).where(
-            Campaign.id == campaign_id, Campaign.status == "running",
-            ~select(CampaignContact.id).where(CampaignContact.campaign_id == campaign_id,
-                                              CampaignContact.state.in_(UNFINISHED_CONTACT_STATES)).exists())
-            .values(status="completed", completed_at=utcnow()).execution_options(synchronize_session=False))
-        if result.rowcount == 1:
-            campaign = session.get(Campaign, campaign_id)
-            emit_event(session, campaign.agency_id, "campaign.completed",
-                       {"campaign_id": str(campaign_id), "name": campaign.name,
-                        "contacts": contact_counts(session, campaign_id)})
-            done += 1
-        session.commit()
+        with transaction(session):  # the event is written with the status change, or not at all
+            result = session.execute(update(Campaign).where(
+                Campaign.id == campaign_id, Campaign.status == "running",
+                ~select(CampaignContact.id).where(CampaignContact.campaign_id == campaign_id,
+                                                  CampaignContact.state.in_(UNFINISHED_CONTACT_STATES)).exists())
+                .values(status="completed", completed_at=utcnow()).execution_options(synchronize_session=False))
+            if result.rowcount == 1:
+                campaign = session.get(Campaign, campaign_id)
+                assert campaign is not None  # its update has just matched
+                emit_event(session, campaign.agency_id, "campaign.completed",
+                           {"campaign_id": str(campaign_id), "name": campaign.name,
+                            "contacts": contact_counts(session, campaign_id)})
+                done += 1
     return done
 
 
@@ -163,10 +175,10 @@ def bind_attempt(session: Session, call_id: uuid.UUID, carrier_call_id: str | No
     given up as "unknown" (its worker died mid-dial) becomes "placed"."""
     if not carrier_call_id:
         return
-    session.rollback()
+    end_read(session)
     attempt = session.scalar(select(DialAttempt).where(DialAttempt.call_id == call_id))
     if attempt is None:
-        session.rollback()
+        end_read(session)
         return
     if attempt.state in (ATTEMPT_DIALING, ATTEMPT_UNKNOWN):
         if attempt.state == ATTEMPT_UNKNOWN:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func
 from sqlalchemy.orm import Session
 
-from ...db import dialect_insert
+from ...db import dialect_insert, end_read, transaction
 from ...models import RateLimitWindow
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,10 @@ def _count_slot(session: Session, bucket: str, window_start: int, first_count: i
                  .on_conflict_do_update(index_elements=[table.c.bucket, table.c.window_start],
                                         set_={"count": greatest(table.c.count + 1, first_count)})
                  .returning(table.c.count))
-    session.rollback()
-    count = session.execute(statement).scalar_one()
-    if count == first_count:  # the window's first booking: drop counters long past
-        session.execute(delete(RateLimitWindow).where(RateLimitWindow.bucket == bucket,
-                                                      RateLimitWindow.window_start < window_start - 5 * window))
-    session.commit()
+    end_read(session)
+    with transaction(session):  # committed at once: every other dispatcher counts this booking
+        count = session.execute(statement).scalar_one()
+        if count == first_count:  # the window's first booking: drop counters long past
+            session.execute(delete(RateLimitWindow).where(RateLimitWindow.bucket == bucket,
+                                                          RateLimitWindow.window_start < window_start - 5 * window))
     return count
