@@ -57,7 +57,7 @@ from sqlalchemy import create_engine, text
 
 from bench.common import (BIN, PG_ADMIN_URL, PUBLIC_BASE_URL, ROOT, ULTRAVOX_AGENT_ID, Proc, free_port,
                           fresh_database, postgres_reachable, seed_demo, start, wait_ready)
-from telephony.services.dispatch import pacing_plan
+from telephony.services.campaigns.pacing import pacing_plan
 
 RESULTS = ROOT / "bench" / "results"
 CONTACTS = 2000
@@ -114,9 +114,9 @@ class RunResult:
 def create_paused_campaign(database_url: str, key: str, workdir: Path, agency_id) -> str:
     """Through the service layer, like POST /api/v1/campaigns with start=false."""
     from telephony import create_app
-    from telephony.campaigns.windows import CallingWindow, is_open, timezone_for
     from telephony.config import Config
-    from telephony.services import campaigns
+    from telephony.services.campaigns import manage as campaigns
+    from telephony.services.campaigns.windows import CallingWindow, is_open, timezone_for
 
     window = {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "start": "00:00", "end": "23:59"}
     zone = timezone_for(f"+{FIRST_NUMBER}", "UTC")
@@ -141,7 +141,7 @@ def create_paused_campaign(database_url: str, key: str, workdir: Path, agency_id
 
 
 def resume_campaign(engine, campaign_id: str) -> None:
-    # What POST /api/v1/campaigns/{id}/resume does (services.campaigns.set_status).
+    # What POST /api/v1/campaigns/{id}/resume does (services.campaigns.manage.set_status).
     with engine.begin() as conn:
         conn.execute(text("UPDATE campaigns SET status = 'running', paused_reason = NULL, backoff_until = NULL "
                           "WHERE id = :id AND status = 'paused'"), {"id": campaign_id})

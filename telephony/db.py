@@ -175,3 +175,26 @@ def end_reads_before_writing(session: Session) -> None:
     transaction saves a pool checkout, its ping and a BEGIN/ROLLBACK round trip."""
     if session.get_bind().dialect.name == "sqlite":
         session.rollback()
+
+
+def end_read(session: Session) -> None:
+    """End the session's read-only transaction (a rollback: nothing was written in it).
+
+    No snapshot, row lock or connection is held past this point, and the next statement
+    starts a new transaction that sees everything committed meanwhile. On SQLite it also
+    keeps a read from turning into a write: a transaction that began with a read cannot
+    take the write lock if another connection wrote since, so a write that follows a read
+    must open its own transaction."""
+    session.rollback()
+
+
+@contextmanager
+def transaction(session: Session) -> Iterator[None]:
+    """The block is one transaction (or the rest of the one already open): committed
+    when the block ends, rolled back if it raises (the exception goes on)."""
+    try:
+        yield
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise

@@ -23,6 +23,7 @@ from flask import Flask
 from .db import Database
 from .jobs import Handler, JobContext, claim_jobs, run_job
 from .services import enrichment, events
+from .services.campaigns.loop import Dispatcher
 from .services.retention import run_purge
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,6 @@ class Worker:
 
 
 def main_loop(app: Flask, poll_interval: float = 1.0) -> None:
-    from .services.dispatch import Dispatcher
 
     # As in gunicorn.conf.py's post_worker_init: what the app loaded lives as long as the
     # process, and a full garbage collection walking it would stop the campaign dialers

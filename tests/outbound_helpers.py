@@ -94,23 +94,23 @@ def create_campaign(client, seeded, contacts, **overrides):
 def dispatch_once(app, *, now=None) -> list[str]:
     """One claim pass over every due campaign, dialling each claimed attempt inline."""
     from telephony.models import utcnow
-    from telephony.services import dispatch
+    from telephony.services.campaigns import claim, dial, outcomes
     db = app.extensions["telephony.db"]
     results = []
     with app.app_context(), db.session() as session:
-        dispatch.reconcile(session)
+        outcomes.reconcile(session)
         at = now or utcnow()
-        for campaign_id in dispatch.due_campaign_ids(session, at):
-            for attempt_id in dispatch.claim_batch(session, campaign_id, 100, now=at):
-                results.append(dispatch.dial_attempt(session, attempt_id))
+        for campaign_id in claim.due_campaign_ids(session, at):
+            for attempt_id in claim.claim_batch(session, campaign_id, 100, now=at):
+                results.append(dial.dial_attempt(session, attempt_id))
     return results
 
 
 def reconcile(app, **kwargs):
-    from telephony.services import dispatch
+    from telephony.services.campaigns import outcomes
     db = app.extensions["telephony.db"]
     with app.app_context(), db.session() as session:
-        return dispatch.reconcile(session, **kwargs)
+        return outcomes.reconcile(session, **kwargs)
 
 
 def contacts_by_phone(app, campaign_id) -> dict:

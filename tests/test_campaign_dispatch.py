@@ -10,7 +10,8 @@ import pytest
 import requests
 
 from telephony.models import utcnow
-from telephony.services import dispatch
+from telephony.services.campaigns import claim, dial
+from telephony.services.campaigns.attempts import LIVE_ATTEMPT_STATES
 from tests.outbound_helpers import (CALLEE, attempts, contacts_by_phone, create_campaign, dial_requests,
                                     dispatch_once, seed_agency, sim_calls, twilio_status)
 
@@ -134,12 +135,12 @@ def test_pacing_and_concurrency_hold_across_two_dispatchers(sim_app, carrier_sim
         while not stop.is_set():
             with sim_app.app_context(), db.session() as session:
                 ids = []
-                for campaign_id in dispatch.due_campaign_ids(session, utcnow()):
-                    ids += dispatch.claim_batch(session, campaign_id, 3)
-                live = len([a for a in attempts(sim_app, campaign["id"]) if a.state in dispatch.LIVE_ATTEMPT_STATES])
+                for campaign_id in claim.due_campaign_ids(session, utcnow()):
+                    ids += claim.claim_batch(session, campaign_id, 3)
+                live = len([a for a in attempts(sim_app, campaign["id"]) if a.state in LIVE_ATTEMPT_STATES])
                 peak[0] = max(peak[0], live)
                 for attempt_id in ids:
-                    dispatch.dial_attempt(session, attempt_id)
+                    dial.dial_attempt(session, attempt_id)
             if not ids:
                 time.sleep(0.05)
 
@@ -169,7 +170,7 @@ def test_pacing_and_concurrency_hold_across_two_dispatchers(sim_app, carrier_sim
 def test_cps_slots_in_the_past_are_skipped_not_burst(app, db):
     """A dispatcher that asks late in a second gets the next slot not before now, so
     starts never bunch up: at most `limit` starts in any one-second window."""
-    from telephony.services.dispatch import acquire_cps_slot
+    from telephony.services.campaigns.pacing import acquire_cps_slot
 
     base = 1_900_000_000.0
     clock = {"now": base + 0.6}
@@ -199,7 +200,7 @@ def test_cps_pacing_tolerates_late_arrivals_at_the_carrier(app, db, limit):
     at the carrier holds more than `limit` starts, and the mean rate stays close to it."""
     import random
 
-    from telephony.services.dispatch import CPS_RATE_MARGIN, acquire_cps_slot, pacing_plan
+    from telephony.services.campaigns.pacing import CPS_RATE_MARGIN, acquire_cps_slot, pacing_plan
 
     rng = random.Random(limit)
     clock = {"now": 1_900_000_000.3}
@@ -226,7 +227,7 @@ def test_cps_pacing_tolerates_late_arrivals_at_the_carrier(app, db, limit):
 
 def test_cps_slot_is_given_up_when_the_dispatcher_wakes_too_late(app, db):
     """A thread that oversleeps (busy machine) does not start late: it takes a later slot."""
-    from telephony.services.dispatch import acquire_cps_slot, pacing_plan
+    from telephony.services.campaigns.pacing import acquire_cps_slot, pacing_plan
 
     pacing = pacing_plan(20)
     clock = {"now": 1_900_000_000.0}
@@ -250,7 +251,7 @@ def test_dispatchers_waiting_together_get_every_slot_across_windows(app, db, lim
     """Many dialers asking at the same moment book slots in advance, past the end of the
     current window, without a gap: no slot goes unused at a window's start (that was
     ~2.5 % of the rate when the next window was only booked once it had begun)."""
-    from telephony.services.dispatch import acquire_cps_slot, pacing_plan
+    from telephony.services.campaigns.pacing import acquire_cps_slot, pacing_plan
 
     pacing = pacing_plan(limit)
     now = 1_900_000_000.0 + pacing.window - 3 * pacing.spacing  # three slots before a window ends
@@ -265,7 +266,7 @@ def test_dispatchers_waiting_together_get_every_slot_across_windows(app, db, lim
 
 @pytest.mark.parametrize("limit, expected_rate", [(1, 0.96), (2, 1.92), (5, 4.8), (20, 19.2), (30, 28.75)])
 def test_pacing_plan_rate_and_tolerance(limit, expected_rate):
-    from telephony.services.dispatch import CPS_RATE_MARGIN, pacing_plan
+    from telephony.services.campaigns.pacing import CPS_RATE_MARGIN, pacing_plan
 
     pacing = pacing_plan(limit)
     assert pacing.slots / pacing.window == pytest.approx(expected_rate)
@@ -278,11 +279,9 @@ def test_pacing_plan_rate_and_tolerance(limit, expected_rate):
 def test_dialer_made_late_by_its_commit_steps_back_and_takes_a_later_slot(sim_app, carrier_sim, monkeypatch):
     """After committing "dialing", a dialer already too late for its slot has sent
     nothing yet: it returns the attempt to "claimed", takes a later slot and dials once."""
-    from telephony.services import dispatch
-
     seeded = seed_agency(sim_app)
     campaign = create_campaign(sim_app.test_client(), seeded, [{"phone": CALLEE}])
-    real_acquire = dispatch.acquire_cps_slot
+    real_acquire = dial.acquire_cps_slot
     slots_taken: list[float] = []
     states_seen: list[str] = []
 
@@ -293,7 +292,7 @@ def test_dialer_made_late_by_its_commit_steps_back_and_takes_a_later_slot(sim_ap
         # The first slot "was" a second ago: as if the dialing commit had taken that long.
         return slot - 1.0 if len(slots_taken) == 1 else slot
 
-    monkeypatch.setattr(dispatch, "acquire_cps_slot", acquire)
+    monkeypatch.setattr(dial, "acquire_cps_slot", acquire)
     dispatch_once(sim_app)
     assert len(slots_taken) == 2 and states_seen == ["claimed", "claimed"]  # back to claimed before the retake
     [attempt] = attempts(sim_app, campaign["id"])

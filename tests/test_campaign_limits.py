@@ -14,8 +14,9 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select, update
 
 from telephony.models import Campaign, CampaignContact, DialAttempt, utcnow
-from telephony.services import campaigns as campaign_service
-from telephony.services import dispatch
+from telephony.services.campaigns import claim, dial, outcomes
+from telephony.services.campaigns import manage as campaign_service
+from telephony.services.campaigns.attempts import LIVE_ATTEMPT_STATES
 from tests.outbound_helpers import attempts, contacts_by_phone, create_campaign, seed_agency
 
 LONG_AGO = "2020-01-01T00:00:00+00:00"
@@ -38,11 +39,11 @@ def _campaign(app, seeded, count: int, *, max_concurrent: int = 1000, agency_cap
 def _claim(app, campaign_id: uuid.UUID, limit: int = 100, *, now: datetime | None = None) -> list[uuid.UUID]:
     db = app.extensions["telephony.db"]
     with app.app_context(), db.session() as session:
-        return dispatch.claim_batch(session, campaign_id, limit, now=now)
+        return claim.claim_batch(session, campaign_id, limit, now=now)
 
 
 def _live(app, *, agency_id: uuid.UUID | None = None, campaign_id: uuid.UUID | None = None) -> int:
-    conditions = [DialAttempt.state.in_(dispatch.LIVE_ATTEMPT_STATES)]
+    conditions = [DialAttempt.state.in_(LIVE_ATTEMPT_STATES)]
     if agency_id is not None:
         conditions.append(DialAttempt.agency_id == agency_id)
     if campaign_id is not None:
@@ -95,8 +96,8 @@ def test_agency_cap_frees_slots_when_attempts_end(app):
     _set_attempt_state(app, a3, "dialing")
     _set_attempt_state(app, a4, "placed")
     with db.session() as session:
-        assert dispatch.finish_attempt(session, a1, "completed")
-        dispatch.abort_attempt(session, session.get(DialAttempt, a2), reason="test: never dialled")
+        assert outcomes.finish_attempt(session, a1, "completed")
+        dial.abort_attempt(session, session.get(DialAttempt, a2), reason="test: never dialled")
     states = {a.id: a.state for a in attempts(app, first) + attempts(app, second)}
     assert [states[a] for a in claimed] == ["ended", "aborted", "dialing", "placed", "claimed"]
     assert _live(app, agency_id=seeded.agency_id) == 3
@@ -108,7 +109,7 @@ def test_agency_cap_frees_slots_when_attempts_end(app):
     # dialing without carrier id: unknown, placed and silent: expired). None of those
     # states is live, so the whole cap is free again.
     with db.session() as session:
-        stats = dispatch.reconcile(session, dispatch.DispatchSettings(claim_timeout=timedelta(0),
+        stats = outcomes.reconcile(session, outcomes.DispatchSettings(claim_timeout=timedelta(0),
                                                                        dial_timeout=timedelta(0),
                                                                        live_timeout=timedelta(0)),
                                    now=utcnow() + timedelta(seconds=1))
@@ -151,7 +152,7 @@ def test_campaign_cap_alone_and_together_with_the_agency_cap(app):
     ended = attempts(app, capped)[0].id
     _set_attempt_state(app, ended, "placed")
     with app.extensions["telephony.db"].session() as session:
-        assert dispatch.finish_attempt(session, ended, "no-answer")
+        assert outcomes.finish_attempt(session, ended, "no-answer")
     assert _live(app, campaign_id=capped) == 3
     assert len(_claim(app, capped, 100)) == 1
     assert _claim(app, capped, 100) == []
@@ -181,7 +182,7 @@ def test_agency_cap_holds_with_concurrent_claimers(app):
             barrier.wait(timeout=10)
             for i in range(6):
                 with db.session() as session:
-                    ids = dispatch.claim_batch(session, campaigns[(offset + i) % 2], 2)
+                    ids = claim.claim_batch(session, campaigns[(offset + i) % 2], 2)
                 with lock:
                     claimed.extend(ids)
         except BaseException as exc:  # reported below, not lost in the thread
@@ -309,7 +310,7 @@ def test_estimate_when_nothing_remains_or_the_campaign_is_over(app, monkeypatch)
     assert got["estimated_finish_at"] is None
     # Completed (by the reconciler): the completion time itself.
     with app.extensions["telephony.db"].session() as session:
-        assert dispatch.complete_finished_campaigns(session) == 1  # `settled`; `paused` is not running
+        assert outcomes.complete_finished_campaigns(session) == 1  # `settled`; `paused` is not running
     with app.extensions["telephony.db"].session() as session:
         completed = session.get(Campaign, settled)
         assert completed.status == "completed" and completed.completed_at is not None
@@ -335,7 +336,7 @@ def test_api_reports_the_estimate_as_iso_8601(app):
     done = _campaign(app, seeded, 2, start_at=LONG_AGO)
     _set_contact_states(app, done, ["completed", "failed"])
     with app.extensions["telephony.db"].session() as session:
-        assert dispatch.complete_finished_campaigns(session) == 1
+        assert outcomes.complete_finished_campaigns(session) == 1
     body = client.get(f"/api/v1/campaigns/{done}", headers=seeded.headers()).json
     assert body["status"] == "completed" and ISO_8601.match(body["progress"]["estimated_finish_at"])
     assert datetime.fromisoformat(body["progress"]["estimated_finish_at"]) == \

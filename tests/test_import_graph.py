@@ -25,16 +25,6 @@ PACKAGE = PACKAGE_DIR.name
 # Modules that may import inside functions (see the module docstring).
 LAZY_IMPORTS_ALLOWED = {"telephony", "telephony.cli"}
 
-# Function-level imports still there in other parts of the code, as (module, line's statement).
-KNOWN_FUNCTION_LEVEL_IMPORTS = {
-    # removed by the campaigns / call-start refactor
-    ("telephony.services.dispatch", "from .events import emit_event"),
-    # removed by the campaigns / call-start refactor
-    ("telephony.services.dispatch", "from .campaigns import contact_counts"),
-    # removed by the campaigns / call-start refactor (the Dispatcher moves; the lead fixes this import at merge)
-    ("telephony.worker", "from .services.dispatch import Dispatcher"),
-}
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
@@ -165,12 +155,9 @@ def test_the_telephony_package_has_no_import_cycle():
 def test_imports_are_at_the_top_of_their_module():
     _, nested_imports = import_graph()
     offending = [(module, line, statement) for module, line, statement in nested_imports
-                 if module not in LAZY_IMPORTS_ALLOWED and (module, statement) not in KNOWN_FUNCTION_LEVEL_IMPORTS]
+                 if module not in LAZY_IMPORTS_ALLOWED]
     assert not offending, "imports inside functions:\n" + "\n".join(
         f"{module}:{line}: {statement}" for module, line, statement in offending)
-    still_there = {(module, statement) for module, _, statement in nested_imports}
-    assert KNOWN_FUNCTION_LEVEL_IMPORTS <= still_there, (
-        f"gone, so delete them from KNOWN_FUNCTION_LEVEL_IMPORTS: {sorted(KNOWN_FUNCTION_LEVEL_IMPORTS - still_there)}")
 
 
 def test_the_graph_reader_resolves_imports_and_finds_cycles():

@@ -20,7 +20,8 @@ from pydantic import Field
 from ..auth import current_principal, require_auth
 from ..db import get_session
 from ..errors import ApiError
-from ..services import campaigns as campaign_service
+from ..services.campaigns import manage as campaign_service
+from ..services.campaigns.attempts import CONTACT_STATES
 from .schema import RequestModel, ResponseModel, document, parse_body, parse_query, render
 
 bp = Blueprint("campaigns", __name__, url_prefix="/api/v1")
@@ -142,7 +143,7 @@ class ContactList(ResponseModel):
 
 
 class ContactQuery(RequestModel):
-    state: Literal[campaign_service.CONTACT_STATES] | None = None  # type: ignore[valid-type]
+    state: Literal[CONTACT_STATES] | None = None  # type: ignore[valid-type]
     limit: int = Field(default=100, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
 

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 
 from ..carriers.base import CarrierAdapter, StatusEvent, WebhookRequest
 from ..db import end_reads_before_writing
-from ..models import Call, CallSource, CampaignContact, DialAttempt
-from . import call_status, carrier_webhooks, dispatch
+from ..models import Call, CallSource
+from . import call_status, carrier_webhooks
+from .campaigns.outcomes import bind_attempt, settle_call
 from .idempotency import first_time
 from .outbound import record_carrier_call
 
@@ -50,7 +51,7 @@ def apply_callback(session: Session, carrier: str, call_id: uuid.UUID, adapter: 
     session.commit()
     bind_attempt(session, call_id, carrier_call_id)
     if event is not None:
-        dispatch.settle_call(session, call_id)
+        settle_call(session, call_id)
 
 
 def plivo_answer(session: Session, call_id: uuid.UUID, adapter: CarrierAdapter,
@@ -70,25 +71,6 @@ def plivo_answer(session: Session, call_id: uuid.UUID, adapter: CarrierAdapter,
         session.commit()
         bind_attempt(session, call_id, call_uuid)
     return join_url
-
-
-def bind_attempt(session: Session, call_id: uuid.UUID, carrier_call_id: str | None) -> None:
-    """A callback proves the carrier placed the call: an attempt stuck in "dialing" or
-    given up as "unknown" (its worker died mid-dial) becomes "placed"."""
-    if not carrier_call_id:
-        return
-    session.rollback()
-    attempt = session.scalar(select(DialAttempt).where(DialAttempt.call_id == call_id))
-    if attempt is None:
-        session.rollback()
-        return
-    if attempt.state in ("dialing", "unknown"):
-        if attempt.state == "unknown":
-            session.execute(update(CampaignContact).where(CampaignContact.id == attempt.contact_id,
-                                                          CampaignContact.state == "unknown")
-                            .values(state="dialing").execution_options(synchronize_session=False))
-        attempt.state, attempt.carrier_call_id = "placed", carrier_call_id
-    session.commit()
 
 
 def _set_carrier_call_id(session: Session, call_id: uuid.UUID, carrier_call_id: str) -> None:

@@ -13,16 +13,16 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ..campaigns.contacts import ImportResult, parse_contacts_csv, parse_contacts_json
-from ..campaigns.windows import CallingWindow, validate_timezone
-from ..errors import Conflict, InvalidInput, NotFound
-from ..models import Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
-from ..db import insert_if_absent
-from .do_not_call import listed_among
-from .agents import find_agent
-from .phone_numbers import normalize_e164
+from ...db import insert_if_absent
+from ...errors import Conflict, InvalidInput, NotFound
+from ...models import Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
+from ..do_not_call import listed_among
+from ..agents import find_agent
+from ..phone_numbers import normalize_e164
+from .attempts import CONTACT_CANCELLED, CONTACT_DIALING, CONTACT_QUEUED, CONTACT_STATES
+from .contacts import ImportResult, parse_contacts_csv, parse_contacts_json
+from .windows import CallingWindow, validate_timezone
 
-CONTACT_STATES = ("queued", "dialing", "completed", "failed", "unknown", "suppressed", "cancelled")
 RETRYABLE = ("busy", "no-answer", "failed")
 MAX_CONTACTS = 100_000
 
@@ -109,7 +109,7 @@ def add_contacts(session: Session, campaign: Campaign, *, csv_text: str | None =
         if insert_if_absent(session, CampaignContact,
                             {"id": uuid.uuid4(), "campaign_id": campaign.id, "agency_id": campaign.agency_id,
                              "phone": contact.phone, "timezone": contact.timezone, "name": contact.name,
-                             "template_context": dict(contact.template_context), "state": "queued",
+                             "template_context": dict(contact.template_context), "state": CONTACT_QUEUED,
                              "attempts": 0, "next_attempt_at": now, "created_at": now, "updated_at": now},
                             ["campaign_id", "phone"]):
             added += 1
@@ -141,8 +141,8 @@ def set_status(session: Session, agency_id: uuid.UUID, campaign_id: uuid.UUID, a
         campaign.completed_at = utcnow()
         # Queued contacts are never dialled; calls already live run to their end.
         session.execute(update(CampaignContact).where(CampaignContact.campaign_id == campaign.id,
-                                                      CampaignContact.state == "queued")
-                        .values(state="cancelled").execution_options(synchronize_session=False))
+                                                      CampaignContact.state == CONTACT_QUEUED)
+                        .values(state=CONTACT_CANCELLED).execution_options(synchronize_session=False))
     session.flush()
     return campaign
 
@@ -169,7 +169,7 @@ def progress(session: Session, campaign: Campaign) -> dict[str, Any]:
     recent, first_recent = session.execute(
         select(func.count(), func.min(DialAttempt.dial_started_at)).select_from(DialAttempt).where(
             DialAttempt.campaign_id == campaign.id, DialAttempt.dial_started_at >= now - timedelta(minutes=5))).one()
-    remaining = counts["queued"] + counts["dialing"]
+    remaining = counts[CONTACT_QUEUED] + counts[CONTACT_DIALING]
     estimated = None
     if campaign.status in ("running", "paused") and remaining:
         if recent:

@@ -33,8 +33,8 @@ from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInput
-from ..services.phone_numbers import normalize_e164
+from ...errors import InvalidInput
+from ..phone_numbers import normalize_e164
 from .windows import validate_timezone
 
 MAX_CELL_CHARS = 1_000

@@ -42,8 +42,8 @@ from zoneinfo import ZoneInfo, available_timezones
 import phonenumbers
 from phonenumbers import timezone as phonenumber_zones
 
-from ..errors import InvalidInput
-from ..services.phone_numbers import normalize_e164
+from ...errors import InvalidInput
+from ..phone_numbers import normalize_e164
 
 UTC = timezone.utc
 
