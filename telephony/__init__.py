@@ -1,17 +1,25 @@
 """Telephony backbone: connects agencies' Ultravox agents to phones and browsers."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Flask
 
 from .config import Config
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .carriers.registry import CarrierRegistry
 
-def create_app(config: Config | None = None, *, instance_path: str | None = None) -> Flask:
-    """The application factory. Without a Config, one is read from the environment."""
+
+def create_app(config: Config | None = None, *, instance_path: str | None = None,
+               carriers: "CarrierRegistry | None" = None) -> Flask:
+    """The application factory. Without a Config, one is read from the environment;
+    without a carrier registry, one of every carrier is built from the Config."""
     from . import cli
     from .api import (calls, campaigns, do_not_call, errors, event_endpoints, hooks, management, ops, outbound,
                       public_keys, ultravox_webhooks, web_calls, webhooks)
     from .auth import JwtVerifier
+    from .carriers.registry import EXTENSION as CARRIERS_EXTENSION, CarrierRegistry
     from .credentials import CredentialStore
     from .db import Database, close_session
     from .logging import configure_logging
@@ -27,6 +35,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.json.sort_keys = False
     app.extensions["telephony.config"] = config
     app.extensions["telephony.db"] = Database(config.database_url)
+    app.extensions[CARRIERS_EXTENSION] = carriers if carriers is not None else CarrierRegistry.from_config(config)
     app.extensions["telephony.credentials"] = CredentialStore(config.credentials_keys)
     app.extensions["telephony.jwt"] = JwtVerifier(secret=config.jwt_secret, jwks_url=config.jwks_url,
                                                   audience=config.jwt_audience, timeout=config.upstream_timeout)

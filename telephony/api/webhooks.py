@@ -20,7 +20,7 @@ from typing import Callable
 from flask import Blueprint, Response, g, jsonify, request
 
 from ..carriers.base import Answer, WebhookRequest
-from ..carriers.registry import xml_carrier
+from ..carriers.registry import get_carriers
 from ..context import get_config
 from ..db import get_db, get_session
 from ..services import call_status, inbound
@@ -42,7 +42,7 @@ def webhook_request() -> WebhookRequest:
 
 
 def _inbound(carrier: str) -> Response:
-    adapter = xml_carrier(carrier)
+    adapter = get_carriers().xml_adapter(carrier)
     outcome = None
     try:
         outcome = inbound.answer_inbound(get_session(), adapter, webhook_request())
@@ -80,7 +80,7 @@ def _store_after_answer(outcome: inbound.InboundOutcome) -> Callable[[], None]:
 
 
 def _status(carrier: str) -> tuple[str, int]:
-    call_status.apply_status(get_session(), xml_carrier(carrier), webhook_request())
+    call_status.apply_status(get_session(), get_carriers().xml_adapter(carrier), webhook_request())
     return "", 204
 
 

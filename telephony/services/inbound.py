@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from .. import call_states
 from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
-from ..carriers.registry import TELNYX_CALL_CONTROL
+from ..carriers.registry import get_carriers
 from ..context import get_config, get_credentials
 from ..credentials import ProviderCredentials
 from ..db import insert_if_absent
@@ -190,7 +190,7 @@ def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: Age
     metadata.update({f"{METADATA_PREFIX}carrier_call_id": call.carrier_call_id,
                      f"{METADATA_PREFIX}from": from_number, f"{METADATA_PREFIX}to": route.e164})
     body = agent_call_body(
-        medium=adapter.medium, first_speaker="agent", metadata=metadata,
+        medium=get_carriers().by_name(adapter.name).medium, first_speaker="agent", metadata=metadata,
         template_context={"caller_number": from_number, "called_number": route.e164},
         recording_enabled=agent.recording_enabled if route.recording_enabled is None else route.recording_enabled)
     try:
@@ -318,7 +318,7 @@ def _rollback_quietly(session: Session) -> None:
 # -- Telnyx Call Control ---------------------------------------------------------------------
 
 
-def handle_call_control_event(session: Session, request: WebhookRequest) -> None:
+def handle_call_control_event(session: Session, request: WebhookRequest, carrier: str = "telnyx") -> None:
     """One Call Control event. Raises SignatureRejected for a bad signature.
 
     call.initiated (incoming) is an inbound call: answered exactly like the XML carriers,
@@ -326,8 +326,8 @@ def handle_call_control_event(session: Session, request: WebhookRequest) -> None
     and speak). Later events continue a speak-and-hang-up answer and update the call's
     status, a repeated event id being skipped. A database error here propagates (500)
     so that Telnyx redelivers the event; applying it twice is harmless."""
-    adapter = TELNYX_CALL_CONTROL
-    api_base = get_config().telnyx_api_base
+    adapter = get_carriers().call_control(carrier)
+    api_base = get_carriers().by_name(carrier).api_base(get_config())
     event = adapter.parse_event(request)
     if event.event_type == "call.initiated":
         if event.direction != "incoming" or not event.call_control_id:
