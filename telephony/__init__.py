@@ -20,7 +20,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
                       public_keys, ultravox_webhooks, web_calls, webhooks)
     from .auth import JwtVerifier
     from .carriers.registry import EXTENSION as CARRIERS_EXTENSION, CarrierRegistry
-    from .credentials import CredentialStore
+    from .credentials import CredentialStore, provider_fields
     from .db import Database, close_session
     from .logging import configure_logging
 
@@ -35,8 +35,11 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.json.sort_keys = False
     app.extensions["telephony.config"] = config
     app.extensions["telephony.db"] = Database(config.database_url)
-    app.extensions[CARRIERS_EXTENSION] = carriers if carriers is not None else CarrierRegistry.from_config(config)
-    app.extensions["telephony.credentials"] = CredentialStore(config.credentials_keys)
+    # Before the blueprints: the webhook routes and the credential API are derived from it.
+    carriers = carriers if carriers is not None else CarrierRegistry.from_config(config)
+    app.extensions[CARRIERS_EXTENSION] = carriers
+    app.extensions["telephony.credentials"] = CredentialStore(config.credentials_keys,
+                                                              providers=provider_fields(carriers))
     app.extensions["telephony.jwt"] = JwtVerifier(secret=config.jwt_secret, jwks_url=config.jwks_url,
                                                   audience=config.jwt_audience, timeout=config.upstream_timeout)
 

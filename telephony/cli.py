@@ -15,10 +15,11 @@ from cryptography.fernet import Fernet
 from flask import Flask
 from flask.cli import AppGroup
 
+from .carriers.registry import CARRIERS
 from .context import get_config, get_credentials
 from .credentials import PROVIDER_FIELDS
 from .errors import DomainError
-from .models import Carrier, Role
+from .models import Role
 
 
 def _db():
@@ -132,7 +133,7 @@ def agent_add(agency_id: str, name: str, ultravox_agent_id: str, recording: bool
 @number_cli.command("add")
 @click.argument("e164")
 @click.option("--agency", "agency_id", required=True)
-@click.option("--carrier", type=click.Choice([c.value for c in Carrier]), required=True)
+@click.option("--carrier", type=click.Choice([carrier.name for carrier in CARRIERS]), required=True)
 @click.option("--agent", "agent_id", help="Agent mapping id (ours) answering this number.")
 @click.option("--fallback", "fallback_number", help="E.164 number to dial when the agent cannot be reached.")
 def number_add(e164: str, agency_id: str, carrier: str, agent_id: str | None, fallback_number: str | None) -> None:
