@@ -1,18 +1,26 @@
 """Telephony backbone: connects agencies' Ultravox agents to phones and browsers."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Flask
 
 from .config import Config
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .carriers.registry import CarrierRegistry
 
-def create_app(config: Config | None = None, *, instance_path: str | None = None) -> Flask:
-    """The application factory. Without a Config, one is read from the environment."""
+
+def create_app(config: Config | None = None, *, instance_path: str | None = None,
+               carriers: "CarrierRegistry | None" = None) -> Flask:
+    """The application factory. Without a Config, one is read from the environment;
+    without a carrier registry, one of every carrier is built from the Config."""
     from . import cli
     from .api import (calls, campaigns, do_not_call, errors, event_endpoints, hooks, management, ops, outbound,
                       public_keys, ultravox_webhooks, web_calls, webhooks)
     from .auth import JwtVerifier
-    from .credentials import CredentialStore
+    from .carriers.registry import EXTENSION as CARRIERS_EXTENSION, CarrierRegistry
+    from .credentials import CredentialStore, provider_fields
     from .db import Database, close_session
     from .logging import configure_logging
 
@@ -27,7 +35,11 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.json.sort_keys = False
     app.extensions["telephony.config"] = config
     app.extensions["telephony.db"] = Database(config.database_url, timeouts=config.database_timeouts)
-    app.extensions["telephony.credentials"] = CredentialStore(config.credentials_keys)
+    # Before the blueprints: the webhook routes and the credential API are derived from it.
+    carriers = carriers if carriers is not None else CarrierRegistry.from_config(config)
+    app.extensions[CARRIERS_EXTENSION] = carriers
+    app.extensions["telephony.credentials"] = CredentialStore(config.credentials_keys,
+                                                              providers=provider_fields(carriers))
     app.extensions["telephony.jwt"] = JwtVerifier(secret=config.jwt_secret, jwks_url=config.jwks_url,
                                                   audience=config.jwt_audience, timeout=config.upstream_timeout)
 

@@ -9,16 +9,18 @@ import json
 import os
 import sys
 import uuid
+from functools import wraps
 
 import click
 from cryptography.fernet import Fernet
 from flask import Flask
 from flask.cli import AppGroup
 
+from .carriers.registry import CARRIERS
 from .context import get_config, get_credentials
 from .credentials import PROVIDER_FIELDS
 from .errors import DomainError
-from .models import Carrier, Role
+from .models import Role
 
 
 def _db():
@@ -132,7 +134,7 @@ def agent_add(agency_id: str, name: str, ultravox_agent_id: str, recording: bool
 @number_cli.command("add")
 @click.argument("e164")
 @click.option("--agency", "agency_id", required=True)
-@click.option("--carrier", type=click.Choice([c.value for c in Carrier]), required=True)
+@click.option("--carrier", type=click.Choice([carrier.name for carrier in CARRIERS]), required=True)
 @click.option("--agent", "agent_id", help="Agent mapping id (ours) answering this number.")
 @click.option("--fallback", "fallback_number", help="E.164 number to dial when the agent cannot be reached.")
 def number_add(e164: str, agency_id: str, carrier: str, agent_id: str | None, fallback_number: str | None) -> None:
@@ -322,19 +324,20 @@ def register(app: Flask) -> None:
                   token_cli, worker_cli, maintenance_cli):
         app.cli.add_command(group)
 
-    # Domain errors from services become one-line CLI errors, not tracebacks.
+    # Domain errors from services become one-line CLI errors, not tracebacks. The groups
+    # are module-level and every app registers them: wrap each callback once only.
     for group in (agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, publickey_cli):
         for command in group.commands.values():
-            command.callback = _domain_errors_as_click(command.callback)
+            if not getattr(command.callback, "domain_errors_as_click", False):
+                command.callback = _domain_errors_as_click(command.callback)
 
 
 def _domain_errors_as_click(callback):
-    from functools import wraps
-
     @wraps(callback)
     def wrapper(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
         except DomainError as exc:
             raise click.ClickException(exc.message) from None
+    wrapper.domain_errors_as_click = True  # type: ignore[attr-defined]
     return wrapper

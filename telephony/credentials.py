@@ -20,15 +20,21 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
+from .carriers.registry import CARRIERS
+from .carriers.spec import CarrierSpec
 from .models import AgencyCredential, utcnow
 
-# provider -> the fields an agency can store for it. The order is the display order.
-PROVIDER_FIELDS: dict[str, tuple[str, ...]] = {
-    "ultravox": ("api_key", "webhook_secret"),
-    "twilio": ("account_sid", "auth_token"),
-    "telnyx": ("api_key", "public_key", "connection_id"),
-    "plivo": ("auth_id", "auth_token"),
-}
+ULTRAVOX_FIELDS: tuple[str, ...] = ("api_key", "webhook_secret")
+
+
+def provider_fields(carriers: Iterable[CarrierSpec]) -> dict[str, tuple[str, ...]]:
+    """provider -> the fields an agency can store for it: Ultravox's, then each carrier's
+    (from its description). The order is the display order."""
+    return {"ultravox": ULTRAVOX_FIELDS, **{carrier.name: carrier.credential_names for carrier in carriers}}
+
+
+# Of every carrier; an app's store has those of its carrier registry (create_app).
+PROVIDER_FIELDS: Mapping[str, tuple[str, ...]] = provider_fields(CARRIERS)
 MAX_SECRET_LENGTH = 4096
 _ROWS_CACHE = "telephony.credential_rows"
 # Built once: read on every webhook.
@@ -87,27 +93,34 @@ def mask(value: str) -> str:
     return value[-4:] if len(value) >= 12 else ""
 
 
-def validate_fields(provider: str, names: Iterable[str]) -> None:
-    if provider not in PROVIDER_FIELDS:
+def validate_fields(provider: str, names: Iterable[str],
+                    providers: Mapping[str, Sequence[str]] = PROVIDER_FIELDS) -> None:
+    if provider not in providers:
         raise UnknownCredential("provider", f"unknown provider {provider!r}; expected one of "
-                                f"{', '.join(PROVIDER_FIELDS)}")
+                                f"{', '.join(providers)}")
     for name in names:
-        if name not in PROVIDER_FIELDS[provider]:
+        if name not in providers[provider]:
             raise UnknownCredential(name, f"{provider} has no credential field {name!r}; expected one of "
-                                    f"{', '.join(PROVIDER_FIELDS[provider])}")
+                                    f"{', '.join(providers[provider])}")
 
 
 class CredentialStore:
-    def __init__(self, keys: Sequence[str]):
+    def __init__(self, keys: Sequence[str], providers: Mapping[str, Sequence[str]] = PROVIDER_FIELDS):
         if not keys:
             raise ValueError("at least one encryption key is required")
         self._fernet = MultiFernet([Fernet(key) for key in keys])
+        self._providers: dict[str, tuple[str, ...]] = {name: tuple(fields) for name, fields in providers.items()}
+
+    @property
+    def providers(self) -> Mapping[str, tuple[str, ...]]:
+        """provider -> the fields this store accepts for it, in display order."""
+        return self._providers
 
     # -- writing -----------------------------------------------------------
     def set(self, session: Session, agency_id: uuid.UUID, provider: str, values: Mapping[str, str | None]) -> None:
         """Store (or, with None, delete) some fields of one provider. Fields not
         named are left as they are."""
-        validate_fields(provider, values)
+        validate_fields(provider, values, self._providers)
         session.info.pop(_ROWS_CACHE, None)
         for name, value in values.items():
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -133,7 +146,7 @@ class CredentialStore:
         session.flush()
 
     def delete_provider(self, session: Session, agency_id: uuid.UUID, provider: str) -> int:
-        validate_fields(provider, ())
+        validate_fields(provider, (), self._providers)
         session.info.pop(_ROWS_CACHE, None)
         result = session.execute(delete(AgencyCredential).where(
             AgencyCredential.agency_id == agency_id, AgencyCredential.name.like(f"{provider}.%")))
@@ -146,7 +159,7 @@ class CredentialStore:
         The agency's rows are read once per session (one query, kept encrypted in
         session.info) so a webhook needing carrier and Ultravox credentials pays
         for one round trip; writes through this store drop that cache."""
-        validate_fields(provider, ())
+        validate_fields(provider, (), self._providers)
         prefix = f"{provider}."
         values = {name[len(prefix):]: self._open(agency_id, name, token)
                   for name, token in self._rows(session, agency_id).items() if name.startswith(prefix)}
@@ -169,7 +182,7 @@ class CredentialStore:
         rows = session.scalars(select(AgencyCredential).where(AgencyCredential.agency_id == agency_id))
         stored = {row.name: self._decrypt(agency_id, row) for row in rows}
         result: dict[str, dict[str, dict]] = {}
-        for provider, fields in PROVIDER_FIELDS.items():
+        for provider, fields in self._providers.items():
             result[provider] = {}
             for name in fields:
                 value = stored.get(f"{provider}.{name}")

@@ -80,6 +80,22 @@ def test_cli_errors_are_one_line_messages(app):
     assert unknown_field.exit_code == 1 and "auth_id" in unknown_field.output and "hunter22" not in unknown_field.output
 
 
+def test_every_app_shares_the_commands_and_wraps_their_errors_once(config, tmp_path):
+    """The command groups are module-level: an app built after many others (a test run
+    builds hundreds) must not stack another error wrapper on each command."""
+    from telephony import create_app
+    for n in range(3):
+        create_app(config, instance_path=str(tmp_path / f"instance-{n}")).extensions["telephony.db"].dispose()
+    from telephony.cli import _domain_errors_as_click, agent_cli
+    wrapper_code = _domain_errors_as_click(lambda: None).__code__
+    for command in agent_cli.commands.values():
+        layers, function = 0, command.callback
+        while function is not None:
+            layers += getattr(function, "__code__", None) is wrapper_code
+            function = getattr(function, "__wrapped__", None)
+        assert layers == 1, (command.name, layers)
+
+
 def test_rotate_command_re_encrypts(app, db):
     agency = _json(_run(app, ["agency", "create", "R"]))
     _run(app, ["credentials", "set", "plivo", "--agency", agency["id"]], input="auth_id=MAXXXXXXXXXXXXXXXXXX\n")

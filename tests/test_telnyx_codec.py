@@ -74,8 +74,8 @@ def test_texml_answer_uses_the_configured_codec_for_both_directions(config, tmp_
 
 
 def test_each_app_answers_with_its_own_codec(app, config, tmp_path):
-    """The adapters are shared module-level objects: the codec comes from the app that
-    handles the request, not from whichever app was created last."""
+    """Each app has its own carrier adapters, built from its own config: the codec comes
+    from the app that handles the request, not from whichever app was created last."""
     other = create_app(config.with_overrides(telnyx_stream_codec="PCMA"), instance_path=str(tmp_path / "other"))
     try:
         assert _texml_stream(app)["codec"] == "L16"  # the `app` fixture: the default
@@ -87,13 +87,17 @@ def test_each_app_answers_with_its_own_codec(app, config, tmp_path):
 # -- Call Control answer ----------------------------------------------------------------------
 
 
-def test_call_control_answer_uses_the_configured_codec_for_both_directions(sim_app, ultravox_sim, carrier_sim):
-    # Swapped after create_app: the codec is read when the call is answered.
-    sim_app.extensions["telephony.config"] = sim_app.extensions["telephony.config"].with_overrides(
-        telnyx_stream_codec="PCMU")
-    seed(sim_app, carrier="telnyx")
-    ccid = _call_control_id()
-    assert _post(sim_app.test_client(), _event("call.initiated", ccid)).status_code == 200
+def test_call_control_answer_uses_the_configured_codec_for_both_directions(sim_app, ultravox_sim, carrier_sim,
+                                                                          tmp_path):
+    # The codec is read from the config once, when create_app builds the app's carriers.
+    app = create_app(sim_app.extensions["telephony.config"].with_overrides(telnyx_stream_codec="PCMU"),
+                     instance_path=str(tmp_path / "pcmu"))
+    try:
+        seed(app, carrier="telnyx")
+        ccid = _call_control_id()
+        assert _post(app.test_client(), _event("call.initiated", ccid)).status_code == 200
+    finally:
+        app.extensions["telephony.db"].dispose()
     [answer] = _commands(carrier_sim, ccid)
     params = answer["params"]
     assert answer["action"] == "answer"

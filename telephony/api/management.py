@@ -6,14 +6,17 @@ resource is a 404, the same as a missing one.
 """
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from flask import Blueprint, jsonify
-from pydantic import Field
+from flask.blueprints import BlueprintSetupState
+from pydantic import Field, create_model
 
 from ..auth import ALL_SCOPES, current_principal, require_auth
+from ..carriers.registry import CARRIERS
 from ..context import get_credentials
 from ..db import get_session
 from ..services import agents as agent_service
@@ -25,7 +28,12 @@ bp = Blueprint("management", __name__, url_prefix="/api/v1")
 
 ADMIN = ["bearerAuth", "apiKeyAuth"]
 UltravoxId = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-CarrierName = Literal["twilio", "telnyx", "plivo"]
+# What a phone number's carrier column can hold (tests/test_carrier_registry.py checks the
+# models' Carrier enum agrees).
+if TYPE_CHECKING:  # pragma: no cover
+    CarrierName = str
+else:
+    CarrierName = Literal[tuple(carrier.name for carrier in CARRIERS)]
 Scope = Literal["calls:read", "calls:write", "campaigns:read", "campaigns:write", "admin"]
 assert set(Scope.__args__) == set(ALL_SCOPES)  # type: ignore[attr-defined]
 
@@ -88,43 +96,25 @@ class PhoneNumberList(ResponseModel):
 Secret = Field(default=None, min_length=1, max_length=4096)
 
 
-class UltravoxCredentialsIn(RequestModel):
-    api_key: str | None = Secret
-    webhook_secret: str | None = Secret
-
-
-class TwilioCredentialsIn(RequestModel):
-    account_sid: str | None = Secret
-    auth_token: str | None = Secret
-
-
-class TelnyxCredentialsIn(RequestModel):
-    api_key: str | None = Secret
-    public_key: str | None = Secret
-    connection_id: str | None = Secret
-
-
-class PlivoCredentialsIn(RequestModel):
-    auth_id: str | None = Secret
-    auth_token: str | None = Secret
-
-
-CREDENTIAL_MODELS: dict[str, type[RequestModel]] = {
-    "ultravox": UltravoxCredentialsIn, "twilio": TwilioCredentialsIn,
-    "telnyx": TelnyxCredentialsIn, "plivo": PlivoCredentialsIn,
-}
-
-
 class SecretStatusOut(ResponseModel):
     set: bool
     last4: str | None = Field(description="Last 4 characters, empty for short secrets, null when not set.")
 
 
-class CredentialsOut(ResponseModel):
-    ultravox: dict[str, SecretStatusOut]
-    twilio: dict[str, SecretStatusOut]
-    telnyx: dict[str, SecretStatusOut]
-    plivo: dict[str, SecretStatusOut]
+# The credential models follow the app's credential store, whose providers are Ultravox and
+# the carriers of the app's registry: e.g. TwilioCredentialsIn {account_sid, auth_token},
+# and CredentialsOut with one member per provider.
+@functools.lru_cache(maxsize=None)
+def credentials_in_model(provider: str, fields: tuple[str, ...]) -> type[RequestModel]:
+    """PUT /credentials/<provider>: each field optional (omitted: kept; null: deleted)."""
+    return create_model(f"{provider.capitalize()}CredentialsIn", __base__=RequestModel,
+                        **{name: (str | None, Secret) for name in fields})  # type: ignore[call-overload]
+
+
+@functools.lru_cache(maxsize=None)
+def credentials_out_model(providers: tuple[str, ...]) -> type[ResponseModel]:
+    return create_model("CredentialsOut", __base__=ResponseModel,
+                        **{name: (dict[str, SecretStatusOut], ...) for name in providers})  # type: ignore[call-overload]
 
 
 class ApiKeyIn(RequestModel):
@@ -282,26 +272,28 @@ def delete_number(number_id: uuid.UUID):
 
 # -- credentials (write-only secrets) ---------------------------------------------------
 
-@bp.get("/credentials")
-@require_auth(scope="admin")
-@document(summary="Which credentials are set (never their values)", tags=["credentials"],
-          responses={200: (CredentialsOut, "Per provider and field: set, last 4 characters")})
-def get_credentials_status():
-    return render(CredentialsOut, get_credentials().describe(get_session(), current_principal().agency_id))
+def _credentials_status_view(out: type[ResponseModel]):
+    @require_auth(scope="admin")
+    @document(summary="Which credentials are set (never their values)", tags=["credentials"],
+              responses={200: (out, "Per provider and field: set, last 4 characters")})
+    def get_credentials_status():
+        return render(out, get_credentials().describe(get_session(), current_principal().agency_id))
+
+    return get_credentials_status
 
 
-def _credentials_view(provider: str, model: type[RequestModel]):
+def _credentials_view(provider: str, model: type[RequestModel], out: type[ResponseModel]):
     @require_auth(scope="admin")
     @document(summary=f"Set {provider} credentials (write-only; null deletes a field; omitted fields are kept)",
               tags=["credentials"], request_model=model,
-              responses={200: (CredentialsOut, "Stored; the response shows only set/last 4")})
+              responses={200: (out, "Stored; the response shows only set/last 4")})
     def put_credentials():
         body = parse_body(model)
         session = get_session()
         agency_id = current_principal().agency_id
         get_credentials().set(session, agency_id, provider, body.model_dump(exclude_unset=True))
         session.commit()
-        return render(CredentialsOut, get_credentials().describe(session, agency_id))
+        return render(out, get_credentials().describe(session, agency_id))
 
     return put_credentials
 
@@ -319,11 +311,19 @@ def _credentials_delete_view(provider: str):
     return delete_credentials
 
 
-for _provider, _model in CREDENTIAL_MODELS.items():
-    bp.add_url_rule(f"/credentials/{_provider}", f"put_{_provider}_credentials",
-                    _credentials_view(_provider, _model), methods=["PUT"])
-    bp.add_url_rule(f"/credentials/{_provider}", f"delete_{_provider}_credentials",
-                    _credentials_delete_view(_provider), methods=["DELETE"])
+@bp.record
+def _credential_routes(state: BlueprintSetupState) -> None:
+    """GET /credentials, PUT and DELETE /credentials/<provider>: one per provider of the
+    app's credential store (create_app builds it before registering this blueprint)."""
+    providers = state.app.extensions["telephony.credentials"].providers
+    out = credentials_out_model(tuple(providers))
+    state.add_url_rule("/credentials", "get_credentials_status", _credentials_status_view(out), methods=["GET"])
+    for provider, fields in providers.items():
+        state.add_url_rule(f"/credentials/{provider}", f"put_{provider}_credentials",
+                           _credentials_view(provider, credentials_in_model(provider, tuple(fields)), out),
+                           methods=["PUT"])
+        state.add_url_rule(f"/credentials/{provider}", f"delete_{provider}_credentials",
+                           _credentials_delete_view(provider), methods=["DELETE"])
 
 
 # -- API keys ---------------------------------------------------------------------------

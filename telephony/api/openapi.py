@@ -6,6 +6,7 @@ import re
 from flask import Flask
 from pydantic import BaseModel
 
+from ..carriers.registry import get_carriers
 from ..errors import ApiError
 
 _CONVERTER = re.compile(r"<(?:[a-z]+:)?([a-zA-Z_][a-zA-Z0-9_]*)>")
@@ -80,11 +81,17 @@ def build_openapi(app: Flask) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Telephony backbone API", "version": "1.0.0",
-                 "description": "Inbound and outbound calls for Ultravox agents over Twilio, Telnyx and Plivo, "
+                 "description": f"Inbound and outbound calls for Ultravox agents over {_carrier_titles(app)}, "
                                 "browser calls, and agency management."},
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
     }
+
+
+def _carrier_titles(app: Flask) -> str:
+    """"Twilio, Telnyx and Plivo": the app's carriers."""
+    titles = [carrier.title for carrier in get_carriers(app)]
+    return " and ".join(filter(None, (", ".join(titles[:-1]), *titles[-1:])))
 
 
 __all__ = ["build_openapi", "ApiError"]

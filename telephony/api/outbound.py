@@ -20,7 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import Field
 
 from ..auth import current_principal, require_auth
-from ..carriers.registry import TELNYX_CALL_CONTROL, xml_carrier
+from ..carriers.registry import get_carriers
 from ..db import get_session
 from ..services import idempotency_keys
 from ..services import outbound as outbound_service
@@ -106,19 +106,21 @@ def create_outbound_call():
 
 @bp.post("/webhooks/outbound/twilio/status/<uuid:call_id>")
 def twilio_outbound_status(call_id: uuid.UUID):
-    outbound_callbacks.apply_callback(get_session(), "twilio", call_id, xml_carrier("twilio"), webhook_request())
+    outbound_callbacks.apply_callback(get_session(), "twilio", call_id, get_carriers().xml_adapter("twilio"),
+                                      webhook_request())
     return "", 204
 
 
 @bp.post("/webhooks/outbound/plivo/hangup/<uuid:call_id>")
 def plivo_outbound_hangup(call_id: uuid.UUID):
-    outbound_callbacks.apply_callback(get_session(), "plivo", call_id, xml_carrier("plivo"), webhook_request())
+    outbound_callbacks.apply_callback(get_session(), "plivo", call_id, get_carriers().xml_adapter("plivo"),
+                                      webhook_request())
     return "", 204
 
 
 @bp.post("/webhooks/outbound/telnyx/call-control/<uuid:call_id>")
 def telnyx_outbound_event(call_id: uuid.UUID):
-    adapter, request_ = TELNYX_CALL_CONTROL, webhook_request()
+    adapter, request_ = get_carriers().call_control("telnyx"), webhook_request()
     parsed = adapter.parse_event(request_)
     outbound_callbacks.apply_callback(get_session(), "telnyx", call_id, adapter, request_,
                                       bind_id=parsed.call_control_id or None)
@@ -129,7 +131,7 @@ def telnyx_outbound_event(call_id: uuid.UUID):
 def plivo_outbound_answer(call_id: uuid.UUID):
     """Plivo fetches this when the callee answers, and may fetch it again: the answer is
     always the stream XML for the Ultravox call created before dialling (never a new call)."""
-    adapter = xml_carrier("plivo")
+    adapter = get_carriers().xml_adapter("plivo")
     join_url = outbound_callbacks.plivo_answer(get_session(), call_id, adapter, webhook_request())
     if join_url is None:
         return Response(adapter.say_and_hangup("Sorry, this call cannot be connected."), mimetype="text/xml")

@@ -1,5 +1,8 @@
 """Carrier webhooks (/webhooks/...): the URLs agencies configure at their carrier.
 
+The routes are those of the app's carriers, each from its description
+(``CarrierSpec.webhook_paths``: ``/webhooks/<carrier>/<path>``). Today:
+
 Inbound calls (answered with XML, always 200 unless the signature is bad):
   POST /webhooks/twilio/voice     Twilio number "A call comes in"
   POST /webhooks/telnyx/texml     Telnyx TeXML application voice URL
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from flask import Blueprint, Response, g, jsonify, request
+from flask.blueprints import BlueprintSetupState
 
 from ..carriers.base import Answer, WebhookRequest
-from ..carriers.registry import xml_carrier
+from ..carriers.registry import get_carriers
 from ..context import get_config
 from ..db import get_db, get_session
 from ..services import call_status, inbound
@@ -43,7 +47,7 @@ def webhook_request() -> WebhookRequest:
 
 
 def _inbound(carrier: str) -> Response:
-    adapter = xml_carrier(carrier)
+    adapter = get_carriers().xml_adapter(carrier)
     outcome = None
     try:
         outcome = inbound.answer_inbound(get_session(), adapter, webhook_request())
@@ -81,41 +85,30 @@ def _store_after_answer(outcome: inbound.InboundOutcome) -> Callable[[], None]:
 
 
 def _status(carrier: str) -> tuple[str, int]:
-    call_status.apply_status(get_session(), xml_carrier(carrier), webhook_request())
+    call_status.apply_status(get_session(), get_carriers().xml_adapter(carrier), webhook_request())
     return "", 204
 
 
-@bp.post("/twilio/voice")
-def twilio_voice() -> Response:
-    return _inbound("twilio")
-
-
-@bp.post("/telnyx/texml")
-def telnyx_texml() -> Response:
-    return _inbound("telnyx")
-
-
-@bp.post("/plivo/answer")
-def plivo_answer() -> Response:
-    return _inbound("plivo")
-
-
-@bp.post("/twilio/status")
-def twilio_status() -> tuple[str, int]:
-    return _status("twilio")
-
-
-@bp.post("/telnyx/status")
-def telnyx_status() -> tuple[str, int]:
-    return _status("telnyx")
-
-
-@bp.post("/plivo/hangup")
-def plivo_hangup() -> tuple[str, int]:
-    return _status("plivo")
-
-
-@bp.post("/telnyx/call-control")
-def telnyx_call_control():
-    inbound.handle_call_control_event(get_session(), webhook_request())
+def _call_control(carrier: str):
+    inbound.handle_call_control_event(get_session(), webhook_request(), carrier)
     return jsonify({}), 200
+
+
+_HANDLERS: dict[str, Callable[[str], Any]] = {"inbound": _inbound, "status": _status, "call-control": _call_control}
+
+
+def _view(handler: Callable[[str], Any], carrier: str) -> Callable[[], Any]:
+    def view() -> Any:
+        return handler(carrier)
+    return view
+
+
+@bp.record
+def _carrier_routes(state: BlueprintSetupState) -> None:
+    """POST /webhooks/<carrier>/<path> for each webhook of each carrier of the app's
+    registry (create_app builds it before registering this blueprint). The endpoint is
+    named after the path: webhooks.twilio_voice, webhooks.telnyx_call_control..."""
+    for carrier in get_carriers(state.app):
+        for kind, path in carrier.webhook_paths().items():
+            state.add_url_rule(path, path.strip("/").replace("/", "_").replace("-", "_"),
+                               _view(_HANDLERS[kind], carrier.name), methods=["POST"])

@@ -5,16 +5,32 @@ JSON fields carry the call, and which XML makes the carrier stream audio, dial a
 or speak. A dialer knows the same carrier's REST side for outbound calls: its official
 SDK client, the account its calls-per-second limit counts, the dial itself and what the
 SDK's errors mean. Neither knows about agencies, databases or Ultravox: the use cases in
-``telephony.services`` drive them. Adding a carrier is one new module and a line in
-``registry.py``.
+``telephony.services`` drive them. Each carrier module ends with its description (a
+``spec.CarrierSpec`` naming its adapters, dialer, credential fields, webhook paths...);
+adding a carrier is one new module and a line in ``registry.py``.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Mapping
+from typing import Any, Callable, ClassVar, Literal, Mapping, Self
 
 from werkzeug.datastructures import Headers, MultiDict
+
+from ..config import DEFAULT_TELNYX_STREAM_CODEC, TELNYX_STREAM_FORMATS, Config
+
+
+@dataclass(frozen=True)
+class CarrierSettings:
+    """The plain values carrier adapters and dialers are built with."""
+
+    telnyx_codec: str = DEFAULT_TELNYX_STREAM_CODEC
+    telnyx_sampling_rate: int = TELNYX_STREAM_FORMATS[DEFAULT_TELNYX_STREAM_CODEC]
+
+    @classmethod
+    def from_config(cls, config: "Config") -> "CarrierSettings":
+        return cls(telnyx_codec=config.telnyx_stream_codec, telnyx_sampling_rate=config.telnyx_stream_sampling_rate)
+
 
 @dataclass(frozen=True)
 class WebhookRequest:
@@ -74,15 +90,15 @@ class Answer:
 
 
 class CarrierAdapter(ABC):
-    """One carrier's webhook dialect: signatures and fields. Stateless: one shared
-    instance per carrier (see ``registry``)."""
+    """One carrier's webhook dialect: signatures and fields. Stateless: one instance per
+    carrier and app, built by the app's ``registry.CarrierRegistry``."""
 
-    name: ClassVar[str]  # the Carrier / CallSource value, also the credential provider name
+    name: ClassVar[str]  # the carrier's name (its CarrierSpec.name)
 
-    @property
-    def medium(self) -> dict[str, Any]:
-        """Ultravox call medium for this carrier."""
-        return {self.name: {}}
+    @classmethod
+    def from_settings(cls, settings: "CarrierSettings") -> Self:
+        """The instance an app uses; adapters that depend on a setting take it here."""
+        return cls()
 
     @abstractmethod
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
@@ -133,15 +149,19 @@ class OutboundDial:
 
 
 class CarrierDialer(ABC):
-    """One carrier's REST side of an outbound call. Stateless, one shared instance per
-    carrier (see ``registry``); the SDK client is built by ``new_client`` and kept by
-    the caller (``sdk.cached_client``)."""
+    """One carrier's REST side of an outbound call. Stateless, one instance per carrier
+    and app (built by the app's ``registry.CarrierRegistry``); the SDK client is built by
+    ``new_client`` and kept by the caller (``sdk.cached_client``). The credential fields a
+    dial needs and the setting of the REST base URL are in the carrier's ``CarrierSpec``."""
 
     name: ClassVar[str]
-    required_credentials: ClassVar[tuple[str, ...]]  # credential fields a dial needs
-    api_base_setting: ClassVar[str]  # the Config field holding this carrier's REST base URL
     # The sdk.py factory: called with `secrets(...)`, api_base and timeout; never retries.
     sdk_client: ClassVar[Callable[..., Any]]
+
+    @classmethod
+    def from_settings(cls, settings: "CarrierSettings") -> Self:
+        """The instance an app uses; dialers that depend on a setting take it here."""
+        return cls()
 
     @abstractmethod
     def account(self, credentials: Mapping[str, str]) -> str:

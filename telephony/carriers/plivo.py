@@ -12,9 +12,11 @@ from plivo.utils import validate_v3_signature
 from . import sdk
 from .base import (CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter,
                    parse_int)
+from .spec import CarrierSpec, CredentialField
 
 log = logging.getLogger(__name__)
 
+NAME = "plivo"
 SIGNATURE_HEADERS = ("X-Plivo-Signature-V3", "X-Plivo-Signature-Ma-V3")  # (sub)account token, main account token
 NONCE_HEADER = "X-Plivo-Signature-V3-Nonce"
 # Ultravox recommends 16 kHz linear PCM for Plivo AudioStream.
@@ -35,7 +37,7 @@ def _with_plus(number: str) -> str:
 
 
 class PlivoAdapter(XmlCarrierAdapter):
-    name = "plivo"
+    name = NAME
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         token = credentials.get("auth_token")
@@ -100,9 +102,7 @@ _ERROR_STATUSES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int]
 class PlivoDialer(CarrierDialer):
     """Outbound: Plivo dials, then fetches our answer_url (answered with the stream XML)."""
 
-    name = "plivo"
-    required_credentials = ("auth_id", "auth_token")
-    api_base_setting = "plivo_api_base"
+    name = NAME
     sdk_client = staticmethod(sdk.plivo_client)
 
     def account(self, credentials: Mapping[str, str]) -> str:
@@ -129,3 +129,13 @@ class PlivoDialer(CarrierDialer):
                     return code, text[:300]
             return None, text[:300]
         return None
+
+
+PLIVO = CarrierSpec(
+    name=NAME, title="Plivo",
+    credentials=(CredentialField("auth_id", secret=False), CredentialField("auth_token")),
+    api_base_setting="plivo_api_base",
+    adapter=PlivoAdapter, dialer=PlivoDialer,
+    inbound_path="answer",  # the application's answer_url
+    status_path="hangup",  # its hangup_url
+)

@@ -24,9 +24,8 @@ from requests.adapters import HTTPAdapter
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
 
-DEFAULT_TWILIO_API_BASE = "https://api.twilio.com"
-DEFAULT_TELNYX_API_BASE = "https://api.telnyx.com/v2"
-DEFAULT_PLIVO_API_BASE = "https://api.plivo.com"
+# The real hosts, which are also the settings' defaults: written once, in config.py.
+from ..config import DEFAULT_PLIVO_API_BASE, DEFAULT_TELNYX_API_BASE, DEFAULT_TWILIO_API_BASE
 # Enough pooled connections for concurrent use of one client from a thread pool.
 _POOL_SIZE = 32
 

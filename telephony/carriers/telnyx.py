@@ -12,21 +12,26 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping, Self
 
 import telnyx
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
 
+from ..config import DEFAULT_TELNYX_STREAM_CODEC, TELNYX_STREAM_FORMATS
 from . import sdk
 from .base import Answer, CarrierAdapter, CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest
+from .base import CarrierSettings
+from .spec import CarrierSpec, CredentialField
 from .twilio import TwilioAdapter
 
 log = logging.getLogger(__name__)
 
+NAME = "telnyx"
 # Ultravox: codec and bidirectionalCodec "must have the same value because Telnyx only
-# tells us about one of them"; L16 at 16 kHz is HD audio.
-DEFAULT_CODEC = "L16"
-DEFAULT_SAMPLING_RATE = 16000
+# tells us about one of them"; L16 at 16 kHz is HD audio (the documented codecs and their
+# rates: config.TELNYX_STREAM_FORMATS).
+DEFAULT_CODEC = DEFAULT_TELNYX_STREAM_CODEC
+DEFAULT_SAMPLING_RATE = TELNYX_STREAM_FORMATS[DEFAULT_CODEC]
 # Marks the client_state of a call we answered only to speak a message and hang up.
 SAY_STATE_PREFIX = "telephony-say:"
 SPEAK_VOICE = "female"
@@ -46,34 +51,24 @@ def verify_ed25519(request: WebhookRequest, credentials: Mapping[str, str]) -> b
     return True
 
 
-# (codec, sampling rate) of the media stream, asked for at each answer.
-StreamFormat = Callable[[], tuple[str, int]]
-
-
 class _TelnyxStream:
-    """One codec for both directions of the media stream (Ultravox must see one codec).
+    """One codec for both directions of the media stream (Ultravox must see one codec),
+    fixed at construction: an app's registry builds its Telnyx adapters and dialer from
+    its TELNYX_STREAM_CODEC (``CarrierSettings``)."""
 
-    The codec is fixed (``codec``/``sampling_rate``) or, with ``stream_format``, looked up
-    at each use: the registry's instances read TELNYX_STREAM_CODEC from the app's config
-    that way, so one module-level instance serves every app."""
+    name = NAME
 
-    name = "telnyx"
+    def __init__(self, codec: str = DEFAULT_CODEC, sampling_rate: int = DEFAULT_SAMPLING_RATE) -> None:
+        self.codec = codec
+        self.sampling_rate = sampling_rate
 
-    def __init__(self, codec: str = DEFAULT_CODEC, sampling_rate: int = DEFAULT_SAMPLING_RATE, *,
-                 stream_format: StreamFormat | None = None) -> None:
-        self._stream_format: StreamFormat = stream_format or (lambda: (codec, sampling_rate))
+    @classmethod
+    def from_settings(cls, settings: CarrierSettings) -> Self:
+        return cls(settings.telnyx_codec, settings.telnyx_sampling_rate)
 
     def stream_format(self) -> tuple[str, int]:
         """(codec, sampling rate): the codec is used for both directions."""
-        return self._stream_format()
-
-    @property
-    def codec(self) -> str:
-        return self.stream_format()[0]
-
-    @property
-    def sampling_rate(self) -> int:
-        return self.stream_format()[1]
+        return self.codec, self.sampling_rate
 
 
 class _TelnyxSigned(_TelnyxStream):
@@ -167,7 +162,7 @@ class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
 
         ``command_id`` makes a repeated webhook's repeated command a no-op at Telnyx
         (deduplicated for 60 s), so answering twice never starts two streams."""
-        codec, sampling_rate = self.stream_format()  # here, in the request's app context
+        codec, sampling_rate = self.stream_format()
 
         def run(client: telnyx.Telnyx) -> None:
             actions = client.calls.actions
@@ -252,8 +247,6 @@ def _seconds_between(start: Any, end: Any) -> int | None:
 class TelnyxDialer(_TelnyxStream, CarrierDialer):
     """Outbound through Call Control: dial with the stream attached, events to our URL."""
 
-    required_credentials = ("api_key", "connection_id")
-    api_base_setting = "telnyx_api_base"
     sdk_client = staticmethod(sdk.telnyx_client)
 
     def account(self, credentials: Mapping[str, str]) -> str:
@@ -284,3 +277,17 @@ class TelnyxDialer(_TelnyxStream, CarrierDialer):
         if isinstance(exc, (telnyx.APITimeoutError, telnyx.APIConnectionError)):
             return None, f"{exc.__class__.__name__}: carrier unreachable or timed out"
         return None
+
+
+TELNYX = CarrierSpec(
+    name=NAME, title="Telnyx",
+    # public_key verifies webhooks (both products); a dial needs the API key and the
+    # Call Control connection (application) id.
+    credentials=(CredentialField("api_key"), CredentialField("public_key", required=False, secret=False),
+                 CredentialField("connection_id", secret=False)),
+    api_base_setting="telnyx_api_base",
+    adapter=TelnyxTexmlAdapter, dialer=TelnyxDialer,
+    inbound_path="texml",  # the TeXML application's voice URL
+    status_path="status",  # its status callback URL
+    call_control=TelnyxCallControl,  # the Call Control application's webhook URL: /webhooks/telnyx/call-control
+)

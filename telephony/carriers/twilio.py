@@ -11,7 +11,9 @@ from .. import call_states
 from . import sdk
 from .base import (CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter,
                    parse_int)
+from .spec import CarrierSpec, CredentialField
 
+NAME = "twilio"
 SIGNATURE_HEADER = "X-Twilio-Signature"
 # Twilio's CallStatus words are our vocabulary; "initiated" and unknown values are
 # ignored rather than guessed.
@@ -19,7 +21,7 @@ _STATUSES = call_states.ALL - {call_states.CREATED}
 
 
 class TwilioAdapter(XmlCarrierAdapter):
-    name = "twilio"
+    name = NAME
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         token = credentials.get("auth_token")
@@ -66,9 +68,7 @@ class TwilioAdapter(XmlCarrierAdapter):
 
 
 class TwilioDialer(CarrierDialer):
-    name = "twilio"
-    required_credentials = ("account_sid", "auth_token")
-    api_base_setting = "twilio_api_base"
+    name = NAME
     sdk_client = staticmethod(sdk.twilio_client)
     STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
 
@@ -90,3 +90,13 @@ class TwilioDialer(CarrierDialer):
         if isinstance(exc, TwilioRestException):
             return exc.status, f"{exc.msg} (code {exc.code})" if exc.code else str(exc.msg)
         return None
+
+
+TWILIO = CarrierSpec(
+    name=NAME, title="Twilio",
+    credentials=(CredentialField("account_sid", secret=False), CredentialField("auth_token")),
+    api_base_setting="twilio_api_base",
+    adapter=TwilioAdapter, dialer=TwilioDialer,
+    inbound_path="voice",  # the number's "A call comes in" webhook
+    status_path="status",  # its "Call status changes" callback
+)

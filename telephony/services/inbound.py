@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 
 from .. import call_states
 from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
-from ..carriers.registry import TELNYX_CALL_CONTROL
+from ..carriers.registry import get_carriers
 from ..context import get_config, get_credentials
 from ..credentials import ProviderCredentials
 from ..db import end_reads_before_writing
@@ -174,9 +174,9 @@ def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: Age
     fallback = outcome.answer
     from_number = _e164(call.from_number) or call.from_number[:64]
     new_call = calls.NewCall(
-        agency_id=route.agency_id, agent=agent, medium=adapter.medium, source=CallSource(adapter.name),
-        direction=CallDirection.inbound, first_speaker="agent", from_number=from_number, to_number=route.e164,
-        carrier_call_id=call.carrier_call_id,
+        agency_id=route.agency_id, agent=agent, medium=get_carriers().by_name(adapter.name).medium,
+        source=CallSource(adapter.name), direction=CallDirection.inbound, first_speaker="agent",
+        from_number=from_number, to_number=route.e164, carrier_call_id=call.carrier_call_id,
         template_context={"caller_number": from_number, "called_number": route.e164},
         recording_enabled=route.recording_enabled,  # None: the agent's setting
         credit_balance=route.credit_balance)
@@ -245,7 +245,7 @@ def _e164(number: str) -> str | None:
 # -- Telnyx Call Control ---------------------------------------------------------------------
 
 
-def handle_call_control_event(session: Session, request: WebhookRequest) -> None:
+def handle_call_control_event(session: Session, request: WebhookRequest, carrier: str = "telnyx") -> None:
     """One Call Control event. Raises SignatureRejected for a bad signature.
 
     call.initiated (incoming) is an inbound call: answered exactly like the XML carriers,
@@ -253,8 +253,8 @@ def handle_call_control_event(session: Session, request: WebhookRequest) -> None
     and speak). Later events continue a speak-and-hang-up answer and update the call's
     status, a repeated event id being skipped. A database error here propagates (500)
     so that Telnyx redelivers the event; applying it twice is harmless."""
-    adapter = TELNYX_CALL_CONTROL
-    api_base = get_config().telnyx_api_base
+    adapter = get_carriers().call_control(carrier)
+    api_base = get_carriers().by_name(carrier).api_base(get_config())
     event = adapter.parse_event(request)
     if event.event_type == "call.initiated":
         if event.direction != "incoming" or not event.call_control_id:

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from ..carriers import sdk
 from ..carriers.base import CarrierDialer, OutboundDial
-from ..carriers.registry import dialer
+from ..carriers.registry import get_carriers
 from ..context import get_config, get_credentials
 from ..errors import DomainError, InvalidInput, UpstreamBusy, UpstreamFailed
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
@@ -131,7 +131,7 @@ def prepare_outbound(session: Session, agency_id: uuid.UUID, *, agent_id: str, t
 
 
 def _dialer(carrier: str) -> CarrierDialer:
-    found = dialer(carrier)
+    found = get_carriers().dialer(carrier)
     if found is None:
         raise CarrierRejected(carrier, "unsupported carrier")
     return found
@@ -139,7 +139,7 @@ def _dialer(carrier: str) -> CarrierDialer:
 
 def carrier_credentials(session: Session, agency_id: uuid.UUID, carrier: str) -> Mapping[str, str]:
     credentials = get_credentials().get(session, agency_id, carrier)
-    missing = [name for name in _dialer(carrier).required_credentials if not credentials.get(name)]
+    missing = [name for name in get_carriers().by_name(carrier).required_credentials if not credentials.get(name)]
     if missing:
         raise CarrierNotConfigured(f"{carrier} credentials missing: {', '.join(missing)}")
     return credentials
@@ -162,7 +162,7 @@ def carrier_client(carrier: str, credentials: Mapping[str, str]) -> Any:
     connection is reused). Raises CarrierRejected for an unsupported carrier."""
     carrier_dialer = _dialer(carrier)
     config = get_config()
-    api_base, timeout = getattr(config, carrier_dialer.api_base_setting), config.upstream_read_timeout
+    api_base, timeout = get_carriers().by_name(carrier).api_base(config), config.upstream_read_timeout
     return sdk.cached_client(carrier, (*carrier_dialer.secrets(credentials), api_base, str(timeout)),
                              lambda: carrier_dialer.new_client(credentials, api_base=api_base, timeout=timeout))
 
@@ -194,7 +194,7 @@ def classify_carrier_error(carrier: str, exc: Exception) -> CarrierError:
 
 
 def _status_and_message(carrier: str, exc: Exception) -> tuple[int | None, str]:
-    carrier_dialer = dialer(carrier)
+    carrier_dialer = get_carriers().dialer(carrier)
     described = carrier_dialer.error_status(exc) if carrier_dialer is not None else None
     if described is not None:
         return described
@@ -211,10 +211,10 @@ def start_ultravox_call(session: Session, agency_id: uuid.UUID, target: Outbound
                         stored_metadata: dict[str, Any] | None = None) -> StartedCall:
     """The Ultravox half (user speaks first); the call row is recorded as `created`."""
     started = calls.start_call(session, calls.NewCall(
-        agency_id=agency_id, agent=target.agent, medium={target.carrier: {}}, source=CallSource(target.carrier),
-        direction=CallDirection.outbound, first_speaker="user", from_number=target.from_number, to_number=target.to,
-        template_context=template_context, metadata=metadata, stored_metadata=stored_metadata,
-        extra_body={"joinTimeout": JOIN_TIMEOUT}))
+        agency_id=agency_id, agent=target.agent, medium=get_carriers().by_name(target.carrier).medium,
+        source=CallSource(target.carrier), direction=CallDirection.outbound, first_speaker="user",
+        from_number=target.from_number, to_number=target.to, template_context=template_context, metadata=metadata,
+        stored_metadata=stored_metadata, extra_body={"joinTimeout": JOIN_TIMEOUT}))
     if started.call_id is not None and target.carrier == "plivo":
         # Plivo fetches the answer_url (possibly more than once): it is answered from this.
         session.execute(update(Call).where(Call.id == started.call_id).values(join_url=started.join_url)

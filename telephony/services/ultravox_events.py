@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import call_states
+from ..carriers.registry import CARRIERS
 from ..context import get_credentials
 from ..errors import DomainError, InvalidInput, Unauthorized
 from ..logging import call_id_var
@@ -58,8 +59,10 @@ MAX_SIGNATURES = 10  # rotation means two; more is abuse
 # Ultravox sends call.started as it creates the call, which can overtake the
 # insert of a call we are creating ourselves; see CallNotStoredYet.
 STARTED_GRACE = timedelta(seconds=60)
-MEDIUM_SOURCES = {"webRtc": CallSource.webrtc, "twilio": CallSource.twilio, "telnyx": CallSource.telnyx,
-                  "plivo": CallSource.plivo, "serverWebSocket": CallSource.websocket}
+# Ultravox medium -> our call source: each carrier's medium is its own (from its
+# description), the others are ours.
+MEDIUM_SOURCES = {"webRtc": CallSource.webrtc, "serverWebSocket": CallSource.websocket,
+                  **{carrier.medium_name: CallSource(carrier.name) for carrier in CARRIERS}}
 
 
 class WebhookRejected(Unauthorized):
