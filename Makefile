@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: run test migrate sim bench bench-inbound bench-campaign try-inbound clean
+.PHONY: run test lint migrate sim bench bench-inbound bench-campaign try-inbound clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ migrate: $(VENV)/.runtime-installed
 ## make test: install and run every test (SQLite, plus PostgreSQL when reachable)
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make lint: ruff (style, imports, unused names) and mypy (types of telephony/)
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check telephony tests bench
+	$(BIN)/mypy
 
 ## make sim: the local Ultravox (9100) and carrier (9200) simulators
 sim: $(VENV)/.runtime-installed

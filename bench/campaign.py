@@ -55,8 +55,20 @@ import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
-from bench.common import (BIN, PG_ADMIN_URL, PUBLIC_BASE_URL, ROOT, ULTRAVOX_AGENT_ID, Proc, free_port,
-                          fresh_database, postgres_reachable, seed_demo, start, wait_ready)
+from bench.common import (
+    BIN,
+    PG_ADMIN_URL,
+    PUBLIC_BASE_URL,
+    ROOT,
+    ULTRAVOX_AGENT_ID,
+    Proc,
+    free_port,
+    fresh_database,
+    postgres_reachable,
+    seed_demo,
+    start,
+    wait_ready,
+)
 from telephony.services.campaigns.pacing import pacing_plan
 
 RESULTS = ROOT / "bench" / "results"
@@ -364,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(one_run("2 workers", kill=False, keep=args.keep_logs))
         checks.update(checks_for(results[-1], rate_targets=True))
     if args.only in (None, "kill"):
-        print(f"run 2: the same, worker-1 SIGKILLed after 1/3 of the contacts (not restarted)", flush=True)
+        print("run 2: the same, worker-1 SIGKILLed after 1/3 of the contacts (not restarted)", flush=True)
         results.append(one_run("1 worker SIGKILLed", kill=True, keep=args.keep_logs))
         checks.update(checks_for(results[-1], rate_targets=False))
 

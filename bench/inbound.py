@@ -47,8 +47,17 @@ from typing import Callable
 import requests
 from sqlalchemy import create_engine, text
 
-from bench.common import (ROOT, ULTRAVOX_AGENT_ID, ULTRAVOX_KEY, VOICE_PATH, Stack, new_call_sid, postgres_reachable,
-                          running_stack, signed_twilio_webhook)
+from bench.common import (
+    ROOT,
+    ULTRAVOX_AGENT_ID,
+    ULTRAVOX_KEY,
+    VOICE_PATH,
+    Stack,
+    new_call_sid,
+    postgres_reachable,
+    running_stack,
+    signed_twilio_webhook,
+)
 
 RESULTS = ROOT / "bench" / "results"
 LATENCY_MS = 500
@@ -353,7 +362,7 @@ def run(database: str) -> int:
         table.append(stats(f"saturation: {CONCURRENCY} in a closed loop, Ultravox 0 ms", results, wall))
         errors += [r.error for r in results if not r.ok]
         results, wall = closed_loop(host, uv_port, ultravox_jobs(ZERO_LATENCY_REQUESTS), CONCURRENCY, created_201)
-        table.append(stats(f"saturation: the Ultravox simulator alone, same load", results, wall))
+        table.append(stats("saturation: the Ultravox simulator alone, same load", results, wall))
 
         engine = create_engine(stack.database_url)
         with engine.connect() as conn:

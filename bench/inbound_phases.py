@@ -24,8 +24,18 @@ from typing import Any, Callable
 import requests
 from cryptography.fernet import Fernet
 
-from bench.common import (PUBLIC_BASE_URL, VOICE_PATH, fresh_database, free_port, new_call_sid, postgres_reachable,
-                          seed_demo, signed_twilio_webhook, start, wait_ready)
+from bench.common import (
+    PUBLIC_BASE_URL,
+    VOICE_PATH,
+    free_port,
+    fresh_database,
+    new_call_sid,
+    postgres_reachable,
+    seed_demo,
+    signed_twilio_webhook,
+    start,
+    wait_ready,
+)
 
 # (module, attribute): the steps of services/inbound.py's answer (calls.start_call inside it),
 # in the order they run.

@@ -11,8 +11,15 @@ import sys
 
 import requests
 
-from bench.common import DEMO_CALLER, DEMO_NUMBER, PUBLIC_BASE_URL, VOICE_PATH, new_call_sid, running_stack, \
-    signed_twilio_webhook
+from bench.common import (
+    DEMO_CALLER,
+    DEMO_NUMBER,
+    PUBLIC_BASE_URL,
+    VOICE_PATH,
+    new_call_sid,
+    running_stack,
+    signed_twilio_webhook,
+)
 
 
 def main() -> int:

@@ -16,10 +16,24 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     """The application factory. Without a Config, one is read from the environment;
     without a carrier registry, one of every carrier is built from the Config."""
     from . import cli
-    from .api import (calls, campaigns, do_not_call, errors, event_endpoints, hooks, management, ops, outbound,
-                      public_keys, ultravox_webhooks, web_calls, webhooks)
+    from .api import (
+        calls,
+        campaigns,
+        do_not_call,
+        errors,
+        event_endpoints,
+        hooks,
+        management,
+        ops,
+        outbound,
+        public_keys,
+        ultravox_webhooks,
+        web_calls,
+        webhooks,
+    )
     from .auth import JwtVerifier
-    from .carriers.registry import EXTENSION as CARRIERS_EXTENSION, CarrierRegistry
+    from .carriers.registry import EXTENSION as CARRIERS_EXTENSION
+    from .carriers.registry import CarrierRegistry
     from .credentials import CredentialStore, provider_fields
     from .db import Database, close_session
     from .logging import configure_logging

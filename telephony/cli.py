@@ -17,8 +17,8 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from .carriers.registry import CARRIERS
-from .context import get_config, get_credentials
-from .credentials import PROVIDER_FIELDS
+from .config import get_config
+from .credentials import PROVIDER_FIELDS, get_credentials
 from .errors import DomainError
 from .models import Role
 
@@ -308,6 +308,7 @@ def token_mint(auth_subject: str, ttl: int) -> None:
 def worker_run(poll_interval: float) -> None:
     """Claim and run background jobs until SIGTERM."""
     from flask import current_app
+
     from .worker import main_loop
     main_loop(current_app._get_current_object(), poll_interval=poll_interval)
 

@@ -14,6 +14,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
+from flask import current_app
 
 log = logging.getLogger(__name__)
 
@@ -230,3 +231,8 @@ def _url(env: Mapping[str, str], name: str, default: str | None) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(name, f"must be an http(s) URL, got {raw!r}")
     return raw
+
+
+def get_config() -> Config:
+    """The current app's configuration (set up by create_app)."""
+    return current_app.extensions["telephony.config"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from flask import current_app
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
@@ -249,3 +250,8 @@ class CredentialStore:
         if payload.get("a") != str(agency_id) or payload.get("n") != name:
             raise CredentialError(f"credential {name} of agency {agency_id} does not belong to this row")
         return payload["v"]
+
+
+def get_credentials() -> CredentialStore:
+    """The current app's credential store (set up by create_app)."""
+    return current_app.extensions["telephony.credentials"]

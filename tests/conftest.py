@@ -26,7 +26,6 @@ from telephony.migrate import upgrade
 from telephony.models import Base
 
 
-
 class ServerLikeClient(FlaskClient):
     """Closes each response before handing it over, as a WSGI server does once the
     body is sent: work a view defers until then (`response.call_on_close`, e.g. the

@@ -15,8 +15,16 @@ from telephony.services import agents as agent_service
 from telephony.services import phone_numbers as number_service
 from telephony.services.agencies import add_user, create_agency
 from tests.conftest import JWT_SECRET
-from tests.inbound_helpers import (PLIVO_ID, PLIVO_TOKEN, TELNYX_API_KEY, TELNYX_PUBLIC_KEY, TWILIO_SID,
-                                   TWILIO_TOKEN, ULTRAVOX_KEY, twilio_signature)
+from tests.inbound_helpers import (
+    PLIVO_ID,
+    PLIVO_TOKEN,
+    TELNYX_API_KEY,
+    TELNYX_PUBLIC_KEY,
+    TWILIO_SID,
+    TWILIO_TOKEN,
+    ULTRAVOX_KEY,
+    twilio_signature,
+)
 
 PUBLIC_BASE = "https://voice.example.test"
 AGENT_UV_ID = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
@@ -115,6 +123,7 @@ def reconcile(app, **kwargs):
 
 def contacts_by_phone(app, campaign_id) -> dict:
     from sqlalchemy import select
+
     from telephony.models import CampaignContact
     db = app.extensions["telephony.db"]
     with db.session() as session:
@@ -124,6 +133,7 @@ def contacts_by_phone(app, campaign_id) -> dict:
 
 def attempts(app, campaign_id) -> list:
     from sqlalchemy import select
+
     from telephony.models import DialAttempt
     db = app.extensions["telephony.db"]
     with db.session() as session:

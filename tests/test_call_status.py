@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import responses
 
-from tests.inbound_helpers import (CarrierCase, PlivoCase, TelnyxTexmlCase, TwilioCase, UltravoxMock, calls,
-                                   seed)
+from tests.inbound_helpers import CarrierCase, PlivoCase, TelnyxTexmlCase, TwilioCase, UltravoxMock, calls, seed
 
 CASES = [TwilioCase(), TelnyxTexmlCase(), PlivoCase()]
 SEQUENCED = [case for case in CASES if case.name != "plivo"]  # Plivo callbacks carry no sequence number

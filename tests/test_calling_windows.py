@@ -10,8 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from telephony.errors import InvalidInput
-from telephony.services.campaigns.windows import (CallingWindow, is_open, next_open, timezone_for,
-                                                  validate_timezone, window_closes_at)
+from telephony.services.campaigns.windows import (
+    CallingWindow,
+    is_open,
+    next_open,
+    timezone_for,
+    validate_timezone,
+    window_closes_at,
+)
 
 UTC = timezone.utc
 ALL_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -7,8 +7,17 @@ import pytest
 
 from telephony.models import utcnow
 from telephony.services.campaigns import claim, dial, outcomes
-from tests.outbound_helpers import (CALLEE, attempts, contacts_by_phone, create_campaign, dial_requests,
-                                    dispatch_once, reconcile, seed_agency, twilio_status)
+from tests.outbound_helpers import (
+    CALLEE,
+    attempts,
+    contacts_by_phone,
+    create_campaign,
+    dial_requests,
+    dispatch_once,
+    reconcile,
+    seed_agency,
+    twilio_status,
+)
 
 
 class Crash(BaseException):

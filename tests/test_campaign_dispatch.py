@@ -12,8 +12,17 @@ import requests
 from telephony.models import utcnow
 from telephony.services.campaigns import claim, dial
 from telephony.services.campaigns.attempts import LIVE_ATTEMPT_STATES
-from tests.outbound_helpers import (CALLEE, attempts, contacts_by_phone, create_campaign, dial_requests,
-                                    dispatch_once, seed_agency, sim_calls, twilio_status)
+from tests.outbound_helpers import (
+    CALLEE,
+    attempts,
+    contacts_by_phone,
+    create_campaign,
+    dial_requests,
+    dispatch_once,
+    seed_agency,
+    sim_calls,
+    twilio_status,
+)
 
 NY = "+12125550123"      # America/New_York
 LONDON = "+442079460123"  # Europe/London

@@ -27,8 +27,14 @@ from werkzeug.datastructures import Headers, MultiDict
 from telephony import create_app
 from telephony.api.management import CarrierName
 from telephony.api.openapi import build_openapi
-from telephony.carriers.base import (CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest,
-                                     XmlCarrierAdapter)
+from telephony.carriers.base import (
+    CarrierDialer,
+    InboundCall,
+    OutboundDial,
+    StatusEvent,
+    WebhookRequest,
+    XmlCarrierAdapter,
+)
 from telephony.carriers.registry import CARRIERS, CarrierRegistry, get_carriers
 from telephony.carriers.spec import CarrierSpec, CredentialField
 from telephony.config import Config
@@ -355,8 +361,8 @@ def test_the_fake_carriers_signature_is_checked_with_its_stored_credentials(fake
         fake_app.extensions["telephony.credentials"].set(session, agency_id, "fakecarrier",
                                                          {"account_id": "FA-9", "signing_key": "right-key"})
         session.commit()
-        verified = carrier_webhooks.verified_credentials(session, adapter, request(fake_signature("right-key", url, body)),
-                                                    agency_id)
+        verified = carrier_webhooks.verified_credentials(
+            session, adapter, request(fake_signature("right-key", url, body)), agency_id)
         assert dict(verified) == {"account_id": "FA-9", "signing_key": "right-key"}
         with pytest.raises(SignatureRejected):
             carrier_webhooks.verified_credentials(session, adapter, request(fake_signature("wrong-key", url, body)),

@@ -75,8 +75,8 @@ def test_cli_errors_are_one_line_messages(app):
     bad_uuid = app.test_cli_runner().invoke(args=["agent", "add", "--agency", "nope", "--name", "x",
                                                   "--ultravox-agent-id", "y"])
     assert bad_uuid.exit_code == 1 and "must be a UUID" in bad_uuid.output
-    unknown_field = _run(app, ["credentials", "set", "plivo", "--agency", _json(_run(app, ["agency", "create", "x"]))["id"]],
-                         input="password=hunter22\n")
+    agency_id = _json(_run(app, ["agency", "create", "x"]))["id"]
+    unknown_field = _run(app, ["credentials", "set", "plivo", "--agency", agency_id], input="password=hunter22\n")
     assert unknown_field.exit_code == 1 and "auth_id" in unknown_field.output and "hunter22" not in unknown_field.output
 
 

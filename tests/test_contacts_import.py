@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from telephony.services.campaigns.contacts import (MAX_CELL_CHARS, Contact, ImportResult, LineError,
-                                                   parse_contacts_csv, parse_contacts_json)
+from telephony.services.campaigns.contacts import (
+    MAX_CELL_CHARS,
+    Contact,
+    ImportResult,
+    LineError,
+    parse_contacts_csv,
+    parse_contacts_json,
+)
 
 
 def fields_by_line(result: ImportResult) -> dict[int, str | None]:

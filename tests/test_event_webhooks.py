@@ -17,8 +17,16 @@ from telephony.services.events import emit_call_event, emit_event
 from telephony.sim.common import serve_in_thread
 from telephony.worker import Worker
 
-from .lifecycle_support import (Receiver, add_call, get_call, our_metadata, post_webhook, set_ultravox_credentials,
-                                snapshot, verify_standard_webhook)
+from .lifecycle_support import (
+    Receiver,
+    add_call,
+    get_call,
+    our_metadata,
+    post_webhook,
+    set_ultravox_credentials,
+    snapshot,
+    verify_standard_webhook,
+)
 
 ALL_EVENTS = ["call.started", "call.answered", "call.ended", "call.failed", "campaign.completed"]
 

@@ -4,8 +4,20 @@ from __future__ import annotations
 import responses
 from plivo.utils import validate_v3_signature
 
-from tests.inbound_helpers import (CALLER, JOIN_URL, NUMBER, PLIVO_TOKEN, PUBLIC_BASE, InboundContract, PlivoCase,
-                                   UltravoxMock, calls, parse_answer, plivo_headers, seed)
+from tests.inbound_helpers import (
+    CALLER,
+    JOIN_URL,
+    NUMBER,
+    PLIVO_TOKEN,
+    PUBLIC_BASE,
+    InboundContract,
+    PlivoCase,
+    UltravoxMock,
+    calls,
+    parse_answer,
+    plivo_headers,
+    seed,
+)
 
 
 class TestPlivoInbound(InboundContract):

@@ -16,8 +16,19 @@ import responses
 
 from telephony.carriers.telnyx import TelnyxTexmlAdapter
 from telephony.services import inbound as inbound_service
-from tests.inbound_helpers import (CALLER, FALLBACK, JOIN_URL, NUMBER, InboundContract, TelnyxTexmlCase,
-                                   UltravoxMock, calls, seed, sim_calls_for, telnyx_headers)
+from tests.inbound_helpers import (
+    CALLER,
+    FALLBACK,
+    JOIN_URL,
+    NUMBER,
+    InboundContract,
+    TelnyxTexmlCase,
+    UltravoxMock,
+    calls,
+    seed,
+    sim_calls_for,
+    telnyx_headers,
+)
 
 CALL_CONTROL = "/webhooks/telnyx/call-control"
 

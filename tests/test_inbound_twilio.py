@@ -4,8 +4,17 @@ from __future__ import annotations
 import responses
 from twilio.request_validator import RequestValidator
 
-from tests.inbound_helpers import (JOIN_URL, PUBLIC_BASE, TWILIO_TOKEN, InboundContract, TwilioCase, UltravoxMock,
-                                   parse_answer, seed, twilio_signature)
+from tests.inbound_helpers import (
+    JOIN_URL,
+    PUBLIC_BASE,
+    TWILIO_TOKEN,
+    InboundContract,
+    TwilioCase,
+    UltravoxMock,
+    parse_answer,
+    seed,
+    twilio_signature,
+)
 
 
 class TestTwilioInbound(InboundContract):

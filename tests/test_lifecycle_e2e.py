@@ -14,8 +14,17 @@ from telephony.sim.common import serve_in_thread
 from telephony.ultravox import UltravoxClient
 from telephony.worker import Worker
 
-from .lifecycle_support import (ULTRAVOX_KEY, UV_AGENT, WEBHOOK_SECRET, Receiver, add_agent, call_by_ultravox_id,
-                                get_call, set_ultravox_credentials, verify_standard_webhook)
+from .lifecycle_support import (
+    ULTRAVOX_KEY,
+    UV_AGENT,
+    WEBHOOK_SECRET,
+    Receiver,
+    add_agent,
+    call_by_ultravox_id,
+    get_call,
+    set_ultravox_credentials,
+    verify_standard_webhook,
+)
 
 
 @pytest.fixture

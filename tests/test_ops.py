@@ -118,6 +118,7 @@ def test_recently_used_connection_is_not_pinged_and_a_dead_pool_recovers(app, db
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has no server connection to lose")
     from sqlalchemy.exc import OperationalError
+
     from telephony import db as db_module
     monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 3600.0)
     with db.session() as session:

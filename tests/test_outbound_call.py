@@ -4,13 +4,20 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
 from sqlalchemy import select
 
 from telephony.models import Call
 from telephony.services import idempotency_keys
-from tests.outbound_helpers import (AGENT_UV_ID, CALLEE, NUMBERS, dial_requests, inject, seed_agency, sim_calls,
-                                    twilio_status)
+from tests.outbound_helpers import (
+    AGENT_UV_ID,
+    CALLEE,
+    NUMBERS,
+    dial_requests,
+    inject,
+    seed_agency,
+    sim_calls,
+    twilio_status,
+)
 
 
 def _post(client, seeded, body, **headers):
@@ -207,7 +214,7 @@ def test_concurrent_requests_with_one_key_dial_once(sim_app, carrier_sim):
 
 
 def test_calls_write_scope_is_required(sim_app, carrier_sim):
-    seeded = seed_agency(sim_app)
+    seed_agency(sim_app)
     response = sim_app.test_client().post("/api/v1/calls", json={"agent_id": AGENT_UV_ID, "to": CALLEE})
     assert response.status_code == 401
 

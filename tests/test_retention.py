@@ -8,8 +8,15 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from telephony.models import (EventDelivery, EventEndpoint, IdempotencyKey, Job, ProcessedWebhookEvent,
-                              RateLimitWindow, utcnow)
+from telephony.models import (
+    EventDelivery,
+    EventEndpoint,
+    IdempotencyKey,
+    Job,
+    ProcessedWebhookEvent,
+    RateLimitWindow,
+    utcnow,
+)
 from telephony.services import retention
 from telephony.services.agencies import create_agency
 from telephony.worker import Worker

@@ -4,8 +4,14 @@ import requests
 
 from telephony.sim import ultravox as ultravox_sim
 from telephony.sim.common import serve_in_thread
-from telephony.ultravox import (UltravoxClient, UltravoxClientError, UltravoxNotFound, UltravoxRateLimited,
-                                UltravoxServerError, UltravoxTimeout)
+from telephony.ultravox import (
+    UltravoxClient,
+    UltravoxClientError,
+    UltravoxNotFound,
+    UltravoxRateLimited,
+    UltravoxServerError,
+    UltravoxTimeout,
+)
 
 AGENT = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
 

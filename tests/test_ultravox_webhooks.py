@@ -11,8 +11,20 @@ from sqlalchemy import func, select
 from telephony.models import Call, Job, ProcessedWebhookEvent, utcnow
 from telephony.services.ultravox_events import parse_timestamp
 
-from .lifecycle_support import (UV_AGENT, WEBHOOK_SECRET, add_agent, add_call, call_by_ultravox_id, get_call, iso,
-                                our_metadata, post_webhook, set_ultravox_credentials, sign, snapshot)
+from .lifecycle_support import (
+    UV_AGENT,
+    WEBHOOK_SECRET,
+    add_agent,
+    add_call,
+    call_by_ultravox_id,
+    get_call,
+    iso,
+    our_metadata,
+    post_webhook,
+    set_ultravox_credentials,
+    sign,
+    snapshot,
+)
 
 ROTATED_SECRET = "uv-webhook-secret-NEW-9876543210fedcba"
 

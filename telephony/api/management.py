@@ -17,7 +17,7 @@ from pydantic import Field, create_model
 
 from ..auth import ALL_SCOPES, current_principal, require_auth
 from ..carriers.registry import CARRIERS
-from ..context import get_credentials
+from ..credentials import get_credentials
 from ..db import get_session
 from ..services import agents as agent_service
 from ..services import api_keys as api_key_service

@@ -22,9 +22,8 @@ from pydantic import Field
 from ..auth import current_principal, require_auth
 from ..carriers.registry import get_carriers
 from ..db import get_session
-from ..services import idempotency_keys
+from ..services import idempotency_keys, outbound_callbacks
 from ..services import outbound as outbound_service
-from ..services import outbound_callbacks
 from ..services.carrier_webhooks import SignatureRejected
 from .errors import api_error
 from .schema import RequestModel, ResponseModel, document, parse_body

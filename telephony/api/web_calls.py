@@ -28,7 +28,7 @@ from flask import Blueprint, Response, g, jsonify, redirect, request, url_for
 from pydantic import ConfigDict, Field
 
 from ..auth import current_principal, require_auth
-from ..context import get_config
+from ..config import get_config
 from ..db import get_session
 from ..logging import agency_id_var
 from ..services import public_keys as public_key_service

@@ -26,7 +26,7 @@ from flask.blueprints import BlueprintSetupState
 
 from ..carriers.base import Answer, WebhookRequest
 from ..carriers.registry import get_carriers
-from ..context import get_config
+from ..config import get_config
 from ..db import get_db, get_session
 from ..services import call_status, inbound
 from ..services.carrier_webhooks import SignatureRejected

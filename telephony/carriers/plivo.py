@@ -10,8 +10,7 @@ from plivo.exceptions import PlivoRestError
 from plivo.utils import validate_v3_signature
 
 from . import sdk
-from .base import (CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter,
-                   parse_int)
+from .base import CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter, parse_int
 from .spec import CarrierSpec, CredentialField
 
 log = logging.getLogger(__name__)

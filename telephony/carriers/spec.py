@@ -18,7 +18,6 @@ from typing import Any
 from .base import CarrierAdapter, CarrierDialer, XmlCarrierAdapter
 
 
-
 @dataclass(frozen=True)
 class CredentialField:
     """One credential an agency stores for a carrier (all are stored encrypted and are

@@ -19,8 +19,16 @@ from telnyx.lib.webhook_verification import WebhookVerificationError, verify_web
 
 from ..config import DEFAULT_TELNYX_STREAM_CODEC, TELNYX_STREAM_FORMATS
 from . import sdk
-from .base import Answer, CarrierAdapter, CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest
-from .base import CarrierSettings
+from .base import (
+    Answer,
+    CarrierAdapter,
+    CarrierDialer,
+    CarrierSettings,
+    InboundCall,
+    OutboundDial,
+    StatusEvent,
+    WebhookRequest,
+)
 from .spec import CarrierSpec, CredentialField
 from .twilio import TwilioAdapter
 

@@ -9,8 +9,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from .. import call_states
 from . import sdk
-from .base import (CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter,
-                   parse_int)
+from .base import CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter, parse_int
 from .spec import CarrierSpec, CredentialField
 
 NAME = "twilio"

@@ -40,10 +40,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .. import call_states
-
-from ..config import Config
-from ..context import get_config, get_credentials
-from ..credentials import CredentialStore
+from ..config import Config, get_config
+from ..credentials import CredentialStore, get_credentials
 from ..db import end_reads_before_writing, insert_if_absent
 from ..errors import DomainError, Forbidden
 from ..logging import call_id_var

@@ -17,8 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..carriers.base import CarrierAdapter, WebhookRequest
-from ..context import get_credentials
-from ..credentials import ProviderCredentials
+from ..credentials import ProviderCredentials, get_credentials
 from ..errors import Forbidden
 from ..models import Call, CallSource
 

@@ -9,9 +9,9 @@ from typing import Iterable
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from ..db import insert_if_absent
 from ..errors import InvalidInput, NotFound
 from ..models import DoNotCallEntry
-from ..db import insert_if_absent
 from .phone_numbers import normalize_e164
 
 MAX_BATCH = 10_000

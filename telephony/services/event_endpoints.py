@@ -9,7 +9,8 @@ from typing import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..context import get_config, get_credentials
+from ..config import get_config
+from ..credentials import get_credentials
 from ..errors import InvalidInput, NotFound
 from ..models import EventDelivery, EventEndpoint, utcnow
 from .events import EVENT_TYPES, PREVIOUS_SECRET_GRACE, SECRET_PREFIX, sealed_purpose, url_problem

@@ -44,8 +44,8 @@ from sqlalchemy.orm import Session
 from .. import call_states
 from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
 from ..carriers.registry import get_carriers
-from ..context import get_config, get_credentials
-from ..credentials import ProviderCredentials
+from ..config import get_config
+from ..credentials import ProviderCredentials, get_credentials
 from ..db import end_reads_before_writing
 from ..errors import InvalidInput
 from ..logging import agency_id_var

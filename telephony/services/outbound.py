@@ -33,13 +33,14 @@ from sqlalchemy.orm import Session
 from ..carriers import sdk
 from ..carriers.base import CarrierDialer, OutboundDial
 from ..carriers.registry import get_carriers
-from ..context import get_config, get_credentials
+from ..config import get_config
+from ..credentials import get_credentials
 from ..errors import DomainError, InvalidInput, UpstreamBusy, UpstreamFailed
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
 from ..ultravox import UltravoxError, UltravoxRateLimited
 from . import agents, calls
-from .do_not_call import is_on_list
 from .calls import StartedCall, ultravox_client_for
+from .do_not_call import is_on_list
 from .phone_numbers import normalize_e164
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ..auth import hash_api_key
-from ..errors import DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
-from .api_keys import revoke
 from ..db import dialect_insert
+from ..errors import DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
 from ..models import AgentMapping, PublicKey, RateLimitWindow, utcnow
+from .api_keys import revoke
 
 PUBLIC_KEY_PREFIX = "pk_"
 MAX_KEY_LENGTH = 200

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from .. import call_states
 from ..carriers.registry import CARRIERS
-from ..context import get_credentials
+from ..credentials import get_credentials
 from ..errors import DomainError, InvalidInput, Unauthorized
 from ..logging import call_id_var
 from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow

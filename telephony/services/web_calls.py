@@ -20,7 +20,7 @@ from typing import Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..context import get_config
+from ..config import get_config
 from ..errors import Forbidden, InvalidInput, NotFound, UpstreamFailed
 from ..models import AgentMapping, Call, CallDirection, CallSource, PublicKey
 from ..signing import UrlSigner

@@ -390,7 +390,8 @@ def create_app(
         except ValueError as exc:
             raise _telnyx_error(400, "10015", "Bad request", str(exc)) from exc
 
-    def _telnyx_dedupe(account: str, kind: str, body: dict[str, Any]) -> tuple[tuple[str, str, str] | None, dict[str, Any] | None]:
+    def _telnyx_dedupe(account: str, kind: str,
+                       body: dict[str, Any]) -> tuple[tuple[str, str, str] | None, dict[str, Any] | None]:
         """Telnyx ignores commands whose command_id repeats within 60 s. Returns the
         dedupe key and, for a repeat, the first command's response (caller holds lock)."""
         command_id = body.get("command_id")

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-from flask import Flask, Response, g, jsonify, request
 from cheroot.wsgi import Server as CherootServer
+from flask import Flask, Response, g, jsonify, request
 
 FailureMode = Literal["error", "timeout", "rate_limit", "unavailable"]
 FAILURE_MODES: tuple[str, ...] = ("error", "timeout", "rate_limit", "unavailable")

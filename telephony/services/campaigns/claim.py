@@ -26,8 +26,7 @@ from sqlalchemy.orm import Session
 from ...db import end_read
 from ...models import Agency, Campaign, CampaignContact, DialAttempt, utcnow
 from ..do_not_call import listed_among
-from .attempts import (ATTEMPT_CLAIMED, CONTACT_DIALING, CONTACT_QUEUED, CONTACT_SUPPRESSED,
-                       LIVE_ATTEMPT_STATES)
+from .attempts import ATTEMPT_CLAIMED, CONTACT_DIALING, CONTACT_QUEUED, CONTACT_SUPPRESSED, LIVE_ATTEMPT_STATES
 from .windows import CallingWindow, is_open, next_open, timezone_for
 
 

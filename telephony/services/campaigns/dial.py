@@ -37,15 +37,38 @@ from sqlalchemy.orm import Session
 
 from ...db import commit_without_waiting_for_disk, end_read, transaction
 from ...models import AgentMapping, Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
-from ...ultravox import UltravoxError, UltravoxRateLimited, UltravoxServerError, UltravoxTimeout, \
-    UltravoxUnavailable
+from ...ultravox import UltravoxError, UltravoxRateLimited, UltravoxServerError, UltravoxTimeout, UltravoxUnavailable
 from ..do_not_call import is_on_list
-from ..outbound import (CarrierError, CarrierRateLimited, CarrierRejected, OutboundTarget, carrier_account_key,
-                        carrier_client, carrier_credentials, hang_up_quietly, place_carrier_call, record_call_failed,
-                        record_carrier_call, start_ultravox_call)
-from .attempts import (ATTEMPT_ABORTED, ATTEMPT_CLAIMED, ATTEMPT_DIALING, ATTEMPT_FAILED, ATTEMPT_PLACED,
-                       ATTEMPT_UNKNOWN, CONTACT_CANCELLED, CONTACT_FAILED, CONTACT_SUPPRESSED, CONTACT_UNKNOWN,
-                       close_contact, reopen_contact, requeue_contact, update_attempt)
+from ..outbound import (
+    CarrierError,
+    CarrierRateLimited,
+    CarrierRejected,
+    OutboundTarget,
+    carrier_account_key,
+    carrier_client,
+    carrier_credentials,
+    hang_up_quietly,
+    place_carrier_call,
+    record_call_failed,
+    record_carrier_call,
+    start_ultravox_call,
+)
+from .attempts import (
+    ATTEMPT_ABORTED,
+    ATTEMPT_CLAIMED,
+    ATTEMPT_DIALING,
+    ATTEMPT_FAILED,
+    ATTEMPT_PLACED,
+    ATTEMPT_UNKNOWN,
+    CONTACT_CANCELLED,
+    CONTACT_FAILED,
+    CONTACT_SUPPRESSED,
+    CONTACT_UNKNOWN,
+    close_contact,
+    reopen_contact,
+    requeue_contact,
+    update_attempt,
+)
 from .outcomes import settle_call
 from .pacing import acquire_cps_slot, pacing_plan
 

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from ...db import insert_if_absent
 from ...errors import Conflict, InvalidInput, NotFound
 from ...models import Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
-from ..do_not_call import listed_among
 from ..agents import find_agent
+from ..do_not_call import listed_among
 from ..phone_numbers import normalize_e164
 from .attempts import CONTACT_CANCELLED, CONTACT_DIALING, CONTACT_QUEUED, CONTACT_STATES
 from .contacts import ImportResult, parse_contacts_csv, parse_contacts_json

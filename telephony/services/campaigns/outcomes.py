@@ -25,10 +25,27 @@ from ... import call_states
 from ...db import end_read, transaction
 from ...models import Call, Campaign, CampaignContact, DialAttempt, utcnow
 from ..events import emit_event
-from .attempts import (ATTEMPT_ABORTED, ATTEMPT_CLAIMED, ATTEMPT_DIALING, ATTEMPT_ENDED, ATTEMPT_EXPIRED,
-                       ATTEMPT_PLACED, ATTEMPT_UNKNOWN, CONTACT_COMPLETED, CONTACT_DIALING, CONTACT_FAILED,
-                       CONTACT_QUEUED, CONTACT_UNKNOWN, IN_FLIGHT_ATTEMPT_STATES, SETTLEABLE_ATTEMPT_STATES,
-                       UNFINISHED_CONTACT_STATES, close_contact, reopen_contact, requeue_contact, update_attempt)
+from .attempts import (
+    ATTEMPT_ABORTED,
+    ATTEMPT_CLAIMED,
+    ATTEMPT_DIALING,
+    ATTEMPT_ENDED,
+    ATTEMPT_EXPIRED,
+    ATTEMPT_PLACED,
+    ATTEMPT_UNKNOWN,
+    CONTACT_COMPLETED,
+    CONTACT_DIALING,
+    CONTACT_FAILED,
+    CONTACT_QUEUED,
+    CONTACT_UNKNOWN,
+    IN_FLIGHT_ATTEMPT_STATES,
+    SETTLEABLE_ATTEMPT_STATES,
+    UNFINISHED_CONTACT_STATES,
+    close_contact,
+    reopen_contact,
+    requeue_contact,
+    update_attempt,
+)
 from .manage import contact_counts
 
 CLAIM_TIMEOUT = timedelta(seconds=120)     # claimed, carrier never asked: safe to re-queue
