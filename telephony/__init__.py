@@ -46,7 +46,8 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
 
     # Bodies above the limit are refused with 413 before any view runs.
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.json.sort_keys = False
+    # app.json is Flask's DefaultJSONProvider, which has sort_keys; Flask types it as the base JSONProvider.
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["telephony.config"] = config
     app.extensions["telephony.db"] = Database(config.database_url, timeouts=config.database_timeouts)
     # Before the blueprints: the webhook routes and the credential API are derived from it.

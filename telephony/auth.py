@@ -116,6 +116,8 @@ class JwtVerifier:
             return self._keys[kid]
 
     def _refresh(self, now: float) -> None:
+        if self.jwks_url is None:  # cannot happen: verify() asks for a key only when a JWKS URL is set
+            raise InvalidToken("signing keys unavailable")
         try:
             response = self.http.get(self.jwks_url, timeout=self.timeout)
             response.raise_for_status()

@@ -10,6 +10,7 @@ import os
 import sys
 import uuid
 from functools import wraps
+from typing import NoReturn
 
 import click
 from cryptography.fernet import Fernet
@@ -32,7 +33,7 @@ def _emit(payload: dict) -> None:
     click.echo(json.dumps(payload, default=str))
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
@@ -310,7 +311,8 @@ def worker_run(poll_interval: float) -> None:
     from flask import current_app
 
     from .worker import main_loop
-    main_loop(current_app._get_current_object(), poll_interval=poll_interval)
+    # Flask types current_app as the Flask app itself, not as the proxy it is.
+    main_loop(current_app._get_current_object(), poll_interval=poll_interval)  # type: ignore[attr-defined]
 
 
 @maintenance_cli.command("purge")
@@ -340,5 +342,5 @@ def _domain_errors_as_click(callback):
             return callback(*args, **kwargs)
         except DomainError as exc:
             raise click.ClickException(exc.message) from None
-    wrapper.domain_errors_as_click = True  # type: ignore[attr-defined]
+    wrapper.domain_errors_as_click = True
     return wrapper

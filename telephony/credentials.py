@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from .carriers.registry import CARRIERS
 from .carriers.spec import CarrierSpec
+from .db import rows_affected
 from .models import AgencyCredential, utcnow
 
 ULTRAVOX_FIELDS: tuple[str, ...] = ("api_key", "webhook_secret")
@@ -151,7 +152,7 @@ class CredentialStore:
         session.info.pop(_ROWS_CACHE, None)
         result = session.execute(delete(AgencyCredential).where(
             AgencyCredential.agency_id == agency_id, AgencyCredential.name.like(f"{provider}.%")))
-        return result.rowcount or 0
+        return rows_affected(result) or 0
 
     # -- reading -----------------------------------------------------------
     def get(self, session: Session, agency_id: uuid.UUID, provider: str) -> ProviderCredentials:

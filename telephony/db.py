@@ -8,12 +8,12 @@ from __future__ import annotations
 import functools
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 from flask import current_app, g
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import DatabaseTimeouts
@@ -136,6 +136,13 @@ def commit_without_waiting_for_disk(session: Session) -> None:
     default) could lose it. Use only where the caller makes that case safe. SQLite: no-op."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+
+
+def rows_affected(result: Result[Any]) -> int:
+    """The number of rows an UPDATE or DELETE matched. Session.execute is typed as
+    returning a Result, but for DML statements it is a CursorResult, which carries the
+    DBAPI cursor's rowcount."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def dialect_insert(session: Session):

@@ -47,7 +47,7 @@ class JsonFormatter(logging.Formatter):
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time (test capture, gunicorn)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 

@@ -376,6 +376,7 @@ class UltravoxClient:
         started = time.perf_counter()
         try:
             request = self._prepare(method, path, params=params, body=body, accept=accept, headers=headers)
+            assert request.url is not None  # _prepare always sets it
             # The session's adapter (its connection pool) sends the prepared request
             # directly: Session.request would merge settings, cookies and hooks this client
             # does not use, and re-prepare the URL, at a cost comparable to the request itself
@@ -477,6 +478,7 @@ def _prepared_base_url(base_url: str) -> str:
     without the trailing slash: clients are built per request, the base URL is not."""
     request = requests.PreparedRequest()
     request.prepare_url(base_url, None)
+    assert request.url is not None  # prepare_url sets it (or raises)
     return request.url.rstrip("/")
 
 

@@ -43,8 +43,12 @@ class PacingIn(RequestModel):
                                               description="Live campaign calls of the whole agency")
 
 
+def _default_retry_outcomes() -> list[Outcome]:
+    return ["busy", "no-answer"]
+
+
 class RetryIn(RequestModel):
-    on: list[Outcome] = Field(default_factory=lambda: ["busy", "no-answer"])
+    on: list[Outcome] = Field(default_factory=_default_retry_outcomes)
     max_attempts: int = Field(default=3, ge=1, le=20)
     delay_seconds: int = Field(default=600, ge=0, le=7 * 86400)
 

@@ -172,7 +172,7 @@ class _PinnedPlivoClient(plivo.RestClient):
             for scheme in ("https://", "http://"):
                 session.mount(scheme, HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE))
 
-    @property  # type: ignore[override]
+    @property
     def base_uri(self) -> str:
         return self._pinned_base_uri
 

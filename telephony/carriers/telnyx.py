@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Self
+from typing import Any, Final, Mapping, Self
 
 import telnyx
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
@@ -43,7 +43,7 @@ DEFAULT_SAMPLING_RATE = TELNYX_STREAM_FORMATS[DEFAULT_CODEC]
 # Marks the client_state of a call we answered only to speak a message and hang up.
 SAY_STATE_PREFIX = "telephony-say:"
 SPEAK_VOICE = "female"
-SPEAK_LANGUAGE = "en-US"
+SPEAK_LANGUAGE: Final = "en-US"  # Final: typed as the literal the SDK's language parameter takes
 
 
 def verify_ed25519(request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
@@ -52,7 +52,8 @@ def verify_ed25519(request: WebhookRequest, credentials: Mapping[str, str]) -> b
         return False
     try:
         # The raw bytes: re-serialised JSON or re-encoded form data would not match.
-        verify_webhook_signature(request.body, request.headers, public_key)
+        # werkzeug's Headers offers the Mapping methods the SDK uses, but is not a typing Mapping.
+        verify_webhook_signature(request.body, request.headers, public_key)  # type: ignore[arg-type]
     except WebhookVerificationError as exc:
         log.info("telnyx signature rejected: %s", exc.message)
         return False
@@ -137,7 +138,8 @@ class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
             document = {}
         data = document.get("data") if isinstance(document, dict) else None
         data = data if isinstance(data, dict) else {}
-        payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
+        raw_payload = data.get("payload")
+        payload: dict[str, Any] = raw_payload if isinstance(raw_payload, dict) else {}
         return CallControlEvent(
             event_id=str(data.get("id") or ""), event_type=str(data.get("event_type") or ""),
             call_control_id=str(payload.get("call_control_id") or ""),

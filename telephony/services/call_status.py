@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from .. import call_states
 from ..carriers.base import CarrierAdapter, StatusEvent, WebhookRequest
-from ..db import end_reads_before_writing
+from ..db import end_reads_before_writing, rows_affected
 from ..models import Call, utcnow
 from .carrier_webhooks import verified_call
 from .events import emit_call_event
@@ -60,11 +60,14 @@ def apply_event(session: Session, call_id: uuid.UUID, event: StatusEvent) -> boo
         if event.duration_seconds is not None:
             values["duration_seconds"] = event.duration_seconds
     result = session.execute(statement.values(**values).execution_options(synchronize_session=False))
-    changed = result.rowcount == 1
+    changed = rows_affected(result) == 1
     log.info("call %s: %s%s", call_id, event.status, "" if changed else " ignored (duplicate or out of order)")
     if changed and event.status in CARRIER_FAILURES:
         # The carrier knows first that nobody will answer; Ultravox reports the unjoined
         # call only when its join timeout runs out. The agency hears it now, once: the
         # terminal event slot is shared with Ultravox's later call.ended.
-        emit_call_event(session, session.get(Call, call_id, populate_existing=True), "call.failed")
+        call = session.get(Call, call_id, populate_existing=True)
+        if call is None:  # cannot happen: this transaction just updated (and so locked) the row
+            raise LookupError(f"call {call_id} vanished after its status update")
+        emit_call_event(session, call, "call.failed")
     return changed

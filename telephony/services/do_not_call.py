@@ -9,7 +9,7 @@ from typing import Iterable
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ..db import insert_if_absent
+from ..db import insert_if_absent, rows_affected
 from ..errors import InvalidInput, NotFound
 from ..models import DoNotCallEntry
 from .phone_numbers import normalize_e164
@@ -47,7 +47,7 @@ def remove_number(session: Session, agency_id: uuid.UUID, phone: str) -> None:
     e164 = normalize_e164(phone, field="phone")
     result = session.execute(delete(DoNotCallEntry).where(DoNotCallEntry.agency_id == agency_id,
                                                           DoNotCallEntry.phone == e164))
-    if result.rowcount == 0:
+    if rows_affected(result) == 0:
         raise NotFound(f"{e164} is not on the do-not-call list", field="phone")
 
 

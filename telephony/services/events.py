@@ -190,7 +190,11 @@ def _resolves_publicly(host: str, port: int) -> bool:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except OSError:
         return True  # let the request itself report the DNS failure
-    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_global for info in infos)
+    for info in infos:
+        address = info[4][0]  # a string for AF_INET and AF_INET6, the only TCP families
+        if not isinstance(address, str) or not ipaddress.ip_address(address.split("%")[0]).is_global:
+            return False
+    return True
 
 
 # -- delivering ---------------------------------------------------------------------------

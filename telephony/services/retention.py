@@ -27,11 +27,11 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
 
-from ..db import Database
+from ..db import Database, rows_affected
 from ..models import EventDelivery, IdempotencyKey, Job, ProcessedWebhookEvent, RateLimitWindow, utcnow
 from . import idempotency_keys
 
@@ -60,10 +60,10 @@ def purge_expired(db: Database, retention_days: int, *, now: datetime | None = N
                                                batch_size),
     }
     # A handful of rows (one per rate-limited key), keyed by (bucket, window_start): one statement.
-    windows = RateLimitWindow.__table__
+    windows = cast(Table, RateLimitWindow.__table__)
     with db.session() as session:
-        deleted["rate_limit_windows"] = session.execute(delete(windows).where(
-            windows.c.window_start < (now - RATE_LIMIT_WINDOW_RETENTION).timestamp())).rowcount or 0
+        deleted["rate_limit_windows"] = rows_affected(session.execute(delete(windows).where(
+            windows.c.window_start < (now - RATE_LIMIT_WINDOW_RETENTION).timestamp()))) or 0
     return deleted
 
 
@@ -73,7 +73,7 @@ def _delete_in_batches(db: Database, id_column: Any, condition: Any, batch_size:
     while True:
         with db.session() as session:
             batch = select(id_column).where(condition).limit(batch_size).scalar_subquery()
-            count = session.execute(delete(table).where(id_column.in_(batch))).rowcount or 0
+            count = rows_affected(session.execute(delete(table).where(id_column.in_(batch)))) or 0
         total += count
         if count < batch_size:
             return total

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from .. import call_states
 from ..carriers.registry import CARRIERS
 from ..credentials import get_credentials
+from ..db import rows_affected
 from ..errors import DomainError, InvalidInput, Unauthorized
 from ..logging import call_id_var
 from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
@@ -95,7 +96,8 @@ def ingest(session: Session, *, body: bytes, signature: str | None, timestamp: s
     now = now or utcnow()
     event, snapshot = _parse(body)
     ultravox_call_id: str = snapshot["callId"]
-    metadata = snapshot.get("metadata") if isinstance(snapshot.get("metadata"), dict) else {}
+    raw_metadata = snapshot.get("metadata")
+    metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     existing = session.scalar(select(Call).where(Call.ultravox_call_id == ultravox_call_id))
 
     agency_id = _resolve_agency(session, path_agency_id, metadata, existing, snapshot.get("agentId"))
@@ -166,7 +168,7 @@ def _parse(body: bytes) -> tuple[str | None, dict[str, Any]]:
         payload = None
     snapshot = payload.get("call") if isinstance(payload, dict) else None
     call_id = snapshot.get("callId") if isinstance(snapshot, dict) else None
-    if not isinstance(call_id, str) or not 0 < len(call_id) <= 64:
+    if not isinstance(snapshot, dict) or not isinstance(call_id, str) or not 0 < len(call_id) <= 64:
         raise InvalidInput("body must be a JSON object with a call object carrying a callId", field="body")
     event = payload.get("event")
     # The 2024 payload had no "event"; infer it from the snapshot then.
@@ -264,9 +266,11 @@ def _source_and_direction(metadata: dict[str, Any], snapshot: dict[str, Any]) ->
     """From our metadata when present; else from the medium. A call Ultravox
     started itself is someone calling in (SIP INVITE, carrier XML, browser),
     except an outgoing SIP call."""
-    medium = snapshot.get("medium") if isinstance(snapshot.get("medium"), dict) else {}
+    raw_medium = snapshot.get("medium")
+    medium: dict[str, Any] = raw_medium if isinstance(raw_medium, dict) else {}
     medium_name = next(iter(medium), None)
-    source = _enum(CallSource, metadata.get("telephony.source")) or MEDIUM_SOURCES.get(medium_name, CallSource.webrtc)
+    source = _enum(CallSource, metadata.get("telephony.source")) or (
+        MEDIUM_SOURCES.get(medium_name, CallSource.webrtc) if medium_name is not None else CallSource.webrtc)
     sip = medium.get("sip")
     outgoing = isinstance(sip, dict) and "outgoing" in sip
     direction = _enum(CallDirection, metadata.get("telephony.direction")) or (
@@ -319,9 +323,9 @@ def _charge_credits(session: Session, call: Call, snapshot: dict[str, Any]) -> N
     if seconds is None:
         log.warning("call.billed without a usable billedDuration: %r", snapshot.get("billedDuration"))
         return
-    charged = session.execute(
+    charged = rows_affected(session.execute(
         update(Call).where(Call.id == call.id, Call.credits_charged_seconds.is_(None))
-        .values(credits_charged_seconds=seconds, billed_duration_seconds=seconds)).rowcount
+        .values(credits_charged_seconds=seconds, billed_duration_seconds=seconds)))
     if charged:
         session.execute(update(Agency).where(Agency.id == call.agency_id)
                         .values(credit_balance=Agency.credit_balance - seconds))

@@ -138,8 +138,8 @@ def _error_for(path: str, status: int, message: str) -> SimError:
         code = {404: 20404, 429: 20429, 503: 20503}.get(status, 20500 if status >= 500 else 20001)
         return _twilio_error(status, code, message)
     if path.startswith(TELNYX_PREFIX):
-        code = {404: "10005", 429: "10011", 503: "10012"}.get(status, "10007")
-        return _telnyx_error(status, code, message, message)
+        telnyx_code = {404: "10005", 429: "10011", 503: "10012"}.get(status, "10007")
+        return _telnyx_error(status, telnyx_code, message, message)
     return _plivo_error(status, message)
 
 

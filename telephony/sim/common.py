@@ -435,7 +435,8 @@ def serve_in_thread(
     # idle pooled connections of a busy client.
     server = CherootServer((host, port), _AccessLog(app) if access_log else app, numthreads=threads,
                            max=threads, server_name=f"sim-{port}", shutdown_timeout=2, request_queue_size=1024)
-    server.keep_alive_conn_limit = None
+    # None means "no limit" (documented by cheroot), but its stubs declare an int.
+    server.keep_alive_conn_limit = None  # type: ignore[assignment]
     server.expiration_interval = 0.05  # how soon its loop notices stop(): tests start and stop many
     server.prepare()  # binds now, so the real port is known before the block starts
     thread = threading.Thread(target=server.serve, name=f"sim-server-{server.bind_addr[1]}", daemon=True)

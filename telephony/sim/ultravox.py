@@ -92,8 +92,9 @@ _WAV = silent_wav()
 def _wav_response() -> Response:
     """The recording, honouring one byte range (206, or 416 outside the file) as the
     real API and its storage do: audio players seek with them."""
-    return Response(_WAV, status=200, mimetype="audio/wav").make_conditional(
-        request, accept_ranges=True, complete_length=len(_WAV))
+    response = Response(_WAV, status=200, mimetype="audio/wav")
+    response.make_conditional(request, accept_ranges=True, complete_length=len(_WAV))  # updates it in place
+    return response
 
 
 def sign_webhook(secret: str, body: bytes, timestamp: str) -> str:

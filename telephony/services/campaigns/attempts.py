@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from ...db import rows_affected
 from ...models import CampaignContact, DialAttempt, utcnow
 
 ATTEMPT_CLAIMED = "claimed"
@@ -73,7 +74,7 @@ def update_attempt(session: Session, attempt_id: uuid.UUID, from_states: tuple[s
     result = session.execute(update(DialAttempt).where(DialAttempt.id == attempt_id,
                                                        DialAttempt.state.in_(from_states))
                              .values(**values).execution_options(synchronize_session=False))
-    return result.rowcount == 1
+    return rows_affected(result) == 1
 
 
 def requeue_contact(session: Session, contact_id: uuid.UUID, at: datetime, *, uncount: bool) -> None:

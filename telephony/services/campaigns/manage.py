@@ -100,7 +100,7 @@ def add_contacts(session: Session, campaign: Campaign, *, csv_text: str | None =
     dnc = listed_among(session, campaign.agency_id, [c.phone for c in result.contacts])
     added = 0
     already: list[str] = []
-    suppressed = [(line, phone) for line, phone in result.suppressed]
+    suppressed: list[tuple[int | None, str]] = [(line, phone) for line, phone in result.suppressed]
     now = utcnow()
     for contact in result.contacts:
         if contact.phone in dnc:
@@ -173,6 +173,8 @@ def progress(session: Session, campaign: Campaign) -> dict[str, Any]:
     estimated = None
     if campaign.status in ("running", "paused") and remaining:
         if recent:
+            # Every counted attempt has a dial_started_at (>= the cutoff), so their minimum is set.
+            assert first_recent is not None
             if first_recent.tzinfo is None:  # SQLite returns naive UTC
                 first_recent = first_recent.replace(tzinfo=now.tzinfo)
             rate = recent / max(1.0, (now - first_recent).total_seconds())

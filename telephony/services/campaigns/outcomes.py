@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ... import call_states
-from ...db import end_read, transaction
+from ...db import end_read, rows_affected, transaction
 from ...models import Call, Campaign, CampaignContact, DialAttempt, utcnow
 from ..events import emit_event
 from .attempts import (
@@ -177,7 +177,7 @@ def complete_finished_campaigns(session: Session) -> int:
                 ~select(CampaignContact.id).where(CampaignContact.campaign_id == campaign_id,
                                                   CampaignContact.state.in_(UNFINISHED_CONTACT_STATES)).exists())
                 .values(status="completed", completed_at=utcnow()).execution_options(synchronize_session=False))
-            if result.rowcount == 1:
+            if rows_affected(result) == 1:
                 campaign = session.get(Campaign, campaign_id)
                 assert campaign is not None  # its update has just matched
                 emit_event(session, campaign.agency_id, "campaign.completed",
