@@ -2,14 +2,25 @@
 kind (the rule lives in calls.start_call, the one path every call takes)."""
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import requests
 from sqlalchemy import select, update
 
-from telephony.models import Agency, Call
+from telephony.models import Agency, Call, Campaign
 from telephony.services.inbound import APOLOGY
 from tests.inbound_helpers import PlivoCase, TelnyxTexmlCase, TwilioCase, parse_answer
-from tests.outbound_helpers import AGENT_UV_ID, CALLEE, NUMBERS, dial_requests, seed_agency
+from tests.outbound_helpers import (
+    AGENT_UV_ID,
+    CALLEE,
+    NUMBERS,
+    contacts_by_phone,
+    create_campaign,
+    dial_requests,
+    dispatch_once,
+    seed_agency,
+)
 
 FALLBACK = "+14155550999"
 
@@ -64,3 +75,23 @@ def test_inbound_caller_gets_the_fallback_or_an_apology_never_the_agent(sim_app,
         [call] = session.scalars(select(Call)).all()
         assert call.carrier_call_id == call_sid and call.ultravox_call_id is None
         assert call.metadata_ == {"inbound_answer": kind, "start_error": "InsufficientCredits"}
+
+
+def test_a_campaign_pauses_without_credit_and_resumes_when_credit_is_added(sim_app, ultravox_sim, carrier_sim):
+    seeded = seed_agency(sim_app)
+    client = sim_app.test_client()
+    campaign = create_campaign(client, seeded, [{"phone": CALLEE}])
+    set_credits(sim_app, seeded.agency_id, 0)
+    assert dispatch_once(sim_app) == ["aborted"]
+    got = client.get(f"/api/v1/campaigns/{campaign['id']}", headers=seeded.headers()).json
+    assert got["status"] == "paused" and got["paused_reason"] == "insufficient_credits"
+    contact = contacts_by_phone(sim_app, campaign["id"])[CALLEE]
+    assert contact.state == "queued" and contact.attempts == 0  # the attempt is not used up
+    assert ultravox_creates(ultravox_sim) == [] and dial_requests(carrier_sim) == []
+    assert dispatch_once(sim_app) == []  # still no credit: stays paused, nothing dialled
+    set_credits(sim_app, seeded.agency_id, 600)
+    assert dispatch_once(sim_app) == ["placed"]  # the reconcile pass resumed it
+    with sim_app.extensions["telephony.db"].session() as session:
+        resumed = session.get(Campaign, uuid.UUID(campaign["id"]))
+        assert resumed is not None and resumed.status == "running" and resumed.paused_reason is None
+    assert len(dial_requests(carrier_sim)) == 1

@@ -2,7 +2,8 @@
 
   1. re-check the do-not-call list and the campaign status, right before dialling;
   2. create the Ultravox call (429/503: the campaign backs off by Retry-After, the
-     contact goes back to the queue without using up an attempt);
+     contact goes back to the queue without using up an attempt; the agency out of
+     credit: the campaign pauses until it has credit again);
   3. take a calls-per-second slot for the carrier account (`pacing.acquire_cps_slot`:
      one upsert on a per-window counter row shared by every dispatcher), and wait for it;
   4. commit state "dialing" (conditional on still being "claimed"), THEN call the
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session
 from ...db import commit_without_waiting_for_disk, end_read, transaction
 from ...models import AgentMapping, Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
 from ...ultravox import UltravoxError, UltravoxRateLimited, UltravoxServerError, UltravoxTimeout, UltravoxUnavailable
+from ..calls import InsufficientCredits
 from ..do_not_call import is_on_list
 from ..outbound import (
     CarrierError,
@@ -69,7 +71,7 @@ from .attempts import (
     requeue_contact,
     update_attempt,
 )
-from .outcomes import settle_call
+from .outcomes import PAUSED_FOR_CREDIT, settle_call
 from .pacing import acquire_cps_slot, pacing_plan
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,10 @@ def _ultravox_failed(session: Session, dial: _Dial, exc: Exception) -> str:
             until = _backoff(session, dial.campaign_id, delay)
         _abort_stored(session, dial.attempt_id, reason=str(exc), requeue_at=until)
         log.warning("campaign %s: Ultravox %s; backing off %.1fs", dial.campaign_id, exc.status, delay)
+    elif isinstance(exc, InsufficientCredits):
+        # Resumes by itself once the agency has credit (outcomes.resume_campaigns_with_credit).
+        _pause(session, dial.campaign_id, PAUSED_FOR_CREDIT)
+        _abort_stored(session, dial.attempt_id, reason=str(exc))
     elif isinstance(exc, UltravoxError):  # 4xx: our request or key is wrong; a person must look
         _pause(session, dial.campaign_id, f"Ultravox refused the call: {exc.detail}"[:200])
         _abort_stored(session, dial.attempt_id, reason=str(exc))

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from ... import call_states
 from ...db import end_read, rows_affected, transaction
-from ...models import Call, Campaign, CampaignContact, DialAttempt, utcnow
+from ...models import Agency, Call, Campaign, CampaignContact, DialAttempt, utcnow
 from ..events import emit_event
 from .attempts import (
     ATTEMPT_ABORTED,
@@ -114,7 +114,8 @@ def reconcile(session: Session, settings: DispatchSettings | None = None, *, now
     read ends before its writes; each attempt is moved in a transaction of its own."""
     settings = settings or DispatchSettings()
     now = now or utcnow()
-    stats = {"settled": 0, "requeued": 0, "unknown": 0, "expired": 0, "completed_campaigns": 0}
+    stats = {"settled": 0, "requeued": 0, "unknown": 0, "expired": 0, "completed_campaigns": 0,
+             "resumed_campaigns": 0}
     end_read(session)
     finished = session.execute(
         select(DialAttempt.id, Call.status).join(Call, Call.id == DialAttempt.call_id)
@@ -156,7 +157,26 @@ def reconcile(session: Session, settings: DispatchSettings | None = None, *, now
                 close_contact(session, contact_id, CONTACT_UNKNOWN, "no-report")
                 stats["expired"] += 1
     stats["completed_campaigns"] = complete_finished_campaigns(session)
+    stats["resumed_campaigns"] = resume_campaigns_with_credit(session)
     return stats
+
+
+# `paused_reason` of a campaign paused because its agency ran out of credit: it resumes
+# by itself once the agency has credit again (no person needs to look).
+PAUSED_FOR_CREDIT = "insufficient_credits"
+
+
+def resume_campaigns_with_credit(session: Session) -> int:
+    """Campaigns paused for lack of credit whose agency has credit again run again.
+    One UPDATE; returns how many."""
+    end_read(session)
+    with transaction(session):
+        result = session.execute(
+            update(Campaign).where(Campaign.status == "paused", Campaign.paused_reason == PAUSED_FOR_CREDIT,
+                                   select(Agency.id).where(Agency.id == Campaign.agency_id,
+                                                           Agency.credit_balance > 0).exists())
+            .values(status="running", paused_reason=None).execution_options(synchronize_session=False))
+    return rows_affected(result)
 
 
 def complete_finished_campaigns(session: Session) -> int:
