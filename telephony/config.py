@@ -87,10 +87,6 @@ class Config:
         return TELNYX_STREAM_FORMATS[self.telnyx_stream_codec]
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
-    @property
     def upstream_timeout(self) -> tuple[float, float]:
         return (self.upstream_connect_timeout, self.upstream_read_timeout)
 

@@ -53,13 +53,6 @@ class RetryIn(RequestModel):
     delay_seconds: int = Field(default=600, ge=0, le=7 * 86400)
 
 
-class ContactIn(RequestModel):
-    phone: str = Field(max_length=64)
-    timezone: str | None = Field(default=None, max_length=64)
-    name: str | None = Field(default=None, max_length=200)
-    template_context: dict[str, Any] | None = None
-
-
 class CampaignIn(RequestModel):
     name: str = Field(min_length=1, max_length=200)
     agent_id: str = Field(min_length=1, max_length=64, description="Ultravox agent id (or our mapping id)")

@@ -26,7 +26,6 @@ from .schema import RequestModel, ResponseModel, document, parse_body, render
 
 bp = Blueprint("management", __name__, url_prefix="/api/v1")
 
-ADMIN = ["bearerAuth", "apiKeyAuth"]
 UltravoxId = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 # What a phone number's carrier column can hold (tests/test_carrier_registry.py checks the
 # models' Carrier enum agrees).
