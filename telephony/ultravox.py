@@ -5,8 +5,9 @@ pooled `requests.Session`, so connections to Ultravox are reused across
 agencies. The key travels only in each request's `X-API-Key` header.
 
 Every HTTP call is wrapped in `track_upstream("ultravox", <operation>)` and
-failures surface as typed `UltravoxError` subclasses whose `detail` is
-Ultravox's own message (safe to show to users: the API key is redacted).
+failures surface as typed `UltravoxError` subclasses (`telephony.ultravox_errors`)
+whose `detail` is Ultravox's own message (safe to show to users: the API key is
+redacted).
 """
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ReadTimeoutError
 
 from telephony.metrics import UpstreamCall, track_upstream
+from telephony.ultravox_errors import (
+    UltravoxAuthError,
+    UltravoxClientError,
+    UltravoxError,
+    UltravoxNotFound,
+    UltravoxRateLimited,
+    UltravoxServerError,
+    UltravoxTimeout,
+    UltravoxUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,66 +53,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 REDACTED = "[REDACTED]"
 
 TimeoutArg = Union[float, tuple[float, float]]
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class UltravoxError(Exception):
-    """Base class. `detail` is Ultravox's message (or ours for transport
-    failures); it never contains the API key."""
-
-    def __init__(self, operation: str, detail: str, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
-        self.operation = operation
-        self.detail = detail
-        self.status = status
-        self.retry_after = retry_after
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        status = f" (HTTP {self.status})" if self.status is not None else ""
-        return f"Ultravox {self.operation} failed{status}: {self.detail}"
-
-    def __str__(self) -> str:
-        return self._message()
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(operation={self.operation!r}, status={self.status!r}, "
-                f"detail={self.detail!r}, retry_after={self.retry_after!r})")
-
-    def __reduce__(self):  # keep pickling working despite the keyword-only constructor
-        return (type(self), (self.operation, self.detail),
-                {"status": self.status, "retry_after": self.retry_after})
-
-
-class UltravoxClientError(UltravoxError):
-    """4xx other than 429: our request was wrong (e.g. 422 call not active)."""
-
-
-class UltravoxAuthError(UltravoxClientError):
-    """401/403: missing, invalid or insufficiently authorized API key."""
-
-
-class UltravoxNotFound(UltravoxClientError):
-    """404: unknown call/agent, or a recording that is not (yet) available."""
-
-
-class UltravoxRateLimited(UltravoxError):
-    """429 (rate/concurrency limit, throttle) or 503 (no capacity). `retry_after`
-    is the server's Retry-After in seconds, or None."""
-
-
-class UltravoxServerError(UltravoxError):
-    """5xx other than 503, or a response we cannot understand."""
-
-
-class UltravoxTimeout(UltravoxError):
-    """Connect or read timeout."""
-
-
-class UltravoxUnavailable(UltravoxError):
-    """Connection refused/reset, DNS failure or any other transport error."""
 
 
 # --------------------------------------------------------------------------- session

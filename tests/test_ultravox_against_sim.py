@@ -4,8 +4,8 @@ import requests
 
 from telephony.sim import ultravox as ultravox_sim
 from telephony.sim.common import serve_in_thread
-from telephony.ultravox import (
-    UltravoxClient,
+from telephony.ultravox import UltravoxClient
+from telephony.ultravox_errors import (
     UltravoxClientError,
     UltravoxNotFound,
     UltravoxRateLimited,

@@ -18,10 +18,9 @@ from prometheus_client import REGISTRY
 
 from telephony import ultravox
 from telephony.config import Config
-from telephony.ultravox import (
-    Recording,
+from telephony.ultravox import Recording, UltravoxClient, parse_retry_after
+from telephony.ultravox_errors import (
     UltravoxAuthError,
-    UltravoxClient,
     UltravoxClientError,
     UltravoxError,
     UltravoxNotFound,
@@ -29,7 +28,6 @@ from telephony.ultravox import (
     UltravoxServerError,
     UltravoxTimeout,
     UltravoxUnavailable,
-    parse_retry_after,
 )
 from tests.ultravox_openapi import validate_request
 

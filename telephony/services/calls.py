@@ -46,7 +46,8 @@ from ..db import end_reads_before_writing, insert_if_absent
 from ..errors import DomainError, Forbidden
 from ..logging import call_id_var
 from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
-from ..ultravox import UltravoxClient, UltravoxError, UltravoxServerError
+from ..ultravox import UltravoxClient
+from ..ultravox_errors import UltravoxError, UltravoxServerError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from ..jobs import JobContext, RetryLater, enqueue
 from ..models import Call, utcnow
-from ..ultravox import UltravoxClient, UltravoxNotFound, UltravoxRateLimited
+from ..ultravox import UltravoxClient
+from ..ultravox_errors import UltravoxNotFound, UltravoxRateLimited
 from .calls import ultravox_client_for
 from .idempotency import first_time
 

@@ -37,7 +37,7 @@ from ..config import get_config
 from ..credentials import get_credentials
 from ..errors import DomainError, InvalidInput, UpstreamBusy, UpstreamFailed
 from ..models import AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
-from ..ultravox import UltravoxError, UltravoxRateLimited
+from ..ultravox_errors import UltravoxError, UltravoxRateLimited
 from . import agents, calls
 from .calls import StartedCall, ultravox_client_for
 from .do_not_call import is_on_list

@@ -24,7 +24,8 @@ from ..config import get_config
 from ..errors import Forbidden, InvalidInput, NotFound, UpstreamFailed
 from ..models import AgentMapping, Call, CallDirection, CallSource, PublicKey
 from ..signing import UrlSigner
-from ..ultravox import Recording, UltravoxError
+from ..ultravox import Recording
+from ..ultravox_errors import UltravoxError
 from . import agents, calls
 from .calls import MissingUltravoxKey, StartedCall, ultravox_client_for
 

@@ -38,7 +38,13 @@ from sqlalchemy.orm import Session
 
 from ...db import commit_without_waiting_for_disk, end_read, transaction
 from ...models import AgentMapping, Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
-from ...ultravox import UltravoxError, UltravoxRateLimited, UltravoxServerError, UltravoxTimeout, UltravoxUnavailable
+from ...ultravox_errors import (
+    UltravoxError,
+    UltravoxRateLimited,
+    UltravoxServerError,
+    UltravoxTimeout,
+    UltravoxUnavailable,
+)
 from ..calls import InsufficientCredits
 from ..do_not_call import is_on_list
 from ..outbound import (

@@ -1,0 +1,31 @@
+"""SQLAlchemy 2 typed models. Alembic (migrations/) owns the schema.
+
+Every table holding agency data carries `agency_id`; services always filter on
+it, so one agency can never read or change another's rows.
+
+The models live in submodules by area; import them from here.
+"""
+from __future__ import annotations
+
+from .access import ApiKey, PublicKey, RateLimitWindow
+from .agencies import Agency, AgencyCredential, AgentMapping, PhoneNumber, User
+from .base import Base, CallDirection, CallSource, Carrier, Role, UTCDateTime, utcnow
+from .calls import Call, ProcessedWebhookEvent
+from .events import EventDelivery, EventEndpoint, Job
+from .outbound import Campaign, CampaignContact, DialAttempt, DoNotCallEntry, IdempotencyKey
+
+__all__ = [
+    # shared
+    "Base", "UTCDateTime", "utcnow",
+    "CallDirection", "CallSource", "Carrier", "Role",
+    # agencies
+    "Agency", "AgencyCredential", "AgentMapping", "PhoneNumber", "User",
+    # access
+    "ApiKey", "PublicKey", "RateLimitWindow",
+    # calls
+    "Call", "ProcessedWebhookEvent",
+    # events and jobs
+    "EventDelivery", "EventEndpoint", "Job",
+    # outbound calls and campaigns
+    "Campaign", "CampaignContact", "DialAttempt", "DoNotCallEntry", "IdempotencyKey",
+]

@@ -1,0 +1,78 @@
+"""Agencies and what they own: their users, agents, phone numbers and encrypted
+carrier credentials."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, ForeignKey, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, Carrier, Role, _enum, utcnow
+
+
+class Agency(Base):
+    __tablename__ = "agencies"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    # Prepaid call time in seconds; call.billed deducts from it, and public web
+    # calls are refused once it reaches zero.
+    credit_balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # The Supabase JWT `sub` claim.
+    auth_subject: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    agency_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agencies.id", ondelete="SET NULL"), index=True)
+    role: Mapped[Role] = mapped_column(_enum(Role, "user_role"), default=Role.member)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentMapping(Base):
+    __tablename__ = "agent_mappings"
+    __table_args__ = (UniqueConstraint("agency_id", "ultravox_agent_id", name="uq_agent_mappings_agency_agent"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    ultravox_agent_id: Mapped[str] = mapped_column(String(64))
+    recording_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PhoneNumber(Base):
+    __tablename__ = "phone_numbers"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    # E.164; unique across agencies because the carrier routes by it.
+    e164: Mapped[str] = mapped_column(String(16), unique=True)
+    carrier: Mapped[Carrier] = mapped_column(_enum(Carrier, "carrier"))
+    agent_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("agent_mappings.id", ondelete="SET NULL"),
+                                                       index=True)
+    fallback_number: Mapped[str | None] = mapped_column(String(16))
+    # None: follow the agent's setting.
+    recording_enabled: Mapped[bool | None] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgencyCredential(Base):
+    """One encrypted secret per row (e.g. name='twilio.auth_token').
+
+    Only telephony.credentials reads or writes `ciphertext`.
+    """
+
+    __tablename__ = "agency_credentials"
+    __table_args__ = (UniqueConstraint("agency_id", "name", name="uq_agency_credentials_agency_name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    agency_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
