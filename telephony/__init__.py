@@ -31,6 +31,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
         web_calls,
         webhooks,
     )
+    from .api.body_limit import ChunkedBodyLimit
     from .auth import JwtVerifier
     from .carriers.registry import EXTENSION as CARRIERS_EXTENSION
     from .carriers.registry import CarrierRegistry
@@ -73,4 +74,8 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.register_blueprint(campaigns.bp)
     app.register_blueprint(do_not_call.bp)
     cli.register(app)
+    # Chunked bodies get the same limits as any other (the largest route limit here,
+    # then the route's own), and are refused whole above it.
+    app.wsgi_app = ChunkedBodyLimit(app.wsgi_app,  # type: ignore[method-assign]
+                                    max(config.max_body_bytes, ultravox_webhooks.MAX_WEBHOOK_BODY_BYTES))
     return app

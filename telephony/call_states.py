@@ -4,6 +4,10 @@ Carrier status callbacks and Ultravox webhooks both move a call's status, and
 both arrive duplicated and out of order. A status only ever moves forward
 (created → ringing → in-progress → a terminal state), and a terminal state is
 final, so a late "ringing" can never undo an "in-progress" or a "completed".
+
+"unknown" is ours, never a carrier's word: the carrier was asked to dial and did not
+answer clearly (a 5xx or a timeout), so the call may exist. It ranks with "created":
+the carrier's later callbacks (signed, addressed by our call id) move it on.
 """
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ BUSY = "busy"
 NO_ANSWER = "no-answer"
 FAILED = "failed"
 CANCELED = "canceled"
+UNKNOWN = "unknown"
 
 TERMINAL = frozenset({COMPLETED, BUSY, NO_ANSWER, FAILED, CANCELED})
-ALL = frozenset({CREATED, QUEUED, RINGING, IN_PROGRESS}) | TERMINAL
-_RANK = {CREATED: 0, QUEUED: 1, RINGING: 2, IN_PROGRESS: 3}
+ALL = frozenset({CREATED, UNKNOWN, QUEUED, RINGING, IN_PROGRESS}) | TERMINAL
+# What carriers report (UNKNOWN and CREATED are only ever set by us).
+CARRIER_REPORTED = ALL - {CREATED, UNKNOWN}
+_RANK = {CREATED: 0, UNKNOWN: 0, QUEUED: 1, RINGING: 2, IN_PROGRESS: 3}
 
 
 def rank(status: str) -> int:

@@ -438,6 +438,25 @@ class InboundContract:
         assert first.get_data() == second.get_data()
         assert len(uv.requests) == 1 and len(calls(app)) == 1
 
+    def test_a_replay_after_the_call_ended_gets_no_stream_and_the_join_url_is_gone(self, app, client):
+        seed(app, carrier=self.case.name, fallback=FALLBACK)
+        uv = UltravoxMock()
+        call_id = self.case.call_id()
+        form = self.case.inbound_form(call_id)
+        with responses.RequestsMock() as rsps:
+            uv.answer_with(rsps)
+            first = self.case.post(client, self.case.voice_path, form)
+            assert parse_answer(first.get_data(as_text=True))[0] == "stream"
+            ended = self.case.post(client, self.case.status_path,
+                                   self.case.status_form(call_id, "completed", sequence=9, duration=30))
+            assert ended.status_code < 300
+            [call] = calls(app)
+            assert call.status == "completed" and call.join_url is None
+            replay = self.case.post(client, self.case.voice_path, form)
+        assert replay.status_code == 200
+        assert parse_answer(replay.get_data(as_text=True)) == ("say", inbound_service.APOLOGY)
+        assert len(uv.requests) == 1
+
     def test_repeated_webhook_after_a_failure_gets_the_same_fallback(self, app, client):
         seed(app, carrier=self.case.name, fallback=FALLBACK)
         uv = UltravoxMock()

@@ -181,6 +181,38 @@ def test_idempotency_key_replays_a_carrier_failure_without_redialling(sim_app, c
     assert len(dial_requests(carrier_sim)) == 1
 
 
+def test_carrier_rate_limit_is_not_stored_under_the_idempotency_key(sim_app, carrier_sim):
+    """A carrier 429 was never processed: it is answered with Retry-After and the key stays
+    free, so the same request goes through once the limit has passed (not replayed for 24 h)."""
+    seeded = seed_agency(sim_app)
+    client = sim_app.test_client()
+    inject(carrier_sim, {"path_prefix": "/2010-04-01/", "method": "POST", "status": 429})
+    body = {"agent_id": AGENT_UV_ID, "to": CALLEE}
+    limited = _post(client, seeded, body, **{"Idempotency-Key": "k-429"})
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
+    again = _post(client, seeded, body, **{"Idempotency-Key": "k-429"})
+    assert again.status_code == 201 and "Idempotent-Replayed" not in again.headers
+    assert [r["status"] for r in dial_requests(carrier_sim)] == [429, 201]
+
+
+def test_carrier_timeout_leaves_the_call_unknown_for_its_callbacks_to_settle(sim_app, carrier_sim):
+    seeded = seed_agency(sim_app)
+    client = sim_app.test_client()
+    inject(carrier_sim, {"path_prefix": "/2010-04-01/", "method": "POST", "status": 500})
+    response = _post(client, seeded, {"agent_id": AGENT_UV_ID, "to": CALLEE})
+    assert response.status_code == 502
+    db = sim_app.extensions["telephony.db"]
+    with db.session() as session:
+        [call] = session.scalars(select(Call)).all()
+        assert call.status == "unknown" and call.end_reason == "carrier_error"
+        call_id = call.id
+    # The carrier did place it after all: its signed callbacks move the call on.
+    assert twilio_status(client, call_id, "CA" + "5" * 32, "in-progress").status_code == 204
+    with db.session() as session:
+        call = session.get(Call, call_id)
+        assert call is not None and call.status == "in-progress" and call.carrier_call_id == "CA" + "5" * 32
+
+
 def test_idempotency_key_in_flight_is_409(sim_app, carrier_sim):
     seeded = seed_agency(sim_app)
     body = {"agent_id": AGENT_UV_ID, "to": CALLEE}

@@ -6,7 +6,7 @@ import threading
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from telephony.models import PublicKey, RateLimitWindow
 from telephony.services.public_keys import RateLimited, consume_rate_limit, normalize_origin
@@ -147,6 +147,26 @@ def test_fixed_window_counts_refuses_and_rolls_over(db):
         assert [tuple(r) for r in rows] == [("b", start + 60, 1), ("other", start, 1)]
 
 
+def test_a_refused_hit_writes_nothing(db):
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(statement.split()[0].upper())
+
+    now = 1_000_000_030.0
+    with db.session() as session:
+        for _ in range(2):
+            consume_rate_limit(session, "full", limit=2, now=now)
+        event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            for _ in range(3):
+                with pytest.raises(RateLimited):
+                    consume_rate_limit(session, "full", limit=2, now=now)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", record)
+    assert statements and set(statements) <= {"SELECT", "BEGIN"}, statements
+
+
 def test_concurrent_hits_are_counted_exactly(db):
     """Many threads, each with its own connection (as separate gunicorn
     workers would have): the atomic upsert never loses an increment."""
@@ -172,5 +192,6 @@ def test_concurrent_hits_are_counted_exactly(db):
         thread.join(timeout=60)
     assert not errors
     with db.session() as session:
-        assert session.scalar(select(RateLimitWindow.count).where(RateLimitWindow.bucket == "shared")) == 40
+        # Refused hits wrote nothing: the count stopped at the limit.
+        assert session.scalar(select(RateLimitWindow.count).where(RateLimitWindow.bucket == "shared")) == 30
     assert len(refused) == threads * hits_each - 30

@@ -166,6 +166,19 @@ def test_401_invalid_missing_revoked_or_server_key(client, widget, uv):
     assert uv.bodies == []
 
 
+def test_guessing_keys_is_rate_limited_per_client(client, widget, uv, frozen_window):
+    from telephony.services.public_keys import INVALID_KEY_ATTEMPTS_PER_MINUTE
+    for n in range(INVALID_KEY_ATTEMPTS_PER_MINUTE):
+        assert web_call(client, f"pk_guess{n}").status_code == 401
+    refused = web_call(client, "pk_guess-once-more")
+    assert refused.status_code == 429 and refused.json["code"] == "rate_limited"
+    assert refused.headers["Retry-After"] == "30"  # the pinned clock is mid-window
+    # A real key still works from the same address: only guesses are limited.
+    _, _, key = widget
+    uv.agent_call()
+    assert web_call(client, key["key"]).status_code == 201
+
+
 # -- 403 insufficient credits / origin ---------------------------------------------------------
 
 @pytest.mark.parametrize("balance", [0, -5])

@@ -175,6 +175,25 @@ def test_an_agent_mapped_by_two_agencies_does_not_identify_one(app, client, db, 
     assert call_by_ultravox_id(db, uv_id) is None
 
 
+def test_mapping_another_agencys_agent_does_not_take_its_webhooks(app, client, db, tenant, make_tenant):
+    """The agent id is public (it sits in a widget): a squatter that maps it, with a secret
+    of its own, neither blocks nor receives the owner's webhooks on the shared URL."""
+    squatter = make_tenant("Squatter")
+    set_ultravox_credentials(app, db, squatter.agency_id, webhook_secret="squatter-secret-0123456789")
+    add_agent(db, tenant.agency_id)
+    add_agent(db, squatter.agency_id)
+    uv_id = str(uuid.uuid4())
+    assert post_webhook(client, "call.started", snapshot(uv_id, agent_id=UV_AGENT)).status_code == 204
+    assert call_by_ultravox_id(db, uv_id).agency_id == tenant.agency_id
+    # Signed by the squatter about a call of the owner's agent: a call of the squatter's
+    # own (it pays for it); the owner's row is not touched.
+    other_id = str(uuid.uuid4())
+    assert post_webhook(client, "call.started", snapshot(other_id, agent_id=UV_AGENT),
+                        secret="squatter-secret-0123456789").status_code == 204
+    assert call_by_ultravox_id(db, other_id).agency_id == squatter.agency_id
+    assert call_by_ultravox_id(db, uv_id).agency_id == tenant.agency_id
+
+
 def test_an_agency_cannot_touch_another_agencys_call(app, client, db, tenant, make_tenant):
     """Agency B knows its own secret; signing a webhook about A's call with it changes nothing."""
     other = make_tenant("B")

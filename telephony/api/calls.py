@@ -21,8 +21,8 @@ from .schema import RequestModel, ResponseModel, document, parse_query
 
 bp = Blueprint("calls", __name__, url_prefix="/api/v1")
 
-CallStatus = Literal["created", "queued", "ringing", "in-progress", "completed", "busy", "no-answer", "failed",
-                     "canceled"]
+CallStatus = Literal["created", "unknown", "queued", "ringing", "in-progress", "completed", "busy", "no-answer",
+                     "failed", "canceled"]
 assert set(CallStatus.__args__) == set(call_states.ALL)  # type: ignore[attr-defined]
 
 

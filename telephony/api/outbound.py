@@ -84,6 +84,12 @@ def create_outbound_call():
         result = outbound_service.make_call(session, agency_id, agent_id=body.agent_id, to=body.to,
                                             from_number=body.from_, template_context=body.template_context,
                                             metadata=body.metadata)
+    except outbound_service.CarrierRateLimited:
+        # The carrier never processes a 429: nothing was dialled, so the key is free again
+        # (storing this answer would replay a passing limit for 24 h).
+        if key is not None:
+            idempotency_keys.release(session, agency_id, key.strip())
+        raise
     except outbound_service.CarrierError as exc:
         # A call row exists and the carrier was asked: this outcome is the key's answer.
         if key is not None:

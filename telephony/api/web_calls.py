@@ -207,7 +207,8 @@ def _forwardable_range() -> str | None:
 def create_public_web_call():
     session = get_session()
     key = public_key_service.authenticate_public_key(session, request.headers.get("x-api-access-key", ""),
-                                                     origin=request.headers.get("Origin"))
+                                                     origin=request.headers.get("Origin"),
+                                                     client=request.remote_addr or "")
     agency_id_var.set(str(key.agency_id))
     g.public_key_origins = list(key.allowed_origins)  # for the CORS answer, see _cors()
     public_key_service.consume_rate_limit(session, public_key_service.public_key_bucket(key),

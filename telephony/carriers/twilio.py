@@ -16,7 +16,7 @@ NAME = "twilio"
 SIGNATURE_HEADER = "X-Twilio-Signature"
 # Twilio's CallStatus words are our vocabulary; "initiated" and unknown values are
 # ignored rather than guessed.
-_STATUSES = call_states.ALL - {call_states.CREATED}
+_STATUSES = call_states.CARRIER_REPORTED
 
 
 class TwilioAdapter(XmlCarrierAdapter):

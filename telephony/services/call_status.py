@@ -57,6 +57,7 @@ def apply_event(session: Session, call_id: uuid.UUID, event: StatusEvent) -> boo
         values["carrier_status_seq"] = event.sequence
     if call_states.is_terminal(event.status):
         values["ended_at"] = utcnow()
+        values["join_url"] = None  # nobody may join a call that is over (see inbound replays)
         if event.duration_seconds is not None:
             values["duration_seconds"] = event.duration_seconds
     result = session.execute(statement.values(**values).execution_options(synchronize_session=False))

@@ -212,6 +212,11 @@ def _answer_of_first_delivery(session: Session, source: CallSource, carrier_call
                               .where(Call.source == source, Call.carrier_call_id == carrier_call_id)).first()
         # End the read transaction: the next poll must see the first delivery's commit.
         session.rollback()
+        if row is not None and call_states.is_terminal(row.status):
+            # A replay of a call that is over (a signed webhook can be replayed as it is):
+            # it never gets the joinUrl, and no fallback is dialled for it.
+            log.info("repeated %s webhook for %s after the call ended", source.value, carrier_call_id)
+            return Answer.say(APOLOGY)
         if row is not None and row.join_url:
             log.info("repeated %s webhook for %s: same stream answer", source.value, carrier_call_id)
             return Answer.stream(row.join_url)

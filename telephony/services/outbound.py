@@ -30,6 +30,7 @@ import requests
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from .. import call_states
 from ..carriers import sdk
 from ..carriers.base import CarrierDialer, OutboundDial
 from ..carriers.registry import get_carriers
@@ -67,6 +68,7 @@ class CarrierRejected(CarrierError):
 class CarrierRateLimited(CarrierError):
     status = 429
     code = "carrier_rate_limited"
+    retry_after = 1  # carriers count calls per second
 
 
 class CarrierUnavailable(CarrierError):
@@ -230,6 +232,14 @@ def record_carrier_call(session: Session, call_id: uuid.UUID, carrier_call_id: s
                     .execution_options(synchronize_session=False))
 
 
+def record_call_unknown(session: Session, call_id: uuid.UUID, reason: str) -> None:
+    """The carrier may have placed the call (5xx or timeout): "unknown", which its later
+    callbacks still move on (call_states.UNKNOWN), never a terminal "failed"."""
+    session.execute(update(Call).where(Call.id == call_id, Call.status.in_((call_states.CREATED, call_states.QUEUED)))
+                    .values(status=call_states.UNKNOWN, end_reason=reason[:64])
+                    .execution_options(synchronize_session=False))
+
+
 def record_call_failed(session: Session, call_id: uuid.UUID, reason: str) -> None:
     session.execute(update(Call).where(Call.id == call_id, Call.status.in_(("created", "queued")))
                     .values(status="failed", end_reason=reason[:64], ended_at=utcnow())
@@ -281,8 +291,11 @@ def make_call(session: Session, agency_id: uuid.UUID, *, agent_id: str, to: str,
     except CarrierError as exc:
         # 4xx / 429: no carrier call exists, so the Ultravox call is hung up now.
         # 5xx / timeout: the call may exist; the Ultravox call is left to connect or to
-        # end at its join timeout, and a late callback can still record the truth.
-        record_call_failed(session, started.call_id, "carrier_rejected" if exc.status < 500 else "carrier_error")
+        # end at its join timeout, and the carrier's later callbacks record the truth.
+        if exc.status < 500:
+            record_call_failed(session, started.call_id, "carrier_rejected")
+        else:
+            record_call_unknown(session, started.call_id, "carrier_error")
         session.commit()
         if exc.status < 500:
             hang_up_quietly(session, agency_id, started.ultravox_call_id)

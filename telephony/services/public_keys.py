@@ -36,6 +36,9 @@ MAX_ORIGIN_LENGTH = 255
 MAX_RATE_LIMIT = 10_000
 DEFAULT_RATE_LIMIT = 30
 RATE_WINDOW_SECONDS = 60
+# Unknown, malformed or revoked keys per client address and minute before further tries
+# are answered 429 (guessing keys costs a database write per try until then, none after).
+INVALID_KEY_ATTEMPTS_PER_MINUTE = 20
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST = re.compile(r"[a-z0-9.-]+|[0-9a-f:.]+")  # a DNS name or IPv4 address, or an IPv6 literal
@@ -130,9 +133,11 @@ def revoke_public_key(session: Session, agency_id: uuid.UUID, key_id: uuid.UUID)
 
 # -- use -------------------------------------------------------------------------------
 
-def authenticate_public_key(session: Session, key: str, *, origin: str | None) -> PublicKey:
+def authenticate_public_key(session: Session, key: str, *, origin: str | None, client: str = "") -> PublicKey:
     """The live key row, or Unauthorized (unknown, malformed or revoked key) /
     OriginNotAllowed (the key lists origins and the request's Origin is not one).
+    Invalid keys are rate-limited per `client` address: past
+    INVALID_KEY_ATTEMPTS_PER_MINUTE a minute, RateLimited instead of Unauthorized.
 
     A key that lists origins also refuses requests without an Origin header:
     browsers always send one on a cross-origin POST, and the point of the list
@@ -142,6 +147,8 @@ def authenticate_public_key(session: Session, key: str, *, origin: str | None) -
     if key.startswith(PUBLIC_KEY_PREFIX) and len(key) <= MAX_KEY_LENGTH:
         row = session.scalar(select(PublicKey).where(PublicKey.key_hash == hash_api_key(key)))
     if row is None or row.revoked_at is not None:
+        session.rollback()
+        consume_rate_limit(session, f"public_key_invalid:{client}", limit=INVALID_KEY_ATTEMPTS_PER_MINUTE)
         raise Unauthorized("Invalid or revoked API key")
     if not origin_allowed(row.allowed_origins, origin):
         raise OriginNotAllowed("This key may not be used from this origin")
@@ -158,32 +165,40 @@ def consume_rate_limit(session: Session, bucket: str, *, limit: int, window_seco
     (with the seconds until the window ends) once more than `limit` hits
     were counted in it.
 
-    The count is one atomic `INSERT .. ON CONFLICT DO UPDATE SET count =
-    count + 1 RETURNING count`, committed at once, so every web process sees
-    the same number and two concurrent hits can never read the same count.
+    A hit is counted by one atomic `INSERT .. ON CONFLICT DO UPDATE SET count =
+    count + 1 WHERE count < limit RETURNING count`, committed at once, so every
+    web process sees the same number and two concurrent hits can never read the
+    same count. A refused hit writes nothing: the window is read first, and a
+    full one is refused on that read alone (a flood of refused requests costs
+    one indexed SELECT each); the conditional upsert refuses the few that raced
+    past the read without writing either. The window stays full until it ends.
     A fixed window admits at most 2 x limit across a window boundary, which is
-    an acceptable bound for abuse protection and needs one row per key.
-    Refused hits are counted too, so a client hammering the endpoint stays
-    refused until the window ends."""
+    an acceptable bound for abuse protection and needs one row per key."""
     now = time.time() if now is None else now
     window_start = int(now // window_seconds) * window_seconds
+    retry_after = max(1, math.ceil(window_start + window_seconds - now))
+    refused = RateLimited(f"Rate limit of {limit} requests per {window_seconds} s exceeded; retry in {retry_after} s",
+                          retry_after=retry_after)
     table = RateLimitWindow.__table__
+    counted = session.scalar(select(table.c.count).where(table.c.bucket == bucket,
+                                                         table.c.window_start == window_start))
+    session.rollback()  # a read only; SQLite: the write below opens its own transaction
+    if counted is not None and counted >= limit:
+        raise refused
     insert = dialect_insert(session)
     statement = (insert(table).values(bucket=bucket, window_start=window_start, count=1)
                  .on_conflict_do_update(index_elements=[table.c.bucket, table.c.window_start],
-                                        set_={"count": table.c.count + 1})
+                                        set_={"count": table.c.count + 1}, where=table.c.count < limit)
                  .returning(table.c.count))
-    count = session.execute(statement).scalar_one()
+    count = session.execute(statement).scalar_one_or_none()
     if count == 1:
         # First hit of a new window: drop this bucket's old windows, so the
         # table holds at most one row per active key.
         session.execute(delete(RateLimitWindow).where(RateLimitWindow.bucket == bucket,
                                                       RateLimitWindow.window_start < window_start))
     session.commit()
-    if count > limit:
-        retry_after = max(1, math.ceil(window_start + window_seconds - now))
-        raise RateLimited(f"Rate limit of {limit} requests per {window_seconds} s exceeded; retry in {retry_after} s",
-                          retry_after=retry_after)
+    if count is None:  # the window filled up between the read and the upsert
+        raise refused
 
 
 def public_key_bucket(key: PublicKey) -> str:

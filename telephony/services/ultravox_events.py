@@ -100,11 +100,17 @@ def ingest(session: Session, *, body: bytes, signature: str | None, timestamp: s
     metadata: dict[str, Any] = raw_metadata if isinstance(raw_metadata, dict) else {}
     existing = session.scalar(select(Call).where(Call.ultravox_call_id == ultravox_call_id))
 
-    agency_id = _resolve_agency(session, path_agency_id, metadata, existing, snapshot.get("agentId"))
-    secret = get_credentials().get(session, agency_id, "ultravox").get("webhook_secret") if agency_id else None
-    if agency_id is None or not verify_signature(secret, body, signature, timestamp, now=now):
+    candidates = _candidate_agencies(session, path_agency_id, metadata, existing, snapshot.get("agentId"))
+    store = get_credentials()
+    # The agency is the one whose own secret signed this: another agency that maps the
+    # same Ultravox agent (an agent id is public in a widget) cannot take its webhooks.
+    signed_by = [agency for agency in candidates
+                 if verify_signature(store.get(session, agency, "ultravox").get("webhook_secret"), body, signature,
+                                     timestamp, now=now)]
+    if len(signed_by) != 1:
         log.warning("ultravox webhook refused: unverifiable", extra={"ultravox_call_id": ultravox_call_id})
         raise WebhookRejected()
+    agency_id = signed_by[0]
     # Authentic for agency_id from here on. It may only touch that agency's calls.
     metadata_agency = _uuid(metadata.get("telephony.agency_id"))
     if (existing is not None and existing.agency_id != agency_id) or metadata_agency not in (None, agency_id):
@@ -177,21 +183,29 @@ def _parse(body: bytes) -> tuple[str | None, dict[str, Any]]:
     return (event if isinstance(event, str) else None), snapshot
 
 
-def _resolve_agency(session: Session, path_agency_id: uuid.UUID | None, metadata: dict[str, Any],
-                    existing: Call | None, ultravox_agent_id: Any) -> uuid.UUID | None:
+# At most this many agencies mapping one Ultravox agent are tried on the shared URL.
+MAX_CANDIDATE_AGENCIES = 20
+
+
+def _candidate_agencies(session: Session, path_agency_id: uuid.UUID | None, metadata: dict[str, Any],
+                        existing: Call | None, ultravox_agent_id: Any) -> list[uuid.UUID]:
+    """The agencies that may have signed this webhook: the one in the URL alone when it
+    names one; on the shared URL, the one our metadata names, the one owning our row of
+    the call, and those mapping its Ultravox agent. Each is checked against its own
+    secret; exactly one must verify."""
     if path_agency_id is not None:
-        return path_agency_id
+        return [path_agency_id]
+    candidates: list[uuid.UUID] = []
     metadata_agency = _uuid(metadata.get("telephony.agency_id"))
     if metadata_agency is not None and session.get(Agency, metadata_agency) is not None:
-        return metadata_agency
+        candidates.append(metadata_agency)
     if existing is not None:
-        return existing.agency_id
-    if isinstance(ultravox_agent_id, str) and ultravox_agent_id:
-        agencies = list(session.scalars(select(AgentMapping.agency_id).distinct()
-                                        .where(AgentMapping.ultravox_agent_id == ultravox_agent_id).limit(2)))
-        if len(agencies) == 1:
-            return agencies[0]
-    return None
+        candidates.append(existing.agency_id)
+    if isinstance(ultravox_agent_id, str) and 0 < len(ultravox_agent_id) <= 64 and "\x00" not in ultravox_agent_id:
+        candidates.extend(session.scalars(select(AgentMapping.agency_id).distinct()
+                                          .where(AgentMapping.ultravox_agent_id == ultravox_agent_id)
+                                          .limit(MAX_CANDIDATE_AGENCIES)))
+    return list(dict.fromkeys(candidates))
 
 
 # -- finding or rebuilding the call -------------------------------------------------------------
@@ -307,6 +321,7 @@ def _apply_snapshot(session: Session, call: Call, snapshot: dict[str, Any]) -> N
     # Ended without ever being joined (e.g. endReason "unjoined") is a failed call,
     # unless a carrier already gave it a terminal status.
     _advance(call, call_states.COMPLETED if call.joined_at is not None else call_states.FAILED)
+    call.join_url = None  # the call is over: nobody may join it, a replayed webhook included
     emit_call_event(session, call, "call.ended" if call.status == call_states.COMPLETED else "call.failed")
     schedule_enrichment(session, call)
 

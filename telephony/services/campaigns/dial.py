@@ -58,6 +58,7 @@ from ..outbound import (
     hang_up_quietly,
     place_carrier_call,
     record_call_failed,
+    record_call_unknown,
     record_carrier_call,
     start_ultravox_call,
 )
@@ -342,6 +343,7 @@ def _carrier_failed(session: Session, dial: _Dial, call: _UltravoxCall, exc: Car
     with transaction(session):
         update_attempt(session, dial.attempt_id, (ATTEMPT_DIALING,), state=ATTEMPT_UNKNOWN, error=str(exc)[:2000])
         close_contact(session, dial.contact_id, CONTACT_UNKNOWN, "carrier_error")
+        record_call_unknown(session, call.call_id, "carrier_error")
     return ATTEMPT_UNKNOWN
 
 
