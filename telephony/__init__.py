@@ -19,6 +19,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     from .api import (
         calls,
         campaigns,
+        cors,
         do_not_call,
         errors,
         event_endpoints,
@@ -73,6 +74,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.register_blueprint(outbound.bp)
     app.register_blueprint(campaigns.bp)
     app.register_blueprint(do_not_call.bp)
+    cors.register(app, config.cors_origins)
     cli.register(app)
     # Chunked bodies get the same limits as any other (the largest route limit here,
     # then the route's own), and are refused whole above it.

@@ -72,6 +72,7 @@ class Config:
     max_body_bytes: int = 64 * 1024
     retention_days: int = 30  # finished jobs, deliveries, processed webhook-event ids (services/retention.py)
     database_timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call /api/v1 (the dashboard)
     log_level: str = "INFO"
     production: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -153,6 +154,7 @@ class Config:
                 pool=_float(env, "DB_POOL_TIMEOUT", DatabaseTimeouts.pool, 0.1, 60),
                 statement_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", DatabaseTimeouts.statement_ms, 100, 3_600_000),
                 lock_ms=_int(env, "DB_LOCK_TIMEOUT_MS", DatabaseTimeouts.lock_ms, 100, 3_600_000)),
+            cors_origins=_origins(env, "CORS_ORIGINS"),
             production=production,
         )
 
@@ -217,6 +219,20 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if raw not in choices:
         raise ConfigError(name, f"must be one of {', '.join(choices)}, got {raw!r}")
     return raw
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated browser origins ("https://app.example.com"), as browsers send them."""
+    origins = []
+    for raw in env.get(name, "").split(","):
+        origin = raw.strip().rstrip("/")
+        if not origin:
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+            raise ConfigError(name, f"{origin!r} is not an origin like https://app.example.com")
+        origins.append(origin.lower())
+    return tuple(origins)
 
 
 def _url(env: Mapping[str, str], name: str, default: str | None) -> str:
