@@ -132,7 +132,7 @@ def ingest(session: Session, *, body: bytes, signature: str | None, timestamp: s
         emit_call_event(session, call, "call.started")
     if event == "call.billed":
         _charge_credits(session, call, snapshot)
-    _apply_snapshot(session, call, snapshot)
+    apply_snapshot(session, call, snapshot)
     session.flush()
     log.info("ultravox %s applied; call is %s", event, call.status,
              extra={"ultravox_call_id": ultravox_call_id, "repaired": repaired})
@@ -294,7 +294,7 @@ def _source_and_direction(metadata: dict[str, Any], snapshot: dict[str, Any]) ->
 
 # -- applying --------------------------------------------------------------------------
 
-def _apply_snapshot(session: Session, call: Call, snapshot: dict[str, Any]) -> None:
+def apply_snapshot(session: Session, call: Call, snapshot: dict[str, Any]) -> None:
     """Fill in what the Ultravox call object says. Every event carries the whole
     call, so a late or reordered event can only add, never undo."""
     joined = _time(snapshot.get("joined"))

@@ -1,0 +1,128 @@
+"""Calls a crash left behind are settled from Ultravox, not left unfinished for ever.
+
+Normally Ultravox's webhooks (services/ultravox_events.py) and the carriers' callbacks
+move every call to a terminal status. A call stays unfinished when those never come: the
+agency has not registered the Ultravox webhook, a process died between creating the call
+and recording it, or a carrier's answer was unclear ("unknown"). Every worker runs this
+pass every STALE_CHECK_INTERVAL seconds (worker.py); it takes the oldest such calls:
+
+- with an Ultravox call id: GET the call from Ultravox with the agency's own key. An ended
+  call is applied exactly like its call.ended webhook (status, end reason, duration,
+  summaries, the agency's call.ended / call.failed event, enrichment); one Ultravox no
+  longer knows (404) becomes "failed" (end reason `not_found_in_ultravox`); one still
+  running is left alone.
+- without one (the Ultravox call was never created, or its id never stored): "failed",
+  end reason `never_started`. Nobody can be on such a call: inbound callers were answered
+  long ago, and an Ultravox call whose id we lost is repaired from its own webhooks.
+
+Each call is settled in a transaction of its own with a conditional write (the status
+must still be the one read), so concurrent workers and late webhooks cannot clash.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from .. import call_states
+from ..config import Config
+from ..credentials import CredentialStore
+from ..db import Database, rows_affected
+from ..models import Call, utcnow
+from ..ultravox_errors import UltravoxError, UltravoxNotFound
+from .calls import InvalidUltravoxKey, MissingUltravoxKey, ultravox_client_for
+from .events import emit_call_event
+from .ultravox_events import apply_snapshot
+
+log = logging.getLogger(__name__)
+
+# A call not yet answered after this long is settled from Ultravox (a join timeout is
+# at most minutes); an answered one only after STALE_LIVE_AFTER (calls can be long).
+STALE_AFTER = timedelta(minutes=15)
+STALE_LIVE_AFTER = timedelta(hours=4)
+STALE_CHECK_INTERVAL = 300.0  # seconds, per worker
+BATCH = 100
+NOT_ANSWERED = (call_states.CREATED, call_states.UNKNOWN, call_states.QUEUED, call_states.RINGING)
+
+
+@dataclass
+class StaleCallReport:
+    ended: int = 0  # settled from Ultravox's record of the call
+    not_found: int = 0
+    never_started: int = 0
+    still_running: int = 0
+    unreachable: int = 0  # Ultravox did not answer, or the agency has no usable key: next pass
+
+
+def reconcile_stale_calls(db: Database, credentials: CredentialStore, config: Config, *,
+                          now: datetime | None = None) -> StaleCallReport:
+    now = now or utcnow()
+    report = StaleCallReport()
+    with db.session() as session:
+        stale = session.execute(
+            select(Call.id, Call.agency_id, Call.ultravox_call_id, Call.status)
+            .where(or_(and_(Call.status.in_(NOT_ANSWERED), Call.created_at < now - STALE_AFTER),
+                       and_(Call.status == call_states.IN_PROGRESS, Call.created_at < now - STALE_LIVE_AFTER)))
+            .order_by(Call.created_at).limit(BATCH)).all()
+    by_agency: dict[uuid.UUID, list] = defaultdict(list)
+    for row in stale:
+        if row.ultravox_call_id:
+            by_agency[row.agency_id].append(row)
+        elif _fail(db, row.id, row.status, "never_started", now):
+            report.never_started += 1
+    for agency_id, rows in by_agency.items():
+        _settle_from_ultravox(db, credentials, config, agency_id, rows, report, now)
+    if stale:
+        log.info("stale calls: %s", report)
+    return report
+
+
+def _settle_from_ultravox(db: Database, credentials: CredentialStore, config: Config, agency_id: uuid.UUID,
+                          rows: list, report: StaleCallReport, now: datetime) -> None:
+    with db.session() as session:
+        try:
+            client = ultravox_client_for(session, agency_id, credentials=credentials, config=config)
+        except (MissingUltravoxKey, InvalidUltravoxKey):
+            report.unreachable += len(rows)
+            return
+    for row in rows:
+        try:
+            snapshot = client.get_call(row.ultravox_call_id)
+        except UltravoxNotFound:
+            report.not_found += _fail(db, row.id, row.status, "not_found_in_ultravox", now)
+            continue
+        except UltravoxError as exc:  # unreachable or unwell: the next pass tries again
+            log.warning("stale call %s: Ultravox did not answer (%s)", row.id, type(exc).__name__)
+            report.unreachable += 1
+            continue
+        if not snapshot.get("ended"):
+            report.still_running += 1
+            continue
+        with db.session() as session:
+            call = session.scalar(select(Call).where(Call.id == row.id, Call.status == row.status)
+                                  .with_for_update())
+            if call is not None:  # else a webhook or callback settled it meanwhile
+                apply_snapshot(session, call, snapshot)
+                report.ended += 1
+
+
+def _fail(db: Database, call_id: uuid.UUID, status: str, reason: str, now: datetime) -> bool:
+    with db.session() as session:
+        return _mark_failed(session, call_id, status, reason, now)
+
+
+def _mark_failed(session: Session, call_id: uuid.UUID, status: str, reason: str, now: datetime) -> bool:
+    result = session.execute(update(Call).where(Call.id == call_id, Call.status == status)
+                             .values(status=call_states.FAILED, end_reason=reason, ended_at=now, join_url=None)
+                             .execution_options(synchronize_session=False))
+    if rows_affected(result) != 1:
+        return False  # settled meanwhile
+    call = session.get(Call, call_id, populate_existing=True)
+    if call is not None:
+        emit_call_event(session, call, "call.failed")
+    return True
