@@ -7,7 +7,11 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: run test lint migrate sim bench bench-inbound bench-campaign try-inbound clean
+.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign try-inbound clean
+
+## make help: this list (the default)
+help:
+	@grep -E '^## make ' $(MAKEFILE_LIST) | sed 's/^## //'
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +45,7 @@ lint: $(VENV)/.dev-installed
 sim: $(VENV)/.runtime-installed
 	$(BIN)/python -m telephony.sim all
 
-## make bench: both benchmarks below, one after the other (exit 1 if either misses a target); results in the README
+## make bench: both benchmarks below, one after the other (exit 1 if either misses a target); results in docs/benchmarks.md
 bench: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.inbound; inbound=$$?; $(BIN)/python -m bench.campaign; campaign=$$?; \
 	test $$inbound -eq 0 -a $$campaign -eq 0
