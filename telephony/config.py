@@ -75,12 +75,18 @@ class Config:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call /api/v1 (the dashboard)
     log_level: str = "INFO"
     production: bool = False
+    # Local development only: event endpoints may be http:// and point anywhere (loopback,
+    # private networks). Off, they must be https:// to hosts that resolve only to public addresses.
+    event_endpoints_allow_private: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.telnyx_stream_codec not in TELNYX_STREAM_FORMATS:
             raise ConfigError("TELNYX_STREAM_CODEC", f"must be one of {', '.join(TELNYX_STREAM_FORMATS)}, "
                               f"got {self.telnyx_stream_codec!r}")
+        if self.production and self.event_endpoints_allow_private:
+            raise ConfigError("EVENT_ENDPOINTS_ALLOW_PRIVATE", "is for local development only and must not be "
+                              "true in production")
 
     @property
     def telnyx_stream_sampling_rate(self) -> int:
@@ -156,6 +162,7 @@ class Config:
                 lock_ms=_int(env, "DB_LOCK_TIMEOUT_MS", DatabaseTimeouts.lock_ms, 100, 3_600_000)),
             cors_origins=_origins(env, "CORS_ORIGINS"),
             production=production,
+            event_endpoints_allow_private=_bool(env, "EVENT_ENDPOINTS_ALLOW_PRIVATE", default=False),
         )
 
 

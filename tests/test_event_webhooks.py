@@ -32,6 +32,13 @@ ALL_EVENTS = ["call.started", "call.answered", "call.ended", "call.failed", "cam
 
 
 @pytest.fixture
+def config(config):
+    """These tests deliver to receivers on 127.0.0.1: the local-development opt-out of the
+    SSRF guard (tests/test_event_ssrf.py tests the guard itself)."""
+    return config.with_overrides(event_endpoints_allow_private=True)
+
+
+@pytest.fixture
 def receiver():
     receiver = Receiver()
     with serve_in_thread(receiver.app) as handle:
@@ -147,7 +154,8 @@ def test_invalid_endpoints_are_400(client, make_tenant, body, field):
                                      ("https://10.1.2.3/x", False), ("https://[::1]/x", False),
                                      ("https://169.254.169.254/latest", False)])
 def test_production_accepts_only_public_https(config, tmp_path, make_tenant, url, ok):
-    production = create_app(config.with_overrides(production=True), instance_path=str(tmp_path / "prod"))
+    production = create_app(config.with_overrides(production=True, event_endpoints_allow_private=False),
+                            instance_path=str(tmp_path / "prod"))
     try:
         tenant = make_tenant()
         response = _create(production.test_client(), tenant, url)

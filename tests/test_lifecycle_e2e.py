@@ -28,6 +28,12 @@ from .lifecycle_support import (
 
 
 @pytest.fixture
+def config(config):
+    """The agency receiver is on 127.0.0.1: the local-development opt-out of the SSRF guard."""
+    return config.with_overrides(event_endpoints_allow_private=True)
+
+
+@pytest.fixture
 def world(sim_app, ultravox_sim, make_tenant):
     """Our app and an agency receiver served on loopback, the simulator pointed at our per-agency URL."""
     db = sim_app.extensions["telephony.db"]

@@ -25,7 +25,8 @@ bp = Blueprint("event_endpoints", __name__, url_prefix="/api/v1")
 EventType = Literal["call.started", "call.answered", "call.ended", "call.failed", "campaign.completed"]
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
-Url = Field(min_length=1, max_length=2048, description="https:// in production; http:// allowed in development")
+Url = Field(min_length=1, max_length=2048,
+            description="https:// to a host that resolves only to public addresses")
 Events = Field(min_length=1, max_length=len(EVENT_TYPES))
 NOT_FOUND = (None, "Not found, or another agency's.")
 

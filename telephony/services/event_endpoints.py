@@ -113,7 +113,7 @@ def reseal_secrets(session: Session) -> int:
 
 
 def _checked_url(url: str) -> str:
-    problem = url_problem(url, production=get_config().production)
+    problem = url_problem(url, allow_private=get_config().event_endpoints_allow_private)
     if problem:
         raise InvalidInput(f"url {problem}", field="url")
     return url

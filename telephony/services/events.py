@@ -19,6 +19,11 @@ followed), a timeout or a connection error is retried after RETRY_DELAYS;
 410 Gone stops retrying and disables the endpoint (the receiver said it is
 gone for good; the agency can re-enable it). Delivery is at-least-once:
 receivers deduplicate on webhook-id.
+
+Unless the local-development opt-out (EVENT_ENDPOINTS_ALLOW_PRIVATE) is set, a
+delivery goes only to https:// hosts that resolve only to public addresses, and
+connects to the addresses it checked (no second lookup). The errors the agency
+reads are generic: they never name an address or a port.
 """
 from __future__ import annotations
 
@@ -38,8 +43,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util import connection as urllib3_connection
 
 from ..credentials import CredentialStore
 from ..jobs import JobContext, RetryLater, enqueue
@@ -61,6 +71,8 @@ SECRET_PREFIX = "whsec_"
 PREVIOUS_SECRET_GRACE = timedelta(hours=24)
 EMITTED_PROVIDER = "telephony.events"
 USER_AGENT = "telephony-webhooks/1"
+# Overrides any proxy from the environment (None removes a setting in requests).
+_NO_PROXIES: dict[str, Any] = {"http": None, "https": None, "all": None}
 
 
 # -- emitting ------------------------------------------------------------------------
@@ -152,49 +164,146 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: str) -> str:
 
 
 # -- destinations ------------------------------------------------------------------------
+#
+# The SSRF guard (on unless the deployment sets the local-development opt-out): an
+# endpoint must be https:// and its host must resolve only to public addresses. The host
+# is resolved once per delivery and the connection goes to exactly that address (see
+# _PinnedAdapter), so a name that answers a public address to the check and an internal
+# one to the connection (DNS rebinding) gains nothing.
 
-def url_problem(url: str, *, production: bool) -> str | None:
-    """Why this endpoint URL is refused, or None. Checked when an endpoint is
-    saved; in production the host is resolved again before every send."""
+REFUSED_NOT_PUBLIC = "refused: the host does not resolve to a public address"
+
+# Not public: the IANA special-purpose IPv4 blocks, multicast and the reserved 240/4.
+_NON_PUBLIC_V4 = tuple(ipaddress.IPv4Network(block) for block in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4"))
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+_NAT64_V6 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64 prefix: the last 32 bits are IPv4
+_SIX_TO_FOUR_V6 = ipaddress.IPv6Network("2002::/16")  # 6to4: bits 16-48 are IPv4
+# Inside 2000::/3 but not a public host: IETF protocol assignments (Teredo 2001::/32 among
+# them, whose embedded addresses we do not trust), and the documentation ranges.
+_NON_PUBLIC_V6 = tuple(ipaddress.IPv6Network(block) for block in ("2001::/23", "2001:db8::/32", "3fff::/20"))
+
+
+def is_public_address(address: str) -> bool:
+    """True only for a globally routable unicast address.
+
+    IPv6 must be global unicast (2000::/3: this leaves out loopback, unspecified, the
+    IPv4-mapped and IPv4-compatible forms, link-local, site-local, unique-local,
+    multicast and the local-use NAT64 prefix 64:ff9b:1::/48), except the well-known
+    NAT64 prefix 64:ff9b::/96, judged by the IPv4 address it embeds; 6to4 is judged by
+    its embedded IPv4 too."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv4Address):
+        return not any(ip in block for block in _NON_PUBLIC_V4)
+    if ip.scope_id:
+        return False
+    if ip in _NAT64_V6:
+        return is_public_address(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+    if ip not in _GLOBAL_UNICAST_V6 or any(ip in block for block in _NON_PUBLIC_V6):
+        return False
+    if ip in _SIX_TO_FOUR_V6:
+        return ip.sixtofour is not None and is_public_address(str(ip.sixtofour))
+    return True
+
+
+def url_problem(url: str, *, allow_private: bool) -> str | None:
+    """Why this endpoint URL is refused, or None. Checked when an endpoint is saved and
+    again before every send, where the host is also resolved (see resolve_destination).
+
+    `allow_private` is the local-development opt-out: http:// and any host."""
     try:
         parts = urlsplit(url)
         _ = parts.port  # a malformed port raises here
     except ValueError:
         return "is not a valid URL"
-    allowed = ("https",) if production else ("http", "https")
+    allowed = ("http", "https") if allow_private else ("https",)
     if parts.scheme not in allowed or not parts.hostname:
-        return "must be an https:// URL" if production else "must be an http:// or https:// URL"
+        return "must be an http:// or https:// URL" if allow_private else "must be an https:// URL"
     if parts.username is not None or parts.password is not None:
         return "must not contain credentials"
     if parts.fragment:
         return "must not contain a fragment"
-    if production:
-        host = parts.hostname
-        if host == "localhost" or host.endswith(".localhost") or not _public_literal(host):
-            return "must point to a public host"
-    return None
-
-
-def _public_literal(host: str) -> bool:
-    """False for IP literals that are not globally routable; names pass here."""
+    if allow_private:
+        return None
+    host = parts.hostname.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost") or "%" in host:
+        return "must point to a public host"
     try:
-        return ipaddress.ip_address(host).is_global
+        ipaddress.ip_address(host)
     except ValueError:
-        return True
+        # A name. One whose last label is a number is an IPv4 address in another spelling
+        # (2130706433, 0x7f000001, 017700000001, 127.1, 0x7f.1): what it means depends on
+        # who parses it, so only the dotted-decimal form is accepted.
+        last = host.rsplit(".", 1)[-1]
+        if last.isdigit() or (last.startswith("0x") and all(c in "0123456789abcdef" for c in last[2:])):
+            return "must write an IP address in dotted-decimal form"
+        return None
+    return None if is_public_address(host) else "must point to a public host"
 
 
-def _resolves_publicly(host: str, port: int) -> bool:
-    """Production guard against agencies aiming us at internal services: every
-    address the host resolves to must be globally routable."""
+def resolve_destination(url: str, *, allow_private: bool) -> tuple[str, ...] | None:
+    """The addresses a delivery to `url` may connect to (in the resolver's order), or None
+    when refused: the host resolves to nothing, or (unless `allow_private`) to any
+    non-public address. Both refusals read the same to the agency, so whether an
+    internal name exists does not show."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return True  # let the request itself report the DNS failure
-    for info in infos:
-        address = info[4][0]  # a string for AF_INET and AF_INET6, the only TCP families
-        if not isinstance(address, str) or not ipaddress.ip_address(address.split("%")[0]).is_global:
-            return False
-    return True
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return None
+    addresses = tuple(dict.fromkeys(info[4][0] for info in infos
+                                    if info[0] in (socket.AF_INET, socket.AF_INET6) and isinstance(info[4][0], str)))
+    if not addresses:
+        return None
+    if not allow_private and not all(is_public_address(address) for address in addresses):
+        return None
+    return addresses
+
+
+class _PinnedConnection(HTTPConnection):
+    """Connects to the first of `pinned_addresses` that answers, whatever the host name
+    resolves to by now; no other address. The host name stays the connection's `host`:
+    the Host header, SNI and the certificate check."""
+
+    pinned_addresses: tuple[str, ...] = ()
+
+    def _new_conn(self) -> socket.socket:
+        error: OSError = OSError("no address")
+        for address in self.pinned_addresses:
+            try:
+                return urllib3_connection.create_connection(
+                    (address, self.port), self.timeout, source_address=self.source_address,
+                    socket_options=self.socket_options)
+            except OSError as exc:
+                error = exc
+        if isinstance(error, TimeoutError):
+            raise ConnectTimeoutError(self, "connect timed out") from error
+        raise NewConnectionError(self, f"connection failed: {error}") from error
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """A transport adapter whose every connection goes to pre-resolved addresses."""
+
+    def __init__(self, addresses: tuple[str, ...]) -> None:
+        self.pinned_addresses = addresses  # before super().__init__, which builds the pool manager
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        pinned = {"pinned_addresses": self.pinned_addresses}
+        http = type("PinnedHTTPConnection", (_PinnedConnection,), pinned)
+        https = type("PinnedHTTPSConnection", (_PinnedConnection, HTTPSConnection), pinned)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("PinnedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+            "https": type("PinnedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+        }
 
 
 # -- delivering ---------------------------------------------------------------------------
@@ -225,7 +334,7 @@ def deliver(context: JobContext, payload: dict[str, Any]) -> None:
     if prepared is None:
         return
     # No database connection is held while the receiver takes its time.
-    attempt = _send(prepared, production=context.config.production)
+    attempt = _send(prepared, allow_private=context.config.event_endpoints_allow_private)
     with context.db.session() as session:
         delay = _record(session, delivery_id, attempt)
     if delay is not None:
@@ -244,11 +353,14 @@ def _prepare(session: Session, credentials: CredentialStore, delivery_id: uuid.U
                      secrets=active_secrets(credentials, endpoint, utcnow()))
 
 
-def _send(prepared: _Prepared, *, production: bool) -> _Attempt:
-    if production:
-        parts = urlsplit(prepared.url)
-        if not _resolves_publicly(parts.hostname or "", parts.port or 443):
-            return _Attempt(None, "refused: the host resolves to a non-public address")
+def _send(prepared: _Prepared, *, allow_private: bool) -> _Attempt:
+    problem = url_problem(prepared.url, allow_private=allow_private)
+    if problem:  # saved under other rules (e.g. before the opt-out was turned off)
+        return _Attempt(None, f"refused: the url {problem}")
+    # Resolved once, here; the connection goes to this address and no other.
+    addresses = resolve_destination(prepared.url, allow_private=allow_private)
+    if addresses is None:
+        return _Attempt(None, REFUSED_NOT_PUBLIC)
     timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
@@ -258,16 +370,24 @@ def _send(prepared: _Prepared, *, production: bool) -> _Attempt:
         "webhook-signature": " ".join(sign(secret, prepared.webhook_id, timestamp, prepared.body)
                                       for secret in prepared.secrets),
     }
-    try:
-        # stream=True and no read: only the status matters, and a receiver
-        # cannot make us download a large body.
-        response = requests.post(prepared.url, data=prepared.body.encode(), headers=headers, timeout=TIMEOUT,
-                                 allow_redirects=False, stream=True)
-    except requests.Timeout:
-        return _Attempt(None, "timed out")
-    except requests.RequestException as exc:
-        return _Attempt(None, f"connection failed ({type(exc).__name__})")
-    response.close()
+    # What the agency reads (last_error) is generic: never an address, a port or an
+    # exception's text. The details go to our log.
+    with requests.Session() as http:
+        http.mount("http://", _PinnedAdapter(addresses))
+        http.mount("https://", _PinnedAdapter(addresses))
+        try:
+            # stream=True and no read: only the status matters, and a receiver
+            # cannot make us download a large body. Proxies from the environment are
+            # not used: a proxy would resolve the host again.
+            response = http.post(prepared.url, data=prepared.body.encode(), headers=headers, timeout=TIMEOUT,
+                                 allow_redirects=False, stream=True, proxies=_NO_PROXIES)
+        except requests.Timeout as exc:
+            log.info("event delivery %s timed out: %s", prepared.webhook_id, exc)
+            return _Attempt(None, "timed out")
+        except requests.RequestException as exc:
+            log.info("event delivery %s failed: %s", prepared.webhook_id, exc)
+            return _Attempt(None, "connection failed")
+        response.close()
     status = response.status_code
     if 200 <= status < 300:
         return _Attempt(status, None)
