@@ -41,6 +41,7 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..capped_http import capped_post
 from ..credentials import CredentialStore
 from ..jobs import JobContext, RetryLater, enqueue
 from ..models import Call, EventDelivery, EventEndpoint, utcnow
@@ -54,7 +55,11 @@ DELIVER_JOB = "event.deliver"
 # Wait before attempt n+1 after attempt n failed: 8 attempts spread over about 7.7 hours.
 RETRY_DELAYS = (30, 120, 600, 1800, 3600, 7200, 14400)
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
-TIMEOUT = (3.0, 10.0)  # connect, read
+TIMEOUT = (3.0, 10.0)  # connect, read: each socket operation
+# The whole attempt, however slowly the receiver answers (one byte at a time
+# included): a hanging endpoint holds a worker's job slot at most this long
+# (a connect still under way is bounded by its own timeout, per address).
+TOTAL_TIMEOUT = 10.0
 SECRET_PREFIX = "whsec_"
 # After a rotation the previous secret keeps signing this long, so a receiver
 # can switch secrets without rejecting anything in between.
@@ -261,8 +266,8 @@ def _send(prepared: _Prepared, *, production: bool) -> _Attempt:
     try:
         # stream=True and no read: only the status matters, and a receiver
         # cannot make us download a large body.
-        response = requests.post(prepared.url, data=prepared.body.encode(), headers=headers, timeout=TIMEOUT,
-                                 allow_redirects=False, stream=True)
+        response = capped_post(prepared.url, total=TOTAL_TIMEOUT, data=prepared.body.encode(), headers=headers,
+                               timeout=TIMEOUT, allow_redirects=False, stream=True)
     except requests.Timeout:
         return _Attempt(None, "timed out")
     except requests.RequestException as exc:
