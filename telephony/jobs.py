@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import traceback
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .config import Config
@@ -68,21 +69,55 @@ def _due(now: datetime):
 
 
 def claim_jobs(db: Database, *, limit: int = 10, lease_seconds: float = 300.0,
-               kinds: list[str] | None = None) -> list[Job]:
+               kinds: list[str] | None = None, per_agency: int | None = None,
+               running: Mapping[uuid.UUID | None, int] | None = None) -> list[Job]:
     """Claim up to `limit` due jobs in one atomic statement.
 
     UPDATE ... WHERE id IN (SELECT ... [FOR UPDATE SKIP LOCKED]) RETURNING:
     on PostgreSQL concurrent workers skip each other's rows instead of
     waiting; on SQLite the single statement takes the write lock at once, so a
     read lock is never upgraded (which SQLite answers with "database is locked").
+    The UPDATE repeats the due condition, so a row another worker claimed
+    meanwhile is never claimed twice.
+
+    With `per_agency`, no agency (jobs without one are a group of their own)
+    gets more than `per_agency` jobs minus what it already has `running` in
+    the caller: the due jobs are numbered per agency, oldest first
+    (row_number() OVER (PARTITION BY agency_id ORDER BY run_at, id)), and only
+    those within their agency's allowance are candidates, so a queue full of
+    one agency's jobs cannot hide another agency's job behind them.
     """
+    if limit <= 0:
+        return []
     now = utcnow()
-    due = select(Job.id).where(_due(now)).order_by(Job.run_at, Job.id).limit(limit)
+    due = select(Job.id).where(_due(now))
     if kinds:
         due = due.where(Job.kind.in_(kinds))
+    if per_agency is not None:
+        ranked = select(Job.id, Job.agency_id, func.row_number().over(
+            partition_by=Job.agency_id, order_by=(Job.run_at, Job.id)).label("agency_rank")).where(_due(now))
+        if kinds:
+            ranked = ranked.where(Job.kind.in_(kinds))
+        ranked_rows = ranked.subquery("ranked")
+        allowance: Any = per_agency
+        busy = [(agency, max(0, per_agency - count)) for agency, count in (running or {}).items() if count > 0]
+        if busy:
+            allowance = case(*[(ranked_rows.c.agency_id.is_(None) if agency is None
+                                else ranked_rows.c.agency_id == agency, left) for agency, left in busy],
+                             else_=per_agency)
+        due = due.where(Job.id.in_(select(ranked_rows.c.id).where(ranked_rows.c.agency_rank <= allowance)))
+    due = due.order_by(Job.run_at, Job.id).limit(limit)
     if db.engine.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    claim = (update(Job).where(Job.id.in_(due.scalar_subquery()))
+        # Locked rows are skipped before the LIMIT counts, so concurrent workers
+        # take different jobs instead of waiting for (or colliding on) the same ones.
+        # MATERIALIZED: the candidates are picked once; a subquery the planner
+        # re-ran per row would skip the rows this UPDATE already took and hand
+        # out more than `limit`.
+        candidates = due.with_for_update(skip_locked=True).cte("claimable").prefix_with("MATERIALIZED")
+        chosen = select(candidates.c.id).scalar_subquery()
+    else:
+        chosen = due.scalar_subquery()
+    claim = (update(Job).where(Job.id.in_(chosen), _due(now))
              .values(status="running", locked_until=now + timedelta(seconds=lease_seconds),
                      attempts=Job.attempts + 1)
              .returning(Job.id))

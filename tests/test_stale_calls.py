@@ -96,3 +96,20 @@ def test_ultravox_down_or_no_key_leaves_the_call_for_the_next_pass(app, db, tena
     assert get_call(db, call_id).status == "created" and get_call(db, other_id).status == "created"
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(EventDelivery)) == 0
+
+
+def test_every_worker_runs_the_pass_on_its_interval(app, db, tenant):
+    from telephony.worker import Worker
+
+    call_id = add_call(db, tenant.agency_id, ultravox_call_id=None)
+    age(db, call_id, STALE_AFTER * 2)
+    worker = Worker(app, stale_check_interval=300)
+    try:
+        due = worker._next_stale_check
+        assert worker.settle_stale_calls_if_due(due - 1) is False
+        assert get_call(db, call_id).status == "created"
+        assert worker.settle_stale_calls_if_due(due) is True
+        assert get_call(db, call_id).status == "failed" and get_call(db, call_id).end_reason == "never_started"
+        assert worker.settle_stale_calls_if_due(due + 299) is False  # not again before the interval
+    finally:
+        worker.shutdown()

@@ -129,8 +129,9 @@ def test_the_worker_runs_every_kind_of_job_with_its_handler(app):
     assert JOB_HANDLERS == {events.DELIVER_JOB: events.deliver, enrichment.ENRICH_JOB: enrichment.enrich_call}
     worker = Worker(app)
     assert worker.handlers is JOB_HANDLERS
-    assert (worker.context.db, worker.context.config, worker.context.credentials) == (
-        app.extensions["telephony.db"], app.extensions["telephony.config"], app.extensions["telephony.credentials"])
+    assert (worker.context.db.engine, worker.context.config, worker.context.credentials) == (
+        app.extensions["telephony.db"].engine, app.extensions["telephony.config"],
+        app.extensions["telephony.credentials"])
 
 
 # -- the real handlers need no Flask app context: anything reaching for current_app

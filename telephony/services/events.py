@@ -46,11 +46,11 @@ import requests
 from requests.adapters import HTTPAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
 
+from ..capped_http import WatchedHTTPConnection, WatchedHTTPSConnection, capped_post, watch_socket
 from ..credentials import CredentialStore
 from ..jobs import JobContext, RetryLater, enqueue
 from ..models import Call, EventDelivery, EventEndpoint, utcnow
@@ -64,7 +64,11 @@ DELIVER_JOB = "event.deliver"
 # Wait before attempt n+1 after attempt n failed: 8 attempts spread over about 7.7 hours.
 RETRY_DELAYS = (30, 120, 600, 1800, 3600, 7200, 14400)
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
-TIMEOUT = (3.0, 10.0)  # connect, read
+TIMEOUT = (3.0, 10.0)  # connect, read: each socket operation
+# The whole attempt, however slowly the receiver answers (one byte at a time
+# included): a hanging endpoint holds a worker's job slot at most this long
+# (a connect still under way is bounded by its own timeout, per address).
+TOTAL_TIMEOUT = 10.0
 SECRET_PREFIX = "whsec_"
 # After a rotation the previous secret keeps signing this long, so a receiver
 # can switch secrets without rejecting anything in between.
@@ -267,7 +271,7 @@ def resolve_destination(url: str, *, allow_private: bool) -> tuple[str, ...] | N
     return addresses
 
 
-class _PinnedConnection(HTTPConnection):
+class _PinnedConnection(WatchedHTTPConnection):
     """Connects to the first of `pinned_addresses` that answers, whatever the host name
     resolves to by now; no other address. The host name stays the connection's `host`:
     the Host header, SNI and the certificate check."""
@@ -278,11 +282,14 @@ class _PinnedConnection(HTTPConnection):
         error: OSError = OSError("no address")
         for address in self.pinned_addresses:
             try:
-                return urllib3_connection.create_connection(
+                sock = urllib3_connection.create_connection(
                     (address, self.port), self.timeout, source_address=self.source_address,
                     socket_options=self.socket_options)
             except OSError as exc:
                 error = exc
+                continue
+            watch_socket(sock)  # under the delivery's total cap
+            return sock
         if isinstance(error, TimeoutError):
             raise ConnectTimeoutError(self, "connect timed out") from error
         raise NewConnectionError(self, f"connection failed: {error}") from error
@@ -299,7 +306,7 @@ class _PinnedAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         pinned = {"pinned_addresses": self.pinned_addresses}
         http = type("PinnedHTTPConnection", (_PinnedConnection,), pinned)
-        https = type("PinnedHTTPSConnection", (_PinnedConnection, HTTPSConnection), pinned)
+        https = type("PinnedHTTPSConnection", (_PinnedConnection, WatchedHTTPSConnection), pinned)
         self.poolmanager.pool_classes_by_scheme = {
             "http": type("PinnedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
             "https": type("PinnedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
@@ -372,22 +379,21 @@ def _send(prepared: _Prepared, *, allow_private: bool) -> _Attempt:
     }
     # What the agency reads (last_error) is generic: never an address, a port or an
     # exception's text. The details go to our log.
-    with requests.Session() as http:
-        http.mount("http://", _PinnedAdapter(addresses))
-        http.mount("https://", _PinnedAdapter(addresses))
-        try:
-            # stream=True and no read: only the status matters, and a receiver
-            # cannot make us download a large body. Proxies from the environment are
-            # not used: a proxy would resolve the host again.
-            response = http.post(prepared.url, data=prepared.body.encode(), headers=headers, timeout=TIMEOUT,
-                                 allow_redirects=False, stream=True, proxies=_NO_PROXIES)
-        except requests.Timeout as exc:
-            log.info("event delivery %s timed out: %s", prepared.webhook_id, exc)
-            return _Attempt(None, "timed out")
-        except requests.RequestException as exc:
-            log.info("event delivery %s failed: %s", prepared.webhook_id, exc)
-            return _Attempt(None, "connection failed")
-        response.close()
+    try:
+        # Connections go only to the addresses checked above (pinned), and the whole
+        # attempt is capped (TOTAL_TIMEOUT). stream=True and no read: only the status
+        # matters, and a receiver cannot make us download a large body. Proxies from the
+        # environment are not used: a proxy would resolve the host again.
+        response = capped_post(prepared.url, total=TOTAL_TIMEOUT, adapter=_PinnedAdapter(addresses),
+                               data=prepared.body.encode(), headers=headers, timeout=TIMEOUT,
+                               allow_redirects=False, stream=True, proxies=_NO_PROXIES)
+    except requests.Timeout as exc:
+        log.info("event delivery %s timed out: %s", prepared.webhook_id, exc)
+        return _Attempt(None, "timed out")
+    except requests.RequestException as exc:
+        log.info("event delivery %s failed: %s", prepared.webhook_id, exc)
+        return _Attempt(None, "connection failed")
+    response.close()
     status = response.status_code
     if 200 <= status < 300:
         return _Attempt(status, None)

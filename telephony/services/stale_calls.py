@@ -21,6 +21,7 @@ must still be the one read), so concurrent workers and late webhooks cannot clas
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ STALE_AFTER = timedelta(minutes=15)
 STALE_LIVE_AFTER = timedelta(hours=4)
 STALE_CHECK_INTERVAL = 300.0  # seconds, per worker
 BATCH = 100
+# A pass stops asking Ultravox after this long (it runs on the worker's loop thread; an
+# unwell Ultravox must not keep the worker from claiming jobs); the rest waits.
+PASS_BUDGET_SECONDS = 20.0
 NOT_ANSWERED = (call_states.CREATED, call_states.UNKNOWN, call_states.QUEUED, call_states.RINGING)
 
 
@@ -75,15 +79,16 @@ def reconcile_stale_calls(db: Database, credentials: CredentialStore, config: Co
             by_agency[row.agency_id].append(row)
         elif _fail(db, row.id, row.status, "never_started", now):
             report.never_started += 1
+    give_up = time.monotonic() + PASS_BUDGET_SECONDS
     for agency_id, rows in by_agency.items():
-        _settle_from_ultravox(db, credentials, config, agency_id, rows, report, now)
+        _settle_from_ultravox(db, credentials, config, agency_id, rows, report, now, give_up)
     if stale:
         log.info("stale calls: %s", report)
     return report
 
 
 def _settle_from_ultravox(db: Database, credentials: CredentialStore, config: Config, agency_id: uuid.UUID,
-                          rows: list, report: StaleCallReport, now: datetime) -> None:
+                          rows: list, report: StaleCallReport, now: datetime, give_up: float) -> None:
     with db.session() as session:
         try:
             client = ultravox_client_for(session, agency_id, credentials=credentials, config=config)
@@ -91,6 +96,9 @@ def _settle_from_ultravox(db: Database, credentials: CredentialStore, config: Co
             report.unreachable += len(rows)
             return
     for row in rows:
+        if time.monotonic() > give_up:
+            report.unreachable += 1  # out of time for this pass
+            continue
         try:
             snapshot = client.get_call(row.ultravox_call_id)
         except UltravoxNotFound:
