@@ -141,6 +141,28 @@ def test_outbound_callbacks_with_a_nul_call_id_or_huge_duration_are_ignored(app,
     assert response.status_code < 500
 
 
+@pytest.mark.parametrize("carrier", ["twilio", "plivo"])
+def test_an_outbound_callback_naming_another_calls_carrier_id_is_ignored(app, client, carrier):
+    seeded = seed_agency(app, carrier=carrier)
+    db = app.extensions["telephony.db"]
+    taken = "CA" + "7" * 32 if carrier == "twilio" else str(uuid.uuid4())
+    add_call(db, seeded.agency_id, source=CallSource(carrier), status="ringing", direction=CallDirection.outbound,
+             carrier_call_id=taken)
+    other = add_call(db, seeded.agency_id, source=CallSource(carrier), status="ringing",
+                     direction=CallDirection.outbound)
+    if carrier == "twilio":
+        path = f"/webhooks/outbound/twilio/status/{other}"
+        params = {"CallSid": taken, "CallStatus": "completed", "AccountSid": TWILIO_SID, "SequenceNumber": "3"}
+        response = client.post(path, data=urlencode(params), content_type="application/x-www-form-urlencoded",
+                                headers={"X-Twilio-Signature": twilio_signature(PUBLIC_BASE + path, params)})
+    else:
+        response = PlivoCase().post(client, f"/webhooks/outbound/plivo/hangup/{other}",
+                                    {"CallUUID": taken, "CallStatus": "completed"})
+    assert response.status_code < 500, response.get_data()[:300]
+    call = get_call(db, other)
+    assert (call.status, call.carrier_call_id) == ("ringing", None)
+
+
 # -- named cases: Telnyx Call Control ---------------------------------------------------------
 
 
