@@ -142,7 +142,7 @@ class ContactList(ResponseModel):
 class ContactQuery(RequestModel):
     state: Literal[CONTACT_STATES] | None = None  # type: ignore[valid-type]
     limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=2**63 - 1)  # the database's OFFSET is a 64-bit integer
 
 
 NOT_FOUND = (None, "Not found, or another agency's.")

@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping, Self
 from werkzeug.datastructures import Headers, MultiDict
 
 from ..config import DEFAULT_TELNYX_STREAM_CODEC, TELNYX_STREAM_FORMATS, Config
+from ..text import storable
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,13 @@ class WebhookRequest:
     body: bytes  # raw, exactly as received (Telnyx signs these bytes)
 
     def field(self, name: str) -> str:
-        return (self.form.get(name) or "").strip()
+        """The field's value, trimmed; "" when absent, sent twice with different values
+        (which one would the carrier mean?) or not storable (a NUL character)."""
+        values = {value.strip() for value in self.form.getlist(name)}
+        if len(values) != 1:
+            return ""
+        value = values.pop()
+        return value if storable(value) else ""
 
 
 @dataclass(frozen=True)
@@ -187,10 +194,19 @@ class CarrierDialer(ABC):
         return None
 
 
-def parse_int(value: str | None) -> int | None:
-    """A non-negative integer form field, or None when absent or malformed."""
+# The largest value an INTEGER column holds; carrier numbers beyond it are malformed.
+MAX_INT = 2**31 - 1
+# A call longer than a week is not a call: a larger duration is dropped, not stored.
+MAX_DURATION_SECONDS = 7 * 24 * 3600
+
+
+def parse_int(value: str | None, maximum: int = MAX_INT) -> int | None:
+    """A non-negative integer form field up to ``maximum``, or None when absent,
+    malformed or out of range."""
+    if value in (None, "") or len(value) > 20:
+        return None
     try:
-        number = int(value) if value not in (None, "") else None
+        number = int(value)
     except ValueError:
         return None
-    return number if number is None or number >= 0 else None
+    return number if 0 <= number <= maximum else None

@@ -10,7 +10,16 @@ from plivo.exceptions import PlivoRestError
 from plivo.utils import validate_v3_signature
 
 from . import sdk
-from .base import CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter, parse_int
+from .base import (
+    MAX_DURATION_SECONDS,
+    CarrierDialer,
+    InboundCall,
+    OutboundDial,
+    StatusEvent,
+    WebhookRequest,
+    XmlCarrierAdapter,
+    parse_int,
+)
 from .spec import CarrierSpec, CredentialField
 
 log = logging.getLogger(__name__)
@@ -65,7 +74,7 @@ class PlivoAdapter(XmlCarrierAdapter):
         if not call_uuid or status is None:
             return None
         return StatusEvent(carrier_call_id=call_uuid, status=status,
-                           duration_seconds=parse_int(request.field("Duration")))
+                           duration_seconds=parse_int(request.field("Duration"), MAX_DURATION_SECONDS))
 
     def stream_response(self, join_url: str) -> str:
         response = plivoxml.ResponseElement()

@@ -6,7 +6,6 @@ account's public key, and a timestamp more than 300 s away from now is refused (
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -18,8 +17,10 @@ import telnyx
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
 
 from ..config import DEFAULT_TELNYX_STREAM_CODEC, TELNYX_STREAM_FORMATS
+from ..text import storable
 from . import sdk
 from .base import (
+    MAX_DURATION_SECONDS,
     Answer,
     CarrierAdapter,
     CarrierDialer,
@@ -134,23 +135,23 @@ class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
     def parse_event(self, request: WebhookRequest) -> CallControlEvent:
         try:
             document = json.loads(request.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deeply
             document = {}
         data = document.get("data") if isinstance(document, dict) else None
         data = data if isinstance(data, dict) else {}
         raw_payload = data.get("payload")
         payload: dict[str, Any] = raw_payload if isinstance(raw_payload, dict) else {}
         return CallControlEvent(
-            event_id=str(data.get("id") or ""), event_type=str(data.get("event_type") or ""),
-            call_control_id=str(payload.get("call_control_id") or ""),
-            direction=str(payload.get("direction") or ""),
-            client_state=_decode_state(payload.get("client_state")),
-            occurred_at=str(data.get("occurred_at") or ""), payload=payload)
+            event_id=_text(data.get("id")), event_type=_text(data.get("event_type")),
+            call_control_id=_text(payload.get("call_control_id")),
+            direction=_text(payload.get("direction")),
+            client_state=_text(_decode_state(payload.get("client_state"))),
+            occurred_at=_text(data.get("occurred_at")), payload=payload)
 
     def parse_inbound(self, request: WebhookRequest) -> InboundCall:
         event = self.parse_event(request)
-        return InboundCall(carrier_call_id=event.call_control_id, from_number=str(event.payload.get("from") or ""),
-                           to_number=str(event.payload.get("to") or ""))
+        return InboundCall(carrier_call_id=event.call_control_id, from_number=_text(event.payload.get("from")),
+                           to_number=_text(event.payload.get("to")))
 
     def parse_status(self, request: WebhookRequest) -> StatusEvent | None:
         event = self.parse_event(request)
@@ -233,12 +234,18 @@ def _encode_state(value: str) -> str:
     return base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
+def _text(value: Any) -> str:
+    """A JSON value as text; "" when absent or not storable (a NUL, an unpaired surrogate)."""
+    text = str(value or "")
+    return text if storable(text) else ""
+
+
 def _decode_state(value: Any) -> str:
     if not isinstance(value, str) or not value:
         return ""
     try:
         return base64.b64decode(value, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error; non-ASCII text), or not UTF-8
         return ""
 
 
@@ -246,12 +253,12 @@ def _seconds_between(start: Any, end: Any) -> int | None:
     try:
         started = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
         ended = datetime.fromisoformat(str(end).replace("Z", "+00:00"))
-    except ValueError:
+        if started.tzinfo is None or ended.tzinfo is None:
+            return None
+        seconds = int((ended - started).total_seconds())
+    except (ValueError, OverflowError):  # OverflowError: an offset past the datetime limits
         return None
-    if started.tzinfo is None or ended.tzinfo is None:
-        return None
-    seconds = int((ended - started).total_seconds())
-    return seconds if seconds >= 0 else None
+    return seconds if 0 <= seconds <= MAX_DURATION_SECONDS else None
 
 
 class TelnyxDialer(_TelnyxStream, CarrierDialer):

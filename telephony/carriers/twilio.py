@@ -9,7 +9,16 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from .. import call_states
 from . import sdk
-from .base import CarrierDialer, InboundCall, OutboundDial, StatusEvent, WebhookRequest, XmlCarrierAdapter, parse_int
+from .base import (
+    MAX_DURATION_SECONDS,
+    CarrierDialer,
+    InboundCall,
+    OutboundDial,
+    StatusEvent,
+    WebhookRequest,
+    XmlCarrierAdapter,
+    parse_int,
+)
 from .spec import CarrierSpec, CredentialField
 
 NAME = "twilio"
@@ -41,7 +50,7 @@ class TwilioAdapter(XmlCarrierAdapter):
             return None
         return StatusEvent(carrier_call_id=call_sid, status=status,
                            sequence=parse_int(request.field("SequenceNumber")),
-                           duration_seconds=parse_int(request.field("CallDuration")))
+                           duration_seconds=parse_int(request.field("CallDuration"), MAX_DURATION_SECONDS))
 
     def stream_response(self, join_url: str) -> str:
         response = VoiceResponse()

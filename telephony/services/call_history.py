@@ -59,9 +59,9 @@ def list_calls(session: Session, agency_id: uuid.UUID, filters: CallFilters, *, 
     if filters.status is not None:
         query = query.where(Call.status == filters.status)
     if filters.created_from is not None:
-        query = query.where(Call.created_at >= _utc(filters.created_from))
+        query = query.where(Call.created_at >= _utc(filters.created_from, "created_from"))
     if filters.created_to is not None:
-        query = query.where(Call.created_at < _utc(filters.created_to))
+        query = query.where(Call.created_at < _utc(filters.created_to, "created_to"))
     if cursor:
         created_at, call_id = decode_cursor(cursor, filters)
         query = query.where(or_(Call.created_at < created_at,
@@ -97,8 +97,8 @@ def decode_cursor(cursor: str, filters: CallFilters) -> tuple[datetime, uuid.UUI
         raise invalid
     try:
         created_at, call_id, fingerprint = json.loads(raw)
-        position = (_utc(datetime.fromisoformat(created_at)), uuid.UUID(call_id))
-    except (ValueError, TypeError):
+        position = (_utc(datetime.fromisoformat(created_at), "cursor"), uuid.UUID(call_id))
+    except (ValueError, TypeError):  # InvalidInput (from _utc) is neither
         raise invalid from None
     if fingerprint != filters.fingerprint():
         raise InvalidInput("cursor belongs to a listing with other filters", field="cursor")
@@ -109,5 +109,10 @@ def _checksum(raw: bytes) -> bytes:
     return hashlib.sha256(b"call-history-cursor:" + raw).digest()[:_CHECKSUM_BYTES]
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+def _utc(value: datetime, field: str) -> datetime:
+    """In UTC (naive is taken as UTC); an offset that crosses the datetime limits
+    (year 1 or 9999) is an InvalidInput naming ``field``."""
+    try:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:
+        raise InvalidInput(f"{field} is outside the supported date range", field=field) from None

@@ -7,6 +7,7 @@ of ever being dialled again.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 
 from sqlalchemy import select, update
@@ -19,6 +20,8 @@ from . import call_status, carrier_webhooks
 from .campaigns.outcomes import bind_attempt, settle_call
 from .idempotency import first_time
 from .outbound import record_carrier_call
+
+log = logging.getLogger(__name__)
 
 
 def _outbound_call(session: Session, carrier: str, call_id: uuid.UUID) -> Call | None:
@@ -37,6 +40,12 @@ def apply_callback(session: Session, carrier: str, call_id: uuid.UUID, adapter: 
     carrier_webhooks.verified_credentials(session, adapter, request, call.agency_id)
     event = event if event is not None else adapter.parse_status(request)
     carrier_call_id = bind_id or (event.carrier_call_id if event is not None else None)
+    if carrier_call_id and _held_by_another_call(session, carrier, call_id, carrier_call_id):
+        # One carrier call is one of ours: binding it twice would break the unique key.
+        log.warning("%s callback for call %s names carrier call %r of another call; ignored",
+                    carrier, call_id, carrier_call_id)
+        session.rollback()
+        return
     end_reads_before_writing(session)
     if carrier_call_id and carrier == "plivo" and call.carrier_call_id != carrier_call_id:
         # Plivo answers calls.create with a request_uuid; its callbacks carry the CallUUID.
@@ -54,6 +63,11 @@ def apply_callback(session: Session, carrier: str, call_id: uuid.UUID, adapter: 
         settle_call(session, call_id)
 
 
+def _held_by_another_call(session: Session, carrier: str, call_id: uuid.UUID, carrier_call_id: str) -> bool:
+    return session.scalar(select(Call.id).where(Call.source == CallSource(carrier), Call.id != call_id,
+                                                Call.carrier_call_id == carrier_call_id).limit(1)) is not None
+
+
 def plivo_answer(session: Session, call_id: uuid.UUID, adapter: CarrierAdapter,
                  request: WebhookRequest) -> str | None:
     """The joinUrl to stream this answered Plivo call to (the Ultravox call created
@@ -65,6 +79,9 @@ def plivo_answer(session: Session, call_id: uuid.UUID, adapter: CarrierAdapter,
     carrier_webhooks.verified_credentials(session, adapter, request, call.agency_id)
     join_url = call.join_url
     call_uuid = request.field("CallUUID")
+    if call_uuid and _held_by_another_call(session, "plivo", call_id, call_uuid):
+        log.warning("plivo answer for call %s names carrier call %r of another call; not bound", call_id, call_uuid)
+        call_uuid = ""
     session.rollback()
     if call_uuid:
         _set_carrier_call_id(session, call_id, call_uuid)

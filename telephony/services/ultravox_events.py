@@ -35,12 +35,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import call_states
+from ..carriers.base import MAX_DURATION_SECONDS
 from ..carriers.registry import CARRIERS
 from ..credentials import get_credentials
 from ..db import rows_affected
 from ..errors import DomainError, InvalidInput, Unauthorized
 from ..logging import call_id_var
 from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
+from ..text import storable
 from .enrichment import schedule_enrichment
 from .events import emit_call_event
 from .idempotency import first_time
@@ -160,9 +162,10 @@ def parse_timestamp(value: str) -> datetime | None:
     """ISO-8601 with Z or an offset; a naive value is taken as UTC."""
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        # In UTC here: an offset that crosses the datetime limits (year 1 or 9999) is no time.
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         return None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
 
 
 # -- parsing and agency resolution ----------------------------------------------------------
@@ -170,17 +173,45 @@ def parse_timestamp(value: str) -> datetime | None:
 def _parse(body: bytes) -> tuple[str | None, dict[str, Any]]:
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deeply
         payload = None
     snapshot = payload.get("call") if isinstance(payload, dict) else None
     call_id = snapshot.get("callId") if isinstance(snapshot, dict) else None
-    if not isinstance(snapshot, dict) or not isinstance(call_id, str) or not 0 < len(call_id) <= 64:
+    if not isinstance(snapshot, dict) or not isinstance(call_id, str):
         raise InvalidInput("body must be a JSON object with a call object carrying a callId", field="body")
+    if not 0 < len(call_id) <= 64 or not storable(call_id):
+        raise InvalidInput("callId must be 1 to 64 characters, without NUL or unpaired surrogates",
+                           field="call.callId")
+    _check_storable(payload)
     event = payload.get("event")
     # The 2024 payload had no "event"; infer it from the snapshot then.
     if event is None:
         event = "call.ended" if snapshot.get("ended") else "call.joined" if snapshot.get("joined") else "call.started"
     return (event if isinstance(event, str) else None), snapshot
+
+
+# Deeper than this is not a call object (tool schemas nest a few levels): refused
+# before anything of it is stored, or serialised again for the agency's events.
+MAX_JSON_DEPTH = 64
+
+
+def _check_storable(payload: Any) -> None:
+    """InvalidInput naming the first string (key or value) the database cannot store,
+    or a body nested deeper than MAX_JSON_DEPTH. Iterative: depth costs no stack."""
+    stack: list[tuple[str, Any, int]] = [("", payload, 0)]
+    while stack:
+        path, value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidInput(f"body is nested deeper than {MAX_JSON_DEPTH} levels", field=path or "body")
+        if isinstance(value, str) and not storable(value):
+            raise InvalidInput("must not contain NUL characters or unpaired surrogates", field=path or "body")
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            name = str(key)
+            if not storable(name):
+                raise InvalidInput("keys must not contain NUL characters or unpaired surrogates",
+                                   field=path or "body")
+            stack.append((f"{path}.{name}" if path else name, item, depth + 1))
 
 
 # At most this many agencies mapping one Ultravox agent are tried on the shared URL.
@@ -311,7 +342,8 @@ def apply_snapshot(session: Session, call: Call, snapshot: dict[str, Any]) -> No
     if call.end_reason is None and isinstance(snapshot.get("endReason"), str):
         call.end_reason = snapshot["endReason"][:64]
     if call.duration_seconds is None and call.joined_at is not None:
-        call.duration_seconds = max(0, round((ended - call.joined_at).total_seconds()))
+        seconds = max(0, round((ended - call.joined_at).total_seconds()))
+        call.duration_seconds = seconds if seconds <= MAX_DURATION_SECONDS else None
     for attribute, key in (("summary", "summary"), ("short_summary", "shortSummary")):
         if isinstance(snapshot.get(key), str):
             setattr(call, attribute, snapshot[key])
@@ -356,8 +388,8 @@ def parse_duration(value: Any) -> int | None:
         seconds = Decimal(value[:-1])
     except ArithmeticError:
         return None
-    if not seconds.is_finite() or seconds < 0:
-        return None
+    if not seconds.is_finite() or not 0 <= seconds <= MAX_DURATION_SECONDS:
+        return None  # beyond a week (2**31 s would not even fit the column): not a call's duration
     return int(seconds.to_integral_value(rounding=ROUND_CEILING))
 
 

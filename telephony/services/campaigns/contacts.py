@@ -172,6 +172,11 @@ def parse_contacts_csv(text: str, *, max_rows: int = 100_000,
                 label = "phone" if too_long == columns.phone_at else columns.names[too_long]
                 importer.reject(line, label, f"{label} is longer than {MAX_CELL_CHARS} characters")
                 continue
+            with_nul = next((i for i, cell in enumerate(row) if "\x00" in cell), None)
+            if with_nul is not None:  # the database cannot store a NUL character
+                label = "phone" if with_nul == columns.phone_at else columns.names[with_nul]
+                importer.reject(line, label, f"{label} contains a NUL character")
+                continue
             importer.add(line, phone=row[columns.phone_at],
                          timezone=row[columns.timezone_at] if columns.timezone_at is not None else None,
                          name=row[columns.name_at] if columns.name_at is not None else None,
