@@ -4,12 +4,55 @@ Webhook handlers spend most of their time waiting on Ultravox, so each worker
 process runs many threads (gthread): concurrency comes from threads, processes
 give CPU parallelism and isolation.
 """
+import errno
 import gc
 import os
 import tempfile
 
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+
+class DrainingThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker, which on SIGTERM also answers the connections waiting in
+    the listen backlog.
+
+    A stopping gthread worker finishes the requests it has accepted but stops accepting at
+    once; connections the kernel had already completed and queued (the client connected
+    and sent its request) stayed there until the last process closed the listening
+    socket, and were then reset: a burst of webhooks hit by a deploy lost most of them.
+    Here the stopping worker first accepts everything queued, then closes its copy of the
+    listening socket, so that once every worker has done the same the port refuses new
+    connections straight away (a proxy retries a refused connection on another upstream)
+    instead of queueing connections nobody will accept.
+    """
+
+    def set_accept_enabled(self, enabled):
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            self._drain_backlog()
+
+    def _drain_backlog(self):
+        drained = 0
+        for listener in self.sockets:
+            listener.setblocking(False)
+            while True:
+                try:
+                    client, address = listener.accept()
+                except OSError as error:
+                    if error.errno == errno.ECONNABORTED:
+                        continue  # the client gave up while queued
+                    break  # EAGAIN: the queue is empty
+                self.nr_conns += 1
+                client.setblocking(True)
+                self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
+                drained += 1
+            listener.close()
+        if drained:
+            self.log.info("Stopping: accepted %d queued connection(s) to answer them", drained)
+
+
 bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-worker_class = "gthread"
+worker_class = DrainingThreadWorker  # gthread (see above)
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # Each inbound webhook holds its thread while Ultravox creates the call (up to
 # INBOUND_ULTRAVOX_BUDGET, 5 s), but holds no database connection meanwhile, so
@@ -18,6 +61,11 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "128"))
 # Twilio gives up on a webhook after 15 s; nothing of ours should run longer.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+# SIGTERM (a deploy, a scale-down): the workers answer every request in flight, i.e.
+# every connection accepted or already queued in the listen backlog (see
+# DrainingThreadWorker), then exit; after the last one the port refuses connections. A
+# webhook needs at most the carriers' 15 s, so 20 s covers the slowest, and stays under
+# the 30 s most platforms wait after SIGTERM before they SIGKILL.
 graceful_timeout = 20
 keepalive = 5
 backlog = 2048

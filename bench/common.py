@@ -180,6 +180,7 @@ class Stack:
     service_url: str
     ultravox_url: str
     workdir: Path
+    web_pid: int | None = None  # the gunicorn master (to signal it, e.g. SIGTERM mid-flight)
 
 
 @contextmanager
@@ -212,7 +213,7 @@ def running_stack(database: str, *, keep_workdir: bool = False, fallback: str | 
             service_url = f"http://127.0.0.1:{web_port}"
             wait_ready(web, f"{service_url}/healthz")
             yield Stack(database=database, database_url=database_url, service_url=service_url,
-                        ultravox_url=ultravox_url, workdir=workdir)
+                        ultravox_url=ultravox_url, workdir=workdir, web_pid=web.popen.pid)
             for proc in reversed(procs):  # stop before the database is dropped
                 proc.stop()
     finally:

@@ -90,9 +90,33 @@ def test_a_number_belongs_to_one_agency_only(client, make_tenant):
     a, b = make_tenant("A"), make_tenant("B")
     body = {"e164": "+442071838750", "carrier": "plivo"}
     assert client.post("/api/v1/phone-numbers", json=body, headers=a.admin()).status_code == 201
-    conflict = client.post("/api/v1/phone-numbers", json=body, headers=b.admin())
-    assert conflict.status_code == 409
-    assert str(a.agency_id) not in conflict.get_data(as_text=True)
+    own = client.post("/api/v1/phone-numbers", json=body, headers=a.admin())
+    assert own.status_code == 409 and "already has" in own.json["error"]
+    held = client.post("/api/v1/phone-numbers", json=body, headers=b.admin())
+    assert held.status_code == 422 and held.json["code"] == "number_not_registrable"
+    assert client.get("/api/v1/phone-numbers", headers=b.admin()).json == {"phone_numbers": []}
+
+
+def test_a_number_held_elsewhere_is_refused_like_an_unassigned_one(client, make_tenant):
+    """Agency B cannot tell "another agency holds this number" from "this number is not
+    registrable" (one nobody holds, in a range no carrier assigns): same status, headers
+    and body, neither naming the other agency nor saying the number is registered."""
+    a, b = make_tenant("A"), make_tenant("B")
+    held = "+14155550123"
+    assert client.post("/api/v1/phone-numbers", json={"e164": held, "carrier": "twilio"},
+                       headers=a.admin()).status_code == 201
+    answers = [client.post("/api/v1/phone-numbers", json={"e164": e164, "carrier": "twilio"}, headers=b.admin())
+               for e164 in (held, "+15555550123")]  # 555 is no area code: nobody can hold it
+    first, second = answers
+    assert first.status_code == second.status_code == 422
+    assert first.get_data() == second.get_data()
+    skip = {"Date", "X-Request-ID", "Server-Timing"}  # per request
+    assert ({k: v for k, v in first.headers.items() if k not in skip}
+            == {k: v for k, v in second.headers.items() if k not in skip})
+    text = first.get_data(as_text=True)
+    assert str(a.agency_id) not in text and "registered elsewhere" not in text and "already" not in text
+    assert first.json == {"error": first.json["error"], "code": "number_not_registrable",
+                          "fields": {"e164": first.json["error"]}}
 
 
 def test_credentials_are_write_only(client, make_tenant):

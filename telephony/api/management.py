@@ -225,7 +225,9 @@ def list_numbers():
 @require_auth(scope="admin")
 @document(summary="Register a phone number", tags=["phone numbers"], request_model=PhoneNumberIn,
           responses={201: (PhoneNumberOut, "Created"), 404: (None, "Unknown agent"),
-                     409: (None, "Number already registered")})
+                     409: (None, "This agency already has the number"),
+                     422: (None, "Number cannot be registered for this agency: not an assigned number, "
+                                 "or not available (the same answer either way)")})
 def create_number():
     body = parse_body(PhoneNumberIn)
     session = get_session()

@@ -8,9 +8,25 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, DomainError, InvalidInput, NotFound
 from ..models import Carrier, PhoneNumber
 from .agents import get_agent
+
+# The one answer for a number this agency cannot register: a number outside the
+# numbering plan (no carrier can have sold it) and a number another agency holds get
+# the same status, code and message, so the answer never confirms that a number is
+# registered elsewhere. Only the agency's own duplicate is named as such.
+NOT_REGISTRABLE_MESSAGE = ("this number cannot be registered for this agency; check that it is an "
+                           "assigned number of your carrier account")
+
+
+class NotRegistrable(DomainError):
+    status = 422
+    code = "number_not_registrable"
+
+
+def _not_registrable() -> NotRegistrable:
+    return NotRegistrable(NOT_REGISTRABLE_MESSAGE, field="e164")
 
 
 def normalize_e164(value: str, *, field: str = "number") -> str:
@@ -44,6 +60,12 @@ def add_number(session: Session, agency_id: uuid.UUID, *, e164: str, carrier: Ca
                agent_id: uuid.UUID | None = None, fallback_number: str | None = None,
                recording_enabled: bool | None = None) -> PhoneNumber:
     e164 = normalize_e164(e164, field="e164")
+    # Both refusals cost the same query, so neither is quicker to tell apart.
+    holder = session.scalar(select(PhoneNumber.agency_id).where(PhoneNumber.e164 == e164))
+    if holder == agency_id:
+        raise Conflict("your agency already has this phone number", field="e164")
+    if holder is not None or not phonenumbers.is_valid_number(phonenumbers.parse(e164, None)):
+        raise _not_registrable()
     if agent_id is not None:
         get_agent(session, agency_id, agent_id)
     if fallback_number is not None:
@@ -57,8 +79,10 @@ def add_number(session: Session, agency_id: uuid.UUID, *, e164: str, carrier: Ca
         with session.begin_nested():
             session.flush()
     except IntegrityError:
-        # The number is unique across agencies; say so without revealing who has it.
-        raise Conflict("this phone number is already registered", field="e164") from None
+        # Registered meanwhile (a concurrent request): the same answers as above.
+        if session.scalar(select(PhoneNumber.agency_id).where(PhoneNumber.e164 == e164)) == agency_id:
+            raise Conflict("your agency already has this phone number", field="e164") from None
+        raise _not_registrable() from None
     return number
 
 
