@@ -101,8 +101,13 @@ def database_url(request) -> str:
 
 
 @pytest.fixture
-def config(database_url, tmp_path) -> Config:
+def config(request, database_url, tmp_path) -> Config:
+    # Tests that deliver agency events to receivers on 127.0.0.1 mark themselves
+    # `private_event_endpoints`: the local-development opt-out of the SSRF guard
+    # (tests/test_event_ssrf.py tests the guard itself).
+    allow_private = request.node.get_closest_marker("private_event_endpoints") is not None
     return Config(
+        event_endpoints_allow_private=allow_private,
         database_url=database_url,
         public_base_url="https://voice.example.test",
         credentials_keys=(Fernet.generate_key().decode(),),
@@ -209,3 +214,16 @@ def sim_app(config, tmp_path, ultravox_sim, carrier_sim):
     app.config["TESTING"] = True
     yield app
     app.extensions["telephony.db"].dispose()
+
+
+@pytest.fixture
+def receiver():
+    """An agency's event receiver on 127.0.0.1 (tests/lifecycle_support.Receiver)."""
+    from telephony.sim.common import serve_in_thread
+    from tests.lifecycle_support import Receiver
+
+    receiver = Receiver()
+    with serve_in_thread(receiver.app) as handle:
+        receiver.url = f"{handle.base_url}/events"
+        receiver.port = handle.port
+        yield receiver

@@ -23,10 +23,7 @@ from telephony.config import Config, ConfigError
 from telephony.models import Job, utcnow
 from telephony.services import events
 from telephony.services.events import emit_event, is_public_address, resolve_destination
-from telephony.sim.common import serve_in_thread
 from telephony.worker import Worker
-
-from .lifecycle_support import Receiver
 
 REFUSED = "refused: the host does not resolve to a public address"
 PUBLIC_IP = "93.184.215.14"
@@ -76,14 +73,6 @@ class Connections:
             raise error(f"[Errno 111] Connection refused to {resolved}:{port}")
 
         monkeypatch.setattr(urllib3.util.connection, "create_connection", create_connection)
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    with serve_in_thread(receiver.app) as handle:
-        receiver.port = handle.port
-        yield receiver
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ from telephony.models import EventDelivery, EventEndpoint, Job, utcnow
 from telephony.services import events
 from telephony.services.event_endpoints import reseal_secrets
 from telephony.services.events import emit_call_event, emit_event
-from telephony.sim.common import serve_in_thread
 from telephony.worker import Worker
 
 from .lifecycle_support import (
-    Receiver,
     add_call,
     get_call,
     our_metadata,
@@ -28,22 +26,9 @@ from .lifecycle_support import (
     verify_standard_webhook,
 )
 
+pytestmark = pytest.mark.private_event_endpoints
+
 ALL_EVENTS = ["call.started", "call.answered", "call.ended", "call.failed", "campaign.completed"]
-
-
-@pytest.fixture
-def config(config):
-    """These tests deliver to receivers on 127.0.0.1: the local-development opt-out of the
-    SSRF guard (tests/test_event_ssrf.py tests the guard itself)."""
-    return config.with_overrides(event_endpoints_allow_private=True)
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    with serve_in_thread(receiver.app) as handle:
-        receiver.url = f"{handle.base_url}/events"
-        yield receiver
 
 
 def _create(client, tenant, url: str, events_: list[str] | None = None, **extra):

@@ -17,10 +17,11 @@ from telephony.jobs import claim_jobs, enqueue
 from telephony.models import EventDelivery, Job
 from telephony.services import events
 from telephony.services.events import emit_event
-from telephony.sim.common import serve_in_thread
 from telephony.worker import DEFAULT_CONCURRENCY, LEASE_SECONDS, Worker, agency_share, concurrency_from_env
 
-from .lifecycle_support import Receiver
+from .jobs_support import claim_from_threads
+
+pytestmark = pytest.mark.private_event_endpoints
 
 
 class HangingServer:
@@ -77,21 +78,6 @@ class HangingServer:
                     pass
                 connection.close()
         self.listener.close()
-
-
-@pytest.fixture
-def config(config):
-    """These tests deliver to receivers on 127.0.0.1: the local-development opt-out of the
-    SSRF guard (tests/test_event_ssrf.py tests the guard itself)."""
-    return config.with_overrides(event_endpoints_allow_private=True)
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    with serve_in_thread(receiver.app) as handle:
-        receiver.url = f"{handle.base_url}/events"
-        yield receiver
 
 
 def _endpoint(client, tenant, url: str) -> str:
@@ -168,32 +154,19 @@ def test_concurrent_fair_claims_never_share_a_job(app, db, make_tenant):
     with db.session() as session:
         for n in range(60):
             enqueue(session, "test.none", {"n": n}, agency_id=agencies[n % 4])
-    claimed: list[list[int]] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
 
-    def claim():
-        barrier.wait()
+    def claim_all() -> list[int]:
         mine = []
-        try:
-            for _ in range(200):
-                jobs = claim_jobs(db, limit=3, per_agency=2)
-                assert len(jobs) <= 3 and max(Counter(job.agency_id for job in jobs).values(), default=0) <= 2
-                mine.extend(job.id for job in jobs)
-                with db.session() as session:
-                    if not session.scalar(select(Job.id).where(Job.status == "queued").limit(1)):
-                        break
-        except BaseException as exc:  # surfaced below: a thread's error must fail the test
-            errors.append(exc)
-        claimed.append(mine)
+        for _ in range(200):
+            jobs = claim_jobs(db, limit=3, per_agency=2)
+            assert len(jobs) <= 3 and max(Counter(job.agency_id for job in jobs).values(), default=0) <= 2
+            mine.extend(job.id for job in jobs)
+            with db.session() as session:
+                if not session.scalar(select(Job.id).where(Job.status == "queued").limit(1)):
+                    break
+        return mine
 
-    threads = [threading.Thread(target=claim) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    every = [job_id for mine in claimed for job_id in mine]
+    every = claim_from_threads(claim_all)
     assert len(every) == 60 and len(set(every)) == 60
 
 

@@ -26,11 +26,7 @@ from .lifecycle_support import (
     verify_standard_webhook,
 )
 
-
-@pytest.fixture
-def config(config):
-    """The agency receiver is on 127.0.0.1: the local-development opt-out of the SSRF guard."""
-    return config.with_overrides(event_endpoints_allow_private=True)
+pytestmark = pytest.mark.private_event_endpoints
 
 
 @pytest.fixture

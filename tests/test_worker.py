@@ -1,5 +1,4 @@
 import socket
-import threading
 import uuid
 from datetime import timedelta
 
@@ -15,6 +14,7 @@ from telephony.services.enrichment import schedule_enrichment
 from telephony.services.events import emit_event
 from telephony.worker import JOB_HANDLERS, Worker, job_context
 
+from .jobs_support import claim_from_threads
 from .lifecycle_support import ULTRAVOX_KEY, add_call, get_call, set_ultravox_credentials, verify_standard_webhook
 
 
@@ -98,30 +98,14 @@ def test_concurrent_claims_never_share_a_job(app, db):
     with db.session() as session:
         for n in range(60):
             enqueue(session, "test.none", {"n": n})
-    claimed: list[list[int]] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
 
-    def claim():
-        barrier.wait()
+    def claim_all() -> list[int]:
         mine = []
-        try:
-            while True:
-                jobs = claim_jobs(db, limit=5)
-                if not jobs:
-                    break
-                mine.extend(job.id for job in jobs)
-        except BaseException as exc:  # surfaced below: a thread's error must fail the test
-            errors.append(exc)
-        claimed.append(mine)
+        while jobs := claim_jobs(db, limit=5):
+            mine.extend(job.id for job in jobs)
+        return mine
 
-    threads = [threading.Thread(target=claim) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    every = [job_id for mine in claimed for job_id in mine]
+    every = claim_from_threads(claim_all)
     assert len(every) == 60 and len(set(every)) == 60
 
 
