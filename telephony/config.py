@@ -14,6 +14,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
+from dotenv import load_dotenv
 from flask import current_app
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,14 @@ class Config:
             production=production,
             event_endpoints_allow_private=_bool(env, "EVENT_ENDPOINTS_ALLOW_PRIVATE", default=False),
         )
+
+
+def load_env_file(path: str | Path) -> bool:
+    """Read KEY=value lines from `path` (a `.env` file) into the environment, without
+    overriding a variable that is already set. False when there is no such file."""
+    if not Path(path).is_file():
+        return False
+    return load_dotenv(path, override=False)
 
 
 def normalize_database_url(url: str) -> str:

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +86,24 @@ def test_config_error_never_echoes_a_key(tmp_path):
     with pytest.raises(ConfigError) as error:
         Config.from_env({"CREDENTIALS_KEYS": secret_looking}, instance_path=tmp_path)
     assert secret_looking not in str(error.value)
+
+
+def test_a_bad_setting_stops_the_process_with_one_line_and_no_traceback(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PORT": "eighty"}
+    started = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=root, env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert started.returncode == 2
+    assert started.stderr.strip() == "configuration error: PORT: must be a whole number, got 'eighty'"
+
+
+def test_a_env_file_fills_in_settings_but_never_overrides_the_environment(tmp_path, monkeypatch):
+    from telephony.config import load_env_file
+
+    monkeypatch.delenv("PORT", raising=False)  # restored (removed) after the test
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    env_file = tmp_path / ".env"
+    env_file.write_text("# comment\nPORT=9001\nLOG_LEVEL=DEBUG\n")
+    assert load_env_file(env_file) is True
+    assert os.environ["PORT"] == "9001" and os.environ["LOG_LEVEL"] == "WARNING"
+    assert load_env_file(tmp_path / "missing.env") is False
