@@ -98,7 +98,6 @@ class _Dial:
     """A claimed attempt that passed step 1: what to dial, and through which carrier."""
 
     attempt_id: uuid.UUID
-    contact: CampaignContact
     contact_id: uuid.UUID
     campaign_id: uuid.UUID
     agency_id: uuid.UUID
@@ -141,7 +140,7 @@ def dial_attempt(session: Session, attempt_id: uuid.UUID, *, cps_deadline_second
                           dial.calls_per_second, deadline=time.time() + cps_deadline_seconds):
         return _no_slot_in_time(session, dial, call)
     try:
-        carrier_call_id = place_carrier_call(dial.carrier, dial.credentials, to=dial.contact.phone,
+        carrier_call_id = place_carrier_call(dial.carrier, dial.credentials, to=dial.target.to,
                                              from_number=dial.target.from_number, join_url=call.join_url,
                                              call_id=call.call_id, command_id=str(attempt_id), client=client)
     except CarrierError as exc:
@@ -190,7 +189,7 @@ def _check_before_dialling(session: Session, attempt_id: uuid.UUID, attempt: Dia
         return ATTEMPT_ABORTED
     target = OutboundTarget(agent=agent, from_number=from_number, carrier=carrier, to=contact.phone)
     template_context = {**(campaign.template_context or {}), **(contact.template_context or {})}
-    return _Dial(attempt_id=attempt_id, contact=contact, contact_id=contact.id, campaign_id=campaign.id,
+    return _Dial(attempt_id=attempt_id, contact_id=contact.id, campaign_id=campaign.id,
                  agency_id=agency_id, target=target, template_context=template_context, carrier=carrier,
                  credentials=credentials, calls_per_second=campaign.calls_per_second)
 

@@ -1,6 +1,6 @@
 """Campaign management: create, add contacts, pause / resume / cancel, progress.
 
-Dialling itself is services/dispatch.py. Every function takes the agency id and
+Dialling itself is the dispatcher's (claim.py, dial.py, outcomes.py). Every function takes the agency id and
 filters on it: another agency's campaign is NotFound, exactly like a missing one.
 """
 from __future__ import annotations
