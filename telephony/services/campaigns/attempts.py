@@ -94,6 +94,17 @@ def close_contact(session: Session, contact_id: uuid.UUID, state: str, outcome: 
                     .values(state=state, last_outcome=outcome).execution_options(synchronize_session=False))
 
 
+def mark_placed(session: Session, attempt_id: uuid.UUID, contact_id: uuid.UUID, carrier_call_id: str,
+                from_states: tuple[str, ...]) -> bool:
+    """The carrier placed the attempt's call: "placed" with its call id, if the attempt is
+    still in one of `from_states`; a contact closed as unknown meanwhile is dialling
+    again. True if it moved (the caller commits)."""
+    if not update_attempt(session, attempt_id, from_states, state=ATTEMPT_PLACED, carrier_call_id=carrier_call_id):
+        return False
+    reopen_contact(session, contact_id)
+    return True
+
+
 def reopen_contact(session: Session, contact_id: uuid.UUID) -> None:
     """A contact closed as unknown is being dialled after all: its attempt proved placed."""
     session.execute(update(CampaignContact).where(CampaignContact.id == contact_id,

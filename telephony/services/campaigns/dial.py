@@ -74,7 +74,7 @@ from .attempts import (
     CONTACT_SUPPRESSED,
     CONTACT_UNKNOWN,
     close_contact,
-    reopen_contact,
+    mark_placed,
     requeue_contact,
     update_attempt,
 )
@@ -359,9 +359,8 @@ def _record_placed(session: Session, attempt_id: uuid.UUID, contact_id: uuid.UUI
             session.rollback()  # each try in a transaction of its own
             # "unknown": a reaper gave up on us while the carrier was slow. "claimed": a
             # database crash undid the unflushed "dialing" mark (see _enter_dialing).
-            update_attempt(session, attempt_id, (ATTEMPT_DIALING, ATTEMPT_UNKNOWN, ATTEMPT_CLAIMED),
-                           state=ATTEMPT_PLACED, carrier_call_id=carrier_call_id)
-            reopen_contact(session, contact_id)
+            mark_placed(session, attempt_id, contact_id, carrier_call_id,
+                        (ATTEMPT_DIALING, ATTEMPT_UNKNOWN, ATTEMPT_CLAIMED))
             record_carrier_call(session, call_id, carrier_call_id)
             session.commit()
             return

@@ -31,7 +31,6 @@ from .attempts import (
     ATTEMPT_DIALING,
     ATTEMPT_ENDED,
     ATTEMPT_EXPIRED,
-    ATTEMPT_PLACED,
     ATTEMPT_UNKNOWN,
     CONTACT_COMPLETED,
     CONTACT_DIALING,
@@ -42,7 +41,7 @@ from .attempts import (
     SETTLEABLE_ATTEMPT_STATES,
     UNFINISHED_CONTACT_STATES,
     close_contact,
-    reopen_contact,
+    mark_placed,
     requeue_contact,
     update_attempt,
 )
@@ -213,12 +212,10 @@ def bind_attempt(session: Session, call_id: uuid.UUID, carrier_call_id: str | No
     if not carrier_call_id:
         return
     end_read(session)
-    attempt = session.scalar(select(DialAttempt).where(DialAttempt.call_id == call_id))
+    attempt = session.execute(select(DialAttempt.id, DialAttempt.contact_id)
+                              .where(DialAttempt.call_id == call_id)).first()
+    end_read(session)  # SQLite: the write below opens its own transaction
     if attempt is None:
-        end_read(session)
         return
-    if attempt.state in (ATTEMPT_DIALING, ATTEMPT_UNKNOWN):
-        if attempt.state == ATTEMPT_UNKNOWN:
-            reopen_contact(session, attempt.contact_id)
-        attempt.state, attempt.carrier_call_id = ATTEMPT_PLACED, carrier_call_id
-    session.commit()
+    with transaction(session):  # conditional: an attempt ended meanwhile stays ended
+        mark_placed(session, attempt.id, attempt.contact_id, carrier_call_id, (ATTEMPT_DIALING, ATTEMPT_UNKNOWN))
