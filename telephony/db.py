@@ -6,6 +6,7 @@ flask.g and closed at teardown) or per unit of work in the worker and CLI.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, cast
@@ -205,3 +206,12 @@ def transaction(session: Session) -> Iterator[None]:
     except BaseException:
         session.rollback()
         raise
+
+
+def rollback_quietly(session: Session) -> None:
+    """Roll back where the database may be gone (after a failed write, in a catch-all):
+    a failing rollback is logged, not raised over the error being handled."""
+    try:
+        session.rollback()
+    except exc.SQLAlchemyError:
+        logging.getLogger(__name__).warning("rollback failed (database unreachable?)", exc_info=True)

@@ -83,3 +83,28 @@ def test_only_the_call_start_module_asks_ultravox_to_create_a_call():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in creators:
                 callers.append(f"{relative}:{node.lineno}")
     assert callers and all(caller.startswith("services/calls.py:") for caller in callers), callers
+
+
+def test_a_call_that_ended_while_ultravox_answered_keeps_no_join_url(sim_app):
+    """Claim first: the caller hangs up while Ultravox creates the call, the carrier's
+    terminal callback lands, and only then is the answer recorded: the ended call must not
+    get its joinUrl back (nobody may join a call that is over)."""
+    from sqlalchemy import select, update
+
+    from telephony.models import AgentMapping, Call, CallDirection, CallSource
+
+    seeded = seed_agency(sim_app)
+    db = sim_app.extensions["telephony.db"]
+    with sim_app.app_context(), db.session() as session:
+        agent = session.get(AgentMapping, seeded.agent_id)
+        started = call_service.start_call(session, call_service.NewCall(
+            agency_id=seeded.agency_id, agent=agent, medium={"twilio": {}}, source=CallSource.twilio,
+            direction=CallDirection.inbound, carrier_call_id="CA" + "4" * 32), claim_first=True)
+        assert started.join_url and started.record is not None
+        session.execute(update(Call).where(Call.carrier_call_id == "CA" + "4" * 32)
+                        .values(status="completed", join_url=None))
+        session.commit()
+        started.record(session)
+        call = session.scalar(select(Call).where(Call.carrier_call_id == "CA" + "4" * 32))
+        assert call is not None and call.status == "completed" and call.join_url is None
+        assert call.ultravox_call_id == started.ultravox_call_id

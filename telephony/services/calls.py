@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from .. import call_states
 from ..config import Config, get_config
 from ..credentials import CredentialStore, get_credentials
-from ..db import end_reads_before_writing, insert_if_absent
+from ..db import end_reads_before_writing, insert_if_absent, rollback_quietly
 from ..errors import DomainError, Forbidden
 from ..logging import call_id_var
 from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
@@ -150,7 +150,7 @@ class NewCall:
     carrier_call_id: str | None = None  # inbound: the carrier's id, the key of the claim
     template_context: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None  # the caller's own Ultravox metadata
-    stored_metadata: dict[str, Any] | None = None  # kept on our row (calls.metadata)
+    stored_metadata: dict[str, Any] | None = None  # kept on our row (calls.metadata); create first only
     recording_enabled: bool | None = None  # None: the agent's setting
     extra_body: dict[str, Any] | None = None  # further Ultravox call fields (joinTimeout, ...)
     credit_balance: int | None = None  # the agency's, when the caller read it already; else read here
@@ -281,7 +281,7 @@ def _insert(session: Session, new: NewCall, agent_id: uuid.UUID, started: Starte
                          metadata_=new.stored_metadata or {}, created_at=started.created_at))
         session.commit()
     except SQLAlchemyError:
-        session.rollback()
+        rollback_quietly(session)  # the database may be gone: the caller still gets the call
         log.exception("call %s created in Ultravox as %s but not saved; the webhook ingest will repair it",
                       started.call_id, started.ultravox_call_id)
         started.call_id = None
@@ -296,7 +296,6 @@ def _claim(session: Session, new: NewCall, agent_id: uuid.UUID,
             "id": call_id, "agency_id": new.agency_id, "agent_id": agent_id, "source": new.source,
             "direction": new.direction, "from_number": new.from_number, "to_number": new.to_number,
             "carrier_call_id": new.carrier_call_id, "status": call_states.CREATED,
-            "metadata": new.stored_metadata or {},
         }, ["source", "carrier_call_id"])
         session.commit()
     except SQLAlchemyError:
@@ -327,15 +326,11 @@ _calls = cast(Table, Call.__table__)
 _RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
                 .values(status=case((_calls.c.status == call_states.CREATED, call_states.RINGING),
                                     else_=_calls.c.status)))
-_RECORD_STARTED = _RECORD_BASE.values(ultravox_call_id=bindparam("ultravox_call_id"), join_url=bindparam("join_url"))
+# A call that ended meanwhile (its terminal callback cleared the joinUrl) keeps none.
+_RECORD_STARTED = _RECORD_BASE.values(
+    ultravox_call_id=bindparam("ultravox_call_id"),
+    join_url=case((_calls.c.status.in_(sorted(call_states.TERMINAL)), None), else_=bindparam("join_url")))
 _RECORD_FAILURE = _RECORD_BASE.values(metadata=bindparam("metadata"))
-
-
-def rollback_quietly(session: Session) -> None:
-    try:
-        session.rollback()
-    except SQLAlchemyError:
-        log.warning("rollback failed (database unreachable?)", exc_info=True)
 
 
 def _parse_time(value: Any) -> datetime | None:

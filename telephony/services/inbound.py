@@ -46,7 +46,7 @@ from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
 from ..carriers.registry import get_carriers
 from ..config import get_config
 from ..credentials import ProviderCredentials, get_credentials
-from ..db import end_reads_before_writing
+from ..db import end_reads_before_writing, rollback_quietly
 from ..errors import InvalidInput
 from ..logging import agency_id_var
 from ..models import Agency, AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
@@ -143,7 +143,7 @@ def answer_inbound(session: Session, adapter: CarrierAdapter, request: WebhookRe
         # The catch-all: a bug or a database outage still answers (the apology, or the
         # fallback number once the request is verified), never an error page or silence.
         log.exception("inbound %s webhook failed; answering %s", adapter.name, outcome.answer.kind)
-        calls.rollback_quietly(session)
+        rollback_quietly(session)
     return outcome
 
 
