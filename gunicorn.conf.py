@@ -11,6 +11,13 @@ import tempfile
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from telephony.config import load_env_file
+
+# The settings below (PORT, WEB_CONCURRENCY, GUNICORN_THREADS, ...) are read here, in the
+# master, before any worker imports the app: a .env file must reach them too (wsgi.py
+# reads the same file for the app's own settings; the environment wins over both).
+load_env_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env"))
+
 
 class DrainingThreadWorker(ThreadWorker):
     """gunicorn's gthread worker, which on SIGTERM also answers the connections waiting in
