@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Iterator, Mapping
 
 from flask import Flask
@@ -135,6 +136,11 @@ class Worker:
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="job")
         self._next_maintenance = time.monotonic() + random.uniform(0, self.maintenance_interval)
         self._next_stale_check = time.monotonic() + random.uniform(0, self.stale_check_interval)
+        self._stale_resume_after: tuple[datetime, uuid.UUID] | None = None
+        # Purges and the stale-call pass run here, beside the job loop: they may take a
+        # while (Ultravox requests) and must not keep free job slots from being claimed.
+        self._chore_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-chores")
+        self._chore: Future[None] | None = None
         context = job_context(self.app)
         if context.db.engine.dialect.name == "sqlite":
             context = replace(context, db=_OneTransactionAtATime(context.db))
@@ -216,8 +222,17 @@ class Worker:
         if now < self._next_stale_check:
             return False
         self._next_stale_check = now + self.stale_check_interval
-        reconcile_stale_calls(self.db, self.context.credentials, self.context.config)
+        report = reconcile_stale_calls(self.db, self.context.credentials, self.context.config,
+                                       after=self._stale_resume_after)
+        self._stale_resume_after = report.resume_after
         return True
+
+    def _chores(self) -> None:
+        try:
+            self.maintain_if_due()
+            self.settle_stale_calls_if_due()
+        except Exception:  # logged, and tried again at the next interval
+            log.exception("worker maintenance failed; continuing")
 
     def run_forever(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -228,8 +243,8 @@ class Worker:
             self._wake.clear()
             try:
                 claimed = self.run_once(wait=False)
-                self.maintain_if_due()
-                self.settle_stale_calls_if_due()
+                if self._chore is None or self._chore.done():
+                    self._chore = self._chore_thread.submit(self._chores)
             except Exception:
                 log.exception("worker loop error; continuing")
                 claimed = 0
@@ -245,6 +260,7 @@ class Worker:
         pending = list(self._futures)
         _done, not_done = futures_wait(pending, timeout=self.stop_timeout if timeout is None else timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._chore_thread.shutdown(wait=False, cancel_futures=True)
         if not_done:
             log.warning("%d job(s) still running at stop; they run again when their leases end", len(not_done))
         return len(not_done)

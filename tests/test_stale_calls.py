@@ -113,3 +113,20 @@ def test_every_worker_runs_the_pass_on_its_interval(app, db, tenant):
         assert worker.settle_stale_calls_if_due(due + 299) is False  # not again before the interval
     finally:
         worker.shutdown()
+
+
+def test_calls_that_cannot_be_settled_yet_do_not_block_the_ones_behind_them(app, db, tenant, make_tenant,
+                                                                           monkeypatch):
+    monkeypatch.setattr("telephony.services.stale_calls.BATCH", 2)
+    keyless = make_tenant("No key")
+    blocked = [add_call(db, keyless.agency_id, ultravox_call_id=str(uuid.uuid4())) for _ in range(2)]
+    behind = add_call(db, tenant.agency_id, ultravox_call_id=None)
+    for n, call_id in enumerate([*blocked, behind]):
+        age(db, call_id, STALE_AFTER * 3 - timedelta(minutes=n))  # oldest first: blocked, then behind
+    first = run(app, db)
+    assert first.unreachable == 2 and first.resume_after is not None
+    second = reconcile_stale_calls(db, app.extensions["telephony.credentials"], app.extensions["telephony.config"],
+                                   after=first.resume_after)
+    assert second.never_started == 1 and second.resume_after is None  # reached the end: from the oldest next
+    assert get_call(db, behind).status == "failed"
+    assert [get_call(db, call_id).status for call_id in blocked] == ["created", "created"]

@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -35,6 +35,7 @@ from ..config import Config
 from ..credentials import CredentialStore
 from ..db import Database, rows_affected
 from ..models import Call, utcnow
+from ..ultravox import UltravoxClient
 from ..ultravox_errors import UltravoxError, UltravoxNotFound
 from .calls import InvalidUltravoxKey, MissingUltravoxKey, ultravox_client_for
 from .events import emit_call_event
@@ -61,62 +62,80 @@ class StaleCallReport:
     never_started: int = 0
     still_running: int = 0
     unreachable: int = 0  # Ultravox did not answer, or the agency has no usable key: next pass
+    # Where the next pass goes on: (created_at, id) of the last call looked at, or None to
+    # start again from the oldest. So calls that cannot be settled yet (no key, Ultravox
+    # down, still running) never keep the pass from reaching the ones behind them.
+    resume_after: tuple[datetime, uuid.UUID] | None = None
 
 
 def reconcile_stale_calls(db: Database, credentials: CredentialStore, config: Config, *,
-                          now: datetime | None = None) -> StaleCallReport:
+                          now: datetime | None = None,
+                          after: tuple[datetime, uuid.UUID] | None = None) -> StaleCallReport:
+    """One pass over at most BATCH stale calls, oldest first from `after` (a previous
+    pass's `resume_after`), stopping after PASS_BUDGET_SECONDS."""
     now = now or utcnow()
     report = StaleCallReport()
+    query = (select(Call.id, Call.agency_id, Call.ultravox_call_id, Call.status, Call.created_at)
+             .where(or_(and_(Call.status.in_(NOT_ANSWERED), Call.created_at < now - STALE_AFTER),
+                        and_(Call.status == call_states.IN_PROGRESS, Call.created_at < now - STALE_LIVE_AFTER)))
+             .order_by(Call.created_at, Call.id).limit(BATCH))
+    if after is not None:
+        query = query.where(or_(Call.created_at > after[0], and_(Call.created_at == after[0], Call.id > after[1])))
     with db.session() as session:
-        stale = session.execute(
-            select(Call.id, Call.agency_id, Call.ultravox_call_id, Call.status)
-            .where(or_(and_(Call.status.in_(NOT_ANSWERED), Call.created_at < now - STALE_AFTER),
-                       and_(Call.status == call_states.IN_PROGRESS, Call.created_at < now - STALE_LIVE_AFTER)))
-            .order_by(Call.created_at).limit(BATCH)).all()
-    by_agency: dict[uuid.UUID, list] = defaultdict(list)
-    for row in stale:
-        if row.ultravox_call_id:
-            by_agency[row.agency_id].append(row)
-        elif _fail(db, row.id, row.status, "never_started", now):
-            report.never_started += 1
+        stale = session.execute(query).all()
+    clients: dict[uuid.UUID, UltravoxClient | None] = {}
     give_up = time.monotonic() + PASS_BUDGET_SECONDS
-    for agency_id, rows in by_agency.items():
-        _settle_from_ultravox(db, credentials, config, agency_id, rows, report, now, give_up)
+    for row in stale:
+        if time.monotonic() > give_up:
+            break  # the rest waits for the next pass, which resumes here
+        report.resume_after = (row.created_at, row.id)
+        if not row.ultravox_call_id:
+            report.never_started += _fail(db, row.id, row.status, "never_started", now)
+            continue
+        if row.agency_id not in clients:
+            clients[row.agency_id] = _client(db, credentials, config, row.agency_id)
+        client = clients[row.agency_id]
+        if client is None:
+            report.unreachable += 1
+            continue
+        _settle_from_ultravox(db, client, row, report, now)
+    reached_the_end = not stale or (len(stale) < BATCH and report.resume_after == (stale[-1].created_at,
+                                                                                   stale[-1].id))
+    if reached_the_end:
+        report.resume_after = None  # every stale call was looked at: start from the oldest again
     if stale:
         log.info("stale calls: %s", report)
     return report
 
 
-def _settle_from_ultravox(db: Database, credentials: CredentialStore, config: Config, agency_id: uuid.UUID,
-                          rows: list, report: StaleCallReport, now: datetime, give_up: float) -> None:
+def _client(db: Database, credentials: CredentialStore, config: Config,
+            agency_id: uuid.UUID) -> UltravoxClient | None:
     with db.session() as session:
         try:
-            client = ultravox_client_for(session, agency_id, credentials=credentials, config=config)
+            return ultravox_client_for(session, agency_id, credentials=credentials, config=config)
         except (MissingUltravoxKey, InvalidUltravoxKey):
-            report.unreachable += len(rows)
-            return
-    for row in rows:
-        if time.monotonic() > give_up:
-            report.unreachable += 1  # out of time for this pass
-            continue
-        try:
-            snapshot = client.get_call(row.ultravox_call_id)
-        except UltravoxNotFound:
-            report.not_found += _fail(db, row.id, row.status, "not_found_in_ultravox", now)
-            continue
-        except UltravoxError as exc:  # unreachable or unwell: the next pass tries again
-            log.warning("stale call %s: Ultravox did not answer (%s)", row.id, type(exc).__name__)
-            report.unreachable += 1
-            continue
-        if not snapshot.get("ended"):
-            report.still_running += 1
-            continue
-        with db.session() as session:
-            call = session.scalar(select(Call).where(Call.id == row.id, Call.status == row.status)
-                                  .with_for_update())
-            if call is not None:  # else a webhook or callback settled it meanwhile
-                apply_snapshot(session, call, snapshot)
-                report.ended += 1
+            return None
+
+
+def _settle_from_ultravox(db: Database, client: UltravoxClient, row: Any, report: StaleCallReport,
+                          now: datetime) -> None:
+    try:
+        snapshot = client.get_call(row.ultravox_call_id)
+    except UltravoxNotFound:
+        report.not_found += _fail(db, row.id, row.status, "not_found_in_ultravox", now)
+        return
+    except UltravoxError as exc:  # unreachable or unwell: a later pass tries again
+        log.warning("stale call %s: Ultravox did not answer (%s)", row.id, type(exc).__name__)
+        report.unreachable += 1
+        return
+    if not snapshot.get("ended"):
+        report.still_running += 1
+        return
+    with db.session() as session:
+        call = session.scalar(select(Call).where(Call.id == row.id, Call.status == row.status).with_for_update())
+        if call is not None:  # else a webhook or callback settled it meanwhile
+            apply_snapshot(session, call, snapshot)
+            report.ended += 1
 
 
 def _fail(db: Database, call_id: uuid.UUID, status: str, reason: str, now: datetime) -> bool:
