@@ -21,8 +21,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.connection import HTTPSConnection
 
 
 class TotalTimeout(requests.Timeout):
@@ -81,50 +80,20 @@ def watch_socket(sock: socket.socket | None) -> None:
         watch.add(sock)
 
 
-class WatchedHTTPConnection(HTTPConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        watch_socket(sock)
-        return sock
-
-
 class WatchedHTTPSConnection(HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        watch_socket(sock)
-        return sock
+    """Puts the TLS socket under the timer too (it replaces the plain one the adapter's
+    `_new_conn` watched)."""
 
     def connect(self) -> None:
         super().connect()
         watch_socket(self.sock)  # the TLS socket that replaced the plain one
 
 
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = WatchedHTTPConnection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = WatchedHTTPSConnection
-
-
-_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-class _CappedAdapter(HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOL_CLASSES
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = _POOL_CLASSES
-        return manager
-
-
-def capped_post(url: str, *, total: float, adapter: HTTPAdapter | None = None, **kwargs: Any) -> requests.Response:
-    """requests.post(url, **kwargs), given at most `total` seconds until the response
-    headers are in (see the module docstring); TotalTimeout after that. `adapter`: a
-    transport adapter of the caller's whose connections call `watch_socket`."""
+def capped_post(url: str, *, total: float, adapter: HTTPAdapter, **kwargs: Any) -> requests.Response:
+    """requests.post(url, **kwargs) through `adapter`, given at most `total` seconds
+    until the response headers are in (see the module docstring); TotalTimeout after
+    that. The adapter's connections put their sockets under the timer with
+    `watch_socket` (WatchedHTTPSConnection does so for the TLS socket)."""
     watch = _Watch()
     timer = threading.Timer(total, watch.expire)
     timer.daemon = True
@@ -133,7 +102,6 @@ def capped_post(url: str, *, total: float, adapter: HTTPAdapter | None = None, *
     timer.start()
     try:
         with requests.Session() as session:
-            adapter = adapter or _CappedAdapter()
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             try:

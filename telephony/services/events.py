@@ -46,11 +46,12 @@ import requests
 from requests.adapters import HTTPAdapter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.util import connection as urllib3_connection
 
-from ..capped_http import WatchedHTTPConnection, WatchedHTTPSConnection, capped_post, watch_socket
+from ..capped_http import WatchedHTTPSConnection, capped_post, watch_socket
 from ..credentials import CredentialStore
 from ..jobs import JobContext, RetryLater, enqueue
 from ..models import Call, EventDelivery, EventEndpoint, utcnow
@@ -271,7 +272,7 @@ def resolve_destination(url: str, *, allow_private: bool) -> tuple[str, ...] | N
     return addresses
 
 
-class _PinnedConnection(WatchedHTTPConnection):
+class _PinnedConnection(HTTPConnection):
     """Connects to the first of `pinned_addresses` that answers, whatever the host name
     resolves to by now; no other address. The host name stays the connection's `host`:
     the Host header, SNI and the certificate check."""
