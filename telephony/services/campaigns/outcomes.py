@@ -167,14 +167,19 @@ PAUSED_FOR_CREDIT = "insufficient_credits"
 
 def resume_campaigns_with_credit(session: Session) -> int:
     """Campaigns paused for lack of credit whose agency has credit again run again.
-    One UPDATE; returns how many."""
+    Read first: this runs every reconcile pass, and nearly always there is nothing to
+    resume (no write, no write lock). Returns how many."""
+    paused_with_credit = (Campaign.status == "paused", Campaign.paused_reason == PAUSED_FOR_CREDIT,
+                          select(Agency.id).where(Agency.id == Campaign.agency_id, Agency.credit_balance > 0).exists())
     end_read(session)
+    candidates = list(session.scalars(select(Campaign.id).where(*paused_with_credit)))
+    end_read(session)
+    if not candidates:
+        return 0
     with transaction(session):
-        result = session.execute(
-            update(Campaign).where(Campaign.status == "paused", Campaign.paused_reason == PAUSED_FOR_CREDIT,
-                                   select(Agency.id).where(Agency.id == Campaign.agency_id,
-                                                           Agency.credit_balance > 0).exists())
-            .values(status="running", paused_reason=None).execution_options(synchronize_session=False))
+        result = session.execute(update(Campaign).where(Campaign.id.in_(candidates), *paused_with_credit)
+                                 .values(status="running", paused_reason=None)
+                                 .execution_options(synchronize_session=False))
     return rows_affected(result)
 
 
