@@ -241,8 +241,8 @@ def record_call_unknown(session: Session, call_id: uuid.UUID, reason: str) -> No
 
 
 def record_call_failed(session: Session, call_id: uuid.UUID, reason: str) -> None:
-    session.execute(update(Call).where(Call.id == call_id, Call.status.in_(("created", "queued")))
-                    .values(status="failed", end_reason=reason[:64], ended_at=utcnow())
+    session.execute(update(Call).where(Call.id == call_id, Call.status.in_((call_states.CREATED, call_states.QUEUED)))
+                    .values(status=call_states.FAILED, end_reason=reason[:64], ended_at=utcnow(), join_url=None)
                     .execution_options(synchronize_session=False))
 
 

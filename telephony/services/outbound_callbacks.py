@@ -40,7 +40,8 @@ def apply_callback(session: Session, carrier: str, call_id: uuid.UUID, adapter: 
     carrier_webhooks.verified_credentials(session, adapter, request, call.agency_id)
     event = event if event is not None else adapter.parse_status(request)
     carrier_call_id = bind_id or (event.carrier_call_id if event is not None else None)
-    if carrier_call_id and _held_by_another_call(session, carrier, call_id, carrier_call_id):
+    if (carrier_call_id and carrier_call_id != call.carrier_call_id
+            and _held_by_another_call(session, carrier, call_id, carrier_call_id)):
         # One carrier call is one of ours: binding it twice would break the unique key.
         log.warning("%s callback for call %s names carrier call %r of another call; ignored",
                     carrier, call_id, carrier_call_id)
