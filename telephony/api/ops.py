@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as CheckTimedOut
 
 from flask import Blueprint, Response, current_app, jsonify
@@ -20,6 +22,18 @@ READY_CHECK_SECONDS = 1.5
 # The checks run here, so a hung one is left behind (it ends at the engine's connect or
 # pool timeout) while the probe answers. Two threads: probes are rare.
 _ready_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
+# The check in progress, per database: probes that come while one still waits on a hung
+# database wait on that same check instead of queueing more behind it.
+_checks_in_progress: "weakref.WeakKeyDictionary[Database, Future[None]]" = weakref.WeakKeyDictionary()
+_checks_lock = threading.Lock()
+
+
+def _readiness_check(db: Database) -> "Future[None]":
+    with _checks_lock:
+        check = _checks_in_progress.get(db)
+        if check is None or check.done():
+            check = _checks_in_progress[db] = _ready_checks.submit(_select_one, db)
+        return check
 
 
 def _select_one(db: Database) -> None:
@@ -37,7 +51,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     try:
-        _ready_checks.submit(_select_one, get_db()).result(timeout=READY_CHECK_SECONDS)
+        _readiness_check(get_db()).result(timeout=READY_CHECK_SECONDS)
     except CheckTimedOut:
         current_app.logger.warning("readiness check failed: no answer from the database in %.1f s",
                                    READY_CHECK_SECONDS)
