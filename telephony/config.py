@@ -31,6 +31,7 @@ GENERATED_KEY_FILE = "credentials.key"
 # as working with Ultravox and are refused.
 TELNYX_STREAM_FORMATS: Mapping[str, int] = {"L16": 16000, "PCMU": 8000, "PCMA": 8000}
 DEFAULT_TELNYX_STREAM_CODEC = "L16"
+DEFAULT_WORKER_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class Config:
     max_body_bytes: int = 64 * 1024
     retention_days: int = 30  # finished jobs, deliveries, processed webhook-event ids (services/retention.py)
     database_timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
+    worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY  # job slots per worker process
+    dispatch_threads: int = 8  # campaign dialer threads per worker process; 0: no dispatcher
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call /api/v1 (the dashboard)
     log_level: str = "INFO"
     production: bool = False
@@ -161,6 +164,8 @@ class Config:
                 pool=_float(env, "DB_POOL_TIMEOUT", DatabaseTimeouts.pool, 0.1, 60),
                 statement_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", DatabaseTimeouts.statement_ms, 100, 3_600_000),
                 lock_ms=_int(env, "DB_LOCK_TIMEOUT_MS", DatabaseTimeouts.lock_ms, 100, 3_600_000)),
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, 1, 256),
+            dispatch_threads=_int(env, "DISPATCH_THREADS", 8, 0, 256),
             cors_origins=_origins(env, "CORS_ORIGINS"),
             production=production,
             event_endpoints_allow_private=_bool(env, "EVENT_ENDPOINTS_ALLOW_PRIVATE", default=False),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import random
 import signal
 import threading
@@ -28,6 +27,7 @@ from typing import Iterator, Mapping
 from flask import Flask
 from sqlalchemy.orm import Session
 
+from .config import DEFAULT_WORKER_CONCURRENCY
 from .db import Database
 from .jobs import Handler, JobContext, claim_jobs, run_job
 from .models import Job
@@ -81,25 +81,12 @@ class _OneTransactionAtATime(Database):
 # agency gets at most a quarter of them (at least one; jobs without an agency are a
 # group of their own), so one agency's slow jobs (endpoints that hang) cannot hold up
 # everyone else's.
-DEFAULT_CONCURRENCY = 8
+DEFAULT_CONCURRENCY = DEFAULT_WORKER_CONCURRENCY
 
 
 def agency_share(concurrency: int) -> int:
     """The most jobs of one agency a worker with `concurrency` slots runs at once."""
     return max(1, concurrency // 4)
-
-
-def concurrency_from_env(environ: Mapping[str, str]) -> int:
-    raw = (environ.get("WORKER_CONCURRENCY") or "").strip()
-    if not raw:
-        return DEFAULT_CONCURRENCY
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"WORKER_CONCURRENCY must be a whole number >= 1, not {raw!r}")
-    return value
 
 
 # A claimed job starts at once (a worker claims only as many as it has free slots), so
@@ -273,15 +260,14 @@ def main_loop(app: Flask, poll_interval: float = 1.0) -> None:
     # (and their call-start slots) for ~200 ms.
     gc.freeze()
     started = time.monotonic()
-    concurrency = concurrency_from_env(os.environ)  # a bad value stops the worker before anything starts
+    config = app.extensions["telephony.config"]
     # The campaign dispatcher runs beside the job loop in every worker process
     # (DISPATCH_THREADS=0 turns it off); workers cooperate through the database.
-    threads = int(os.environ.get("DISPATCH_THREADS", "8") or 0)
-    dispatcher = Dispatcher(app, threads=threads) if threads > 0 else None
+    dispatcher = Dispatcher(app, threads=config.dispatch_threads) if config.dispatch_threads > 0 else None
     if dispatcher is not None:
         dispatcher.start()
     try:
-        Worker(app, poll_interval=poll_interval, concurrency=concurrency).run_forever()
+        Worker(app, poll_interval=poll_interval, concurrency=config.worker_concurrency).run_forever()
     finally:
         if dispatcher is not None:
             dispatcher.stop()

@@ -13,11 +13,12 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
+from telephony.config import Config
 from telephony.jobs import claim_jobs, enqueue
 from telephony.models import EventDelivery, Job
 from telephony.services import events
 from telephony.services.events import emit_event
-from telephony.worker import DEFAULT_CONCURRENCY, LEASE_SECONDS, Worker, agency_share, concurrency_from_env
+from telephony.worker import DEFAULT_CONCURRENCY, LEASE_SECONDS, Worker, agency_share
 
 from .jobs_support import claim_from_threads
 
@@ -255,9 +256,10 @@ def test_the_lease_outlasts_a_capped_delivery_many_times_over():
 @pytest.mark.parametrize("value, expected", [(None, DEFAULT_CONCURRENCY), ("", DEFAULT_CONCURRENCY), ("3", 3),
                                              ("0", ValueError), ("many", ValueError)])
 def test_worker_concurrency_comes_from_the_environment(value, expected):
-    environ = {} if value is None else {"WORKER_CONCURRENCY": value}
+    environ = {"DATABASE_URL": "sqlite://"} if value is None else {"DATABASE_URL": "sqlite://",
+                                                                   "WORKER_CONCURRENCY": value}
     if expected is ValueError:
         with pytest.raises(ValueError, match="WORKER_CONCURRENCY"):
-            concurrency_from_env(environ)
+            Config.from_env(environ)
     else:
-        assert concurrency_from_env(environ) == expected
+        assert Config.from_env(environ).worker_concurrency == expected
