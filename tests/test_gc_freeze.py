@@ -29,7 +29,8 @@ def test_gunicorn_workers_freeze_what_the_app_loaded(unfrozen, tmp_path, monkeyp
 
 
 def test_the_background_worker_freezes_what_the_app_loaded(unfrozen, app, monkeypatch):
-    monkeypatch.setenv("DISPATCH_THREADS", "0")
+    config = app.extensions["telephony.config"]
+    app.extensions["telephony.config"] = config.with_overrides(dispatch_threads=0)  # no dispatcher here
     frozen_when_running: list[int] = []
     monkeypatch.setattr(worker.Worker, "run_forever", lambda self: frozen_when_running.append(gc.get_freeze_count()))
     worker.main_loop(app)
