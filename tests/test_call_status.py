@@ -97,7 +97,9 @@ def test_caller_hanging_up_while_we_wait_on_ultravox_stays_completed(app, client
         rsps.registered()[0].callback = hang_up_meanwhile
         assert case.post(client, case.voice_path, case.inbound_form(call_sid)).status_code == 200
     [call] = calls(app)
-    assert call.status == "completed" and call.join_url  # the answer is stored, the status kept
+    # The answer is stored and the status kept; an ended call keeps no joinUrl (nobody may
+    # join a call that is over, see the hardening issue's joinUrl rule).
+    assert call.status == "completed" and call.ultravox_call_id and call.join_url is None
 
 
 def _subscribe(app, agency_id) -> None:
