@@ -428,3 +428,20 @@ def test_cli_lists_and_removes_agents_and_users_of_one_agency_only(app):
     _cli(app, ["user", "remove", user["id"], "--agency", mine])
     assert _lines(_cli(app, ["agent", "list", "--agency", mine])) == []
     assert _lines(_cli(app, ["user", "list", "--agency", mine])) == []
+
+
+# -- the simulator's control endpoint ----------------------------------------------------------
+
+
+def test_sim_number_inventories_are_per_account_reset_and_never_show_a_key(carrier_sim):
+    key = CARRIER_CREDENTIALS["telnyx"]["api_key"]
+    hold(carrier_sim, "telnyx", CARRIER_CREDENTIALS["telnyx"])
+    hold(carrier_sim, "twilio", CARRIER_CREDENTIALS["twilio"])
+    shown = requests.get(f"{carrier_sim.base_url}/_sim/numbers", timeout=5)
+    assert key not in shown.text and len(shown.json()["accounts"]) == 2
+    assert inventory(carrier_sim, "twilio", OTHER_CREDENTIALS["twilio"])["numbers"] == []
+    for bad in ({"carrier": "vonage"}, {"carrier": "twilio"}, {"carrier": "telnyx", "account": "x"},
+                {"carrier": "plivo", "account": "MA1", "numbers": [{"phone_number": "14155550100"}]}):
+        assert requests.post(f"{carrier_sim.base_url}/_sim/numbers", json=bad, timeout=5).status_code == 400
+    requests.post(f"{carrier_sim.base_url}/_sim/reset", timeout=5).raise_for_status()
+    assert requests.get(f"{carrier_sim.base_url}/_sim/numbers", timeout=5).json() == {"accounts": []}
