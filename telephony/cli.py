@@ -220,16 +220,23 @@ def number_remove(number_id: str, agency_id: str) -> None:
 @click.option("--agency", "agency_id", required=True)
 def number_check(number_id: str | None, agency_id: str) -> None:
     """Ask the carrier whether the number (default: every number of the agency) is still in
-    the agency's account with its webhooks pointing here; one JSON line each. Exits 1 when
-    one does not."""
+    the agency's account with its webhooks pointing here; one JSON line each (a number the
+    carrier could not be asked about gets its error). Exits 1 when one does not point here."""
     from .services.number_setup import check_number, describe_check
-    from .services.phone_numbers import list_numbers
+    from .services.phone_numbers import get_number, list_numbers
     agency = _uuid(agency_id, "--agency")
     all_ok = True
     with _db().session() as session:
-        ids = [_uuid(number_id, "NUMBER_ID")] if number_id else [n.id for n in list_numbers(session, agency)]
-        for one in ids:
-            check = check_number(session, agency, one)
+        numbers = [get_number(session, agency, _uuid(number_id, "NUMBER_ID"))] if number_id \
+            else list_numbers(session, agency)
+        for number in numbers:
+            try:
+                check = check_number(session, agency, number.id)
+            except DomainError as exc:  # e.g. the carrier's credentials are not stored, or it did not answer
+                all_ok = False
+                _emit({"id": number.id, "e164": number.e164, "carrier": number.carrier.value, "points_here": None,
+                       "error": exc.message, "code": exc.code})
+                continue
             all_ok = all_ok and check.points_here
             _emit(describe_check(check))
     if not all_ok:

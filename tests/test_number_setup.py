@@ -401,6 +401,13 @@ def test_cli_adds_checks_lists_and_removes_through_the_carrier(sim_app, carrier_
     assert every.exit_code == 1
     assert {line["e164"]: line["in_account"] for line in _lines(every)} == {NUMBER: True, "+14155550188": False}
 
+    plivo = _lines(_cli(sim_app, ["number", "add", "+14155550199", "--agency", agency, "--carrier", "plivo",
+                                  "--no-carrier-setup"]))[0]
+    unasked = _cli(sim_app, ["number", "check", "--agency", agency])  # no Plivo credentials: reported, not fatal
+    assert unasked.exit_code == 1 and [line.get("code") for line in _lines(unasked)] == [
+        None, None, "carrier_credentials_missing"]
+    _cli(sim_app, ["number", "remove", plivo["id"], "--agency", agency])
+
     listed = _lines(_cli(sim_app, ["number", "list", "--agency", agency]))
     assert [n["e164"] for n in listed] == [NUMBER, "+14155550188"]
     assert _lines(_cli(sim_app, ["number", "remove", by_hand["id"], "--agency", agency]))[0]["removed"] is True
