@@ -9,6 +9,7 @@ base URL points here (see ``telephony.carriers.sdk``):
           ``command_id`` dedupe for 60 s.
 - Plivo   ``POST /v1/Account/<auth_id>/Call/`` (JSON, Basic auth),
           ``DELETE /v1/Account/<auth_id>/Call/<uuid>/``.
+- Each account's phone numbers and where their webhooks point: ``sim/numbers.py``.
 
 Credentials: by default any non-empty secret is accepted (the Basic-auth username must
 still equal the account id in the path). Pass ``twilio_credentials`` /
