@@ -154,6 +154,7 @@ def test_adding_a_number_points_its_webhooks_here(sim_app, sim_client, sim_tenan
     created = add(sim_client, tenant, carrier)
     assert created.status_code == 201, created.json
     assert created.json["e164"] == NUMBER and created.json["carrier_setup"]["carrier_number_id"]
+    assert created.json["carrier_setup"]["webhooks"] == EXPECTED[carrier]
     assert routed_to(carrier_sim, carrier, credentials) == EXPECTED[carrier]
     assert stored(sim_client, tenant) == [NUMBER]
 

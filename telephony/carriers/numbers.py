@@ -74,10 +74,13 @@ class NumberProvisioner(ABC):
 
     @abstractmethod
     def point_here(self, client: Any, number: CarrierNumber, urls: Mapping[str, str],
-                   credentials: Mapping[str, str]) -> None:
+                   credentials: Mapping[str, str]) -> dict[str, str]:
         """Make the carrier send the number's webhooks to ``urls`` (kind -> our URL, every
-        kind of the carrier's CarrierSpec.webhook_paths)."""
+        kind of the carrier's CarrierSpec.webhook_paths); returns the kinds in use now."""
 
-    def points_here(self, client: Any, number: CarrierNumber, urls: Mapping[str, str]) -> bool:
+    def already_here(self, client: Any, number: CarrierNumber, urls: Mapping[str, str]) -> dict[str, str] | None:
+        """The kinds in use, when the number's webhooks reach ``urls`` already; else None."""
         current = self.current_urls(client, number)
-        return bool(current) and all(current[kind] == urls.get(kind) for kind in current)
+        if current and all(current[kind] == urls.get(kind) for kind in current):
+            return {kind: urls[kind] for kind in current}
+        return None

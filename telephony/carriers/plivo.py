@@ -168,9 +168,10 @@ class PlivoNumbers(NumberProvisioner):
                 STATUS: getattr(application, "hangup_url", None) or None}
 
     def point_here(self, client: Any, number: CarrierNumber, urls: Mapping[str, str],
-                   credentials: Mapping[str, str]) -> None:
-        if self.points_here(client, number, urls):
-            return
+                   credentials: Mapping[str, str]) -> dict[str, str]:
+        in_use = self.already_here(client, number, urls)
+        if in_use is not None:
+            return in_use
         # Not the number's current application, which other numbers may share: ours.
         name = application_name(urls)
         app_id = ""
@@ -186,6 +187,7 @@ class PlivoNumbers(NumberProvisioner):
                                                  hangup_url=urls[STATUS], hangup_method="POST")
             app_id = str(created.app_id)
         client.numbers.update(number.carrier_id, app_id=app_id)
+        return {INBOUND: urls[INBOUND], STATUS: urls[STATUS]}
 
 
 PLIVO = CarrierSpec(

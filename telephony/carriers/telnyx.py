@@ -333,9 +333,10 @@ class TelnyxNumbers(NumberProvisioner):
             return {}  # a SIP (credential, IP, FQDN) connection: its calls never reach us
 
     def point_here(self, client: Any, number: CarrierNumber, urls: Mapping[str, str],
-                   credentials: Mapping[str, str]) -> None:
-        if self.points_here(client, number, urls):
-            return
+                   credentials: Mapping[str, str]) -> dict[str, str]:
+        in_use = self.already_here(client, number, urls)
+        if in_use is not None:
+            return in_use
         connection_id = credentials.get("connection_id") or ""
         if connection_id:
             # The agency's Call Control application, which this service already dials with.
@@ -348,10 +349,13 @@ class TelnyxNumbers(NumberProvisioner):
                 client.call_control_applications.update(
                     connection_id, application_name=application.application_name or application_name(urls),
                     webhook_event_url=urls[CALL_CONTROL], webhook_api_version="2")
+            in_use = {CALL_CONTROL: urls[CALL_CONTROL]}
         else:
             connection_id = self._own_texml_application(client, urls)
+            in_use = {INBOUND: urls[INBOUND], STATUS: urls[STATUS]}
         if number.routing != connection_id:
             client.phone_numbers.update(number.carrier_id, connection_id=connection_id)
+        return in_use
 
     @staticmethod
     def _own_texml_application(client: Any, urls: Mapping[str, str]) -> str:

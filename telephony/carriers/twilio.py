@@ -145,11 +145,12 @@ class TwilioNumbers(NumberProvisioner):
         return dict(number.urls or {INBOUND: None, STATUS: None})
 
     def point_here(self, client: Any, number: CarrierNumber, urls: Mapping[str, str],
-                   credentials: Mapping[str, str]) -> None:
+                   credentials: Mapping[str, str]) -> dict[str, str]:
         # Clearing the application and trunk makes Twilio use the number's own URLs.
         client.incoming_phone_numbers(number.carrier_id).update(
             voice_url=urls[INBOUND], voice_method="POST", status_callback=urls[STATUS],
             status_callback_method="POST", voice_application_sid="", trunk_sid="")
+        return {INBOUND: urls[INBOUND], STATUS: urls[STATUS]}
 
 
 TWILIO = CarrierSpec(

@@ -134,11 +134,11 @@ def register_number(session: Session, agency_id: uuid.UUID, *, e164: str, carrie
     found = _ask(carrier, lambda: provisioner.find(client, e164))
     if found is None:
         raise _not_in_account(carrier)
-    _ask(carrier, lambda: provisioner.point_here(client, found, urls, credentials))
+    in_use = _ask(carrier, lambda: provisioner.point_here(client, found, urls, credentials))
     log.info("number %s pointed at this service at %s", e164, carrier)
     number = phone_numbers.add_number(session, agency_id, e164=e164, carrier=carrier, agent_id=agent_id,
                                       fallback_number=fallback_number, recording_enabled=recording_enabled)
-    return number, CarrierSetup(carrier_number_id=found.carrier_id, webhooks=urls)
+    return number, CarrierSetup(carrier_number_id=found.carrier_id, webhooks=in_use)
 
 
 def check_number(session: Session, agency_id: uuid.UUID, number_id: uuid.UUID) -> NumberCheck:
