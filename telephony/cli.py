@@ -119,6 +119,26 @@ def user_add(auth_subject: str, agency_id: str | None, role: str, email: str | N
         _emit({"id": user.id, "auth_subject": user.auth_subject, "agency_id": user.agency_id, "role": role})
 
 
+@user_cli.command("list")
+@click.option("--agency", "agency_id", required=True)
+def user_list(agency_id: str) -> None:
+    from .services.agencies import list_users
+    with _db().session() as session:
+        for user in list_users(session, _uuid(agency_id, "--agency")):
+            _emit({"id": user.id, "auth_subject": user.auth_subject, "email": user.email, "role": user.role.value})
+
+
+@user_cli.command("remove")
+@click.argument("user_id")
+@click.option("--agency", "agency_id", required=True)
+def user_remove(user_id: str, agency_id: str) -> None:
+    """Delete a dashboard user of the agency (their tokens stop working at once)."""
+    from .services.agencies import remove_user
+    with _db().session() as session:
+        remove_user(session, _uuid(agency_id, "--agency"), _uuid(user_id, "USER_ID"))
+        _emit({"id": user_id, "removed": True})
+
+
 @agent_cli.command("add")
 @click.option("--agency", "agency_id", required=True)
 @click.option("--name", required=True)
@@ -132,19 +152,95 @@ def agent_add(agency_id: str, name: str, ultravox_agent_id: str, recording: bool
         _emit({"id": agent.id, "name": agent.name, "ultravox_agent_id": agent.ultravox_agent_id})
 
 
+@agent_cli.command("list")
+@click.option("--agency", "agency_id", required=True)
+def agent_list(agency_id: str) -> None:
+    from .services.agents import list_agents
+    with _db().session() as session:
+        for agent in list_agents(session, _uuid(agency_id, "--agency")):
+            _emit({"id": agent.id, "name": agent.name, "ultravox_agent_id": agent.ultravox_agent_id,
+                   "recording_enabled": agent.recording_enabled})
+
+
+@agent_cli.command("remove")
+@click.argument("agent_id")
+@click.option("--agency", "agency_id", required=True)
+def agent_remove(agent_id: str, agency_id: str) -> None:
+    from .services.agents import delete_agent
+    with _db().session() as session:
+        delete_agent(session, _uuid(agency_id, "--agency"), _uuid(agent_id, "AGENT_ID"))
+        _emit({"id": agent_id, "removed": True})
+
+
 @number_cli.command("add")
 @click.argument("e164")
 @click.option("--agency", "agency_id", required=True)
 @click.option("--carrier", type=click.Choice([carrier.name for carrier in CARRIERS]), required=True)
 @click.option("--agent", "agent_id", help="Agent mapping id (ours) answering this number.")
 @click.option("--fallback", "fallback_number", help="E.164 number to dial when the agent cannot be reached.")
-def number_add(e164: str, agency_id: str, carrier: str, agent_id: str | None, fallback_number: str | None) -> None:
-    from .services.phone_numbers import add_number
+@click.option("--carrier-setup/--no-carrier-setup", "configure_carrier", default=True, show_default=True,
+              help="Check with the carrier (the agency's stored credentials) that its account holds the number, "
+                   "and point the number's voice and status webhooks here. --no-carrier-setup only stores it, for "
+                   "a number set up by hand: nothing then proves the agency owns it.")
+def number_add(e164: str, agency_id: str, carrier: str, agent_id: str | None, fallback_number: str | None,
+               configure_carrier: bool) -> None:
+    from .services.number_setup import describe_setup, register_number
     with _db().session() as session:
-        number = add_number(session, _uuid(agency_id, "--agency"), e164=e164, carrier=carrier,
-                            agent_id=_uuid(agent_id, "--agent") if agent_id else None,
-                            fallback_number=fallback_number)
-        _emit({"id": number.id, "e164": number.e164, "carrier": number.carrier.value, "agent_id": number.agent_id})
+        number, setup = register_number(session, _uuid(agency_id, "--agency"), e164=e164, carrier=carrier,
+                                        agent_id=_uuid(agent_id, "--agent") if agent_id else None,
+                                        fallback_number=fallback_number, configure_carrier=configure_carrier)
+        _emit({"id": number.id, "e164": number.e164, "carrier": number.carrier.value, "agent_id": number.agent_id,
+               "carrier_setup": describe_setup(setup)})
+
+
+@number_cli.command("list")
+@click.option("--agency", "agency_id", required=True)
+def number_list(agency_id: str) -> None:
+    from .services.phone_numbers import list_numbers
+    with _db().session() as session:
+        for number in list_numbers(session, _uuid(agency_id, "--agency")):
+            _emit({"id": number.id, "e164": number.e164, "carrier": number.carrier.value,
+                   "agent_id": number.agent_id, "fallback_number": number.fallback_number,
+                   "recording_enabled": number.recording_enabled})
+
+
+@number_cli.command("remove")
+@click.argument("number_id")
+@click.option("--agency", "agency_id", required=True)
+def number_remove(number_id: str, agency_id: str) -> None:
+    """Forget a number. Its carrier settings are left as they are."""
+    from .services.phone_numbers import delete_number
+    with _db().session() as session:
+        delete_number(session, _uuid(agency_id, "--agency"), _uuid(number_id, "NUMBER_ID"))
+        _emit({"id": number_id, "removed": True})
+
+
+@number_cli.command("check")
+@click.argument("number_id", required=False)
+@click.option("--agency", "agency_id", required=True)
+def number_check(number_id: str | None, agency_id: str) -> None:
+    """Ask the carrier whether the number (default: every number of the agency) is still in
+    the agency's account with its webhooks pointing here; one JSON line each (a number the
+    carrier could not be asked about gets its error). Exits 1 when one does not point here."""
+    from .services.number_setup import check_number, describe_check
+    from .services.phone_numbers import get_number, list_numbers
+    agency = _uuid(agency_id, "--agency")
+    all_ok = True
+    with _db().session() as session:
+        numbers = [get_number(session, agency, _uuid(number_id, "NUMBER_ID"))] if number_id \
+            else list_numbers(session, agency)
+        for number in numbers:
+            try:
+                check = check_number(session, agency, number.id)
+            except DomainError as exc:  # e.g. the carrier's credentials are not stored, or it did not answer
+                all_ok = False
+                _emit({"id": number.id, "e164": number.e164, "carrier": number.carrier.value, "points_here": None,
+                       "error": exc.message, "code": exc.code})
+                continue
+            all_ok = all_ok and check.points_here
+            _emit(describe_check(check))
+    if not all_ok:
+        raise SystemExit(1)
 
 
 @credentials_cli.command("set")
@@ -296,12 +392,13 @@ def publickey_revoke(key_id: str, agency_id: str) -> None:
 @click.argument("auth_subject")
 @click.option("--ttl", type=int, default=3600, show_default=True, help="Lifetime in seconds.")
 def token_mint(auth_subject: str, ttl: int) -> None:
-    """Print an HS256 access token for a user (needs SUPABASE_JWT_SECRET)."""
+    """Print {"token": ...}: an HS256 access token for a user (needs SUPABASE_JWT_SECRET)."""
     from .auth import mint_token
     config = get_config()
     if not config.jwt_secret:
         _fail("SUPABASE_JWT_SECRET is not set; dev tokens are signed with it")
-    click.echo(mint_token(config.jwt_secret, auth_subject, audience=config.jwt_audience, ttl_seconds=ttl))
+    _emit({"token": mint_token(config.jwt_secret, auth_subject, audience=config.jwt_audience, ttl_seconds=ttl),
+           "sub": auth_subject, "expires_in": ttl})
 
 
 @worker_cli.command("run")

@@ -29,7 +29,8 @@ def test_full_agency_setup(app, client, db, caplog):
     agent = _json(_run(app, ["agent", "add", "--agency", agency["id"], "--name", "Reception",
                              "--ultravox-agent-id", "3c90c3cc-0d44-4b50-8888-8dd25736052a"]))
     number = _json(_run(app, ["number", "add", "+1 415 555 0100", "--agency", agency["id"], "--carrier", "twilio",
-                              "--agent", agent["id"], "--fallback", "+14155550199"]))
+                              "--agent", agent["id"], "--fallback", "+14155550199",
+                              "--no-carrier-setup"]))
     assert number["e164"] == "+14155550100"
 
     stored = _run(app, ["credentials", "set", "ultravox", "--agency", agency["id"]],
@@ -43,7 +44,7 @@ def test_full_agency_setup(app, client, db, caplog):
 
     key = _json(_run(app, ["apikey", "create", "--agency", agency["id"], "--name", "server", "--scope", "admin"]))
     assert key["key"].startswith("tk_")
-    token = _run(app, ["token", "mint", "supabase-user-1", "--ttl", "600"]).output.strip()
+    token = _json(_run(app, ["token", "mint", "supabase-user-1", "--ttl", "600"]))["token"]
 
     # Both credentials work against the API and see the same agency's data.
     by_token = client.get("/api/v1/phone-numbers", headers={"Authorization": f"Bearer {token}"})
@@ -117,7 +118,9 @@ def test_token_mint_needs_the_hs256_secret(app, config, tmp_path):
 
 def test_minted_token_is_accepted_only_with_the_right_secret(app):
     import jwt
-    token = _run(app, ["token", "mint", "abc"]).output.strip()
+    minted = _json(_run(app, ["token", "mint", "abc"]))
+    assert minted["sub"] == "abc" and minted["expires_in"] == 3600
+    token = minted["token"]
     claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience="authenticated")
     assert claims["sub"] == "abc"
     with pytest.raises(jwt.InvalidSignatureError):

@@ -67,17 +67,18 @@ def test_phone_number_crud_and_validation(client, make_tenant):
     tenant = make_tenant()
     agent = _agent(client, tenant).json
     created = client.post("/api/v1/phone-numbers", headers=tenant.admin(), json={
-        "e164": "+1 (415) 555-0100", "carrier": "twilio", "agent_id": agent["id"], "fallback_number": "+14155550199"})
+        "e164": "+1 (415) 555-0100", "carrier": "twilio", "agent_id": agent["id"], "fallback_number": "+14155550199",
+        "configure_carrier": False})
     assert created.status_code == 201, created.json
     number = created.json
     assert number["e164"] == "+14155550100" and number["agent_id"] == agent["id"]
     bad = client.post("/api/v1/phone-numbers", headers=tenant.admin(), json={"e164": "4155550100", "carrier": "twilio"})
     assert bad.status_code == 400 and "e164" in bad.json["fields"]
     bad_carrier = client.post("/api/v1/phone-numbers", headers=tenant.admin(),
-                              json={"e164": "+14155550101", "carrier": "vonage"})
+                              json={"e164": "+14155550101", "carrier": "vonage", "configure_carrier": False})
     assert bad_carrier.status_code == 400 and "carrier" in bad_carrier.json["fields"]
     unknown_agent = client.post("/api/v1/phone-numbers", headers=tenant.admin(), json={
-        "e164": "+14155550102", "carrier": "telnyx", "agent_id": str(uuid.uuid4())})
+        "e164": "+14155550102", "carrier": "telnyx", "agent_id": str(uuid.uuid4()), "configure_carrier": False})
     assert unknown_agent.status_code == 404
     cleared = client.patch(f"/api/v1/phone-numbers/{number['id']}", headers=tenant.admin(),
                            json={"agent_id": None, "fallback_number": None})
@@ -88,7 +89,7 @@ def test_phone_number_crud_and_validation(client, make_tenant):
 
 def test_a_number_belongs_to_one_agency_only(client, make_tenant):
     a, b = make_tenant("A"), make_tenant("B")
-    body = {"e164": "+442071838750", "carrier": "plivo"}
+    body = {"e164": "+442071838750", "carrier": "plivo", "configure_carrier": False}
     assert client.post("/api/v1/phone-numbers", json=body, headers=a.admin()).status_code == 201
     own = client.post("/api/v1/phone-numbers", json=body, headers=a.admin())
     assert own.status_code == 409 and "already has" in own.json["error"]
@@ -103,9 +104,10 @@ def test_a_number_held_elsewhere_is_refused_like_an_unassigned_one(client, make_
     and body, neither naming the other agency nor saying the number is registered."""
     a, b = make_tenant("A"), make_tenant("B")
     held = "+14155550123"
-    assert client.post("/api/v1/phone-numbers", json={"e164": held, "carrier": "twilio"},
+    assert client.post("/api/v1/phone-numbers", json={"e164": held, "carrier": "twilio", "configure_carrier": False},
                        headers=a.admin()).status_code == 201
-    answers = [client.post("/api/v1/phone-numbers", json={"e164": e164, "carrier": "twilio"}, headers=b.admin())
+    answers = [client.post("/api/v1/phone-numbers", headers=b.admin(),
+                           json={"e164": e164, "carrier": "twilio", "configure_carrier": False})
                for e164 in (held, "+15555550123")]  # 555 is no area code: nobody can hold it
     first, second = answers
     assert first.status_code == second.status_code == 422
@@ -177,7 +179,8 @@ def test_agency_a_cannot_see_or_touch_agency_b(client, make_tenant):
     a, b = make_tenant("A"), make_tenant("B")
     agent_b = _agent(client, b).json
     number_b = client.post("/api/v1/phone-numbers", headers=b.admin(),
-                           json={"e164": "+14155550123", "carrier": "telnyx", "agent_id": agent_b["id"]}).json
+                           json={"e164": "+14155550123", "carrier": "telnyx", "agent_id": agent_b["id"],
+                                 "configure_carrier": False}).json
     key_b = client.post("/api/v1/api-keys", headers=b.admin(), json={"name": "b", "scopes": ["admin"]}).json
     client.put("/api/v1/credentials/ultravox", headers=b.admin(), json={"api_key": "b-secret-0123456789"})
 
@@ -199,7 +202,8 @@ def test_agency_a_cannot_see_or_touch_agency_b(client, make_tenant):
 
     # A cannot attach B's agent to its own number.
     attach = client.post("/api/v1/phone-numbers", headers=a.admin(),
-                         json={"e164": "+14155550124", "carrier": "twilio", "agent_id": agent_b["id"]})
+                         json={"e164": "+14155550124", "carrier": "twilio", "agent_id": agent_b["id"],
+                               "configure_carrier": False})
     assert attach.status_code == 404
 
     # And B's things are intact.

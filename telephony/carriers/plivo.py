@@ -20,6 +20,7 @@ from .base import (
     XmlCarrierAdapter,
     parse_int,
 )
+from .numbers import INBOUND, STATUS, CarrierNumber, NumberProvisioner, application_name
 from .spec import CarrierSpec, CredentialField
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,56 @@ class PlivoDialer(CarrierDialer):
         return None
 
 
+def _application_id(uri: Any) -> str:
+    """"/v1/Account/MA.../Application/123/" -> "123"; "" for none."""
+    parts = [part for part in str(uri or "").split("/") if part]
+    return parts[-1] if len(parts) >= 2 and parts[-2] == "Application" else ""
+
+
+class PlivoNumbers(NumberProvisioner):
+    """Numbers are linked to an application holding the answer and hangup URLs."""
+
+    name = NAME
+    credential_fields = ("auth_id", "auth_token")
+
+    def find(self, client: Any, e164: str) -> CarrierNumber | None:
+        digits = e164.lstrip("+")  # Plivo writes numbers without "+"
+        try:
+            found = client.numbers.get(digits)
+        except plivo_errors.ResourceNotFoundError:
+            return None
+        return CarrierNumber(e164=e164, carrier_id=digits, routing=_application_id(getattr(found, "application", "")))
+
+    def current_urls(self, client: Any, number: CarrierNumber) -> dict[str, str | None]:
+        if not number.routing:
+            return {}
+        application = client.applications.get(number.routing)
+        return {INBOUND: getattr(application, "answer_url", None) or None,
+                STATUS: getattr(application, "hangup_url", None) or None}
+
+    def point_here(self, client: Any, number: CarrierNumber, urls: Mapping[str, str],
+                   credentials: Mapping[str, str]) -> dict[str, str]:
+        in_use = self.already_here(client, number, urls)
+        if in_use is not None:
+            return in_use
+        # Not the number's current application, which other numbers may share: ours.
+        name = application_name(urls)
+        app_id = ""
+        for application in client.applications.list(app_name=name):
+            if getattr(application, "app_name", None) == name:
+                app_id = str(application.app_id)
+                if application.answer_url != urls[INBOUND] or application.hangup_url != urls[STATUS]:
+                    client.applications.update(app_id, answer_url=urls[INBOUND], answer_method="POST",
+                                               hangup_url=urls[STATUS], hangup_method="POST")
+                break
+        if not app_id:
+            created = client.applications.create(app_name=name, answer_url=urls[INBOUND], answer_method="POST",
+                                                 hangup_url=urls[STATUS], hangup_method="POST")
+            app_id = str(created.app_id)
+        client.numbers.update(number.carrier_id, app_id=app_id)
+        return {INBOUND: urls[INBOUND], STATUS: urls[STATUS]}
+
+
 PLIVO = CarrierSpec(
     name=NAME, title="Plivo",
     credentials=(CredentialField("auth_id", secret=False), CredentialField("auth_token")),
@@ -146,4 +197,5 @@ PLIVO = CarrierSpec(
     adapter=PlivoAdapter, dialer=PlivoDialer,
     inbound_path="answer",  # the application's answer_url
     status_path="hangup",  # its hangup_url
+    numbers=PlivoNumbers,
 )

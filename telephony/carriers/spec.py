@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import CarrierAdapter, CarrierDialer, XmlCarrierAdapter
+from .numbers import NumberProvisioner
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class CarrierSpec:
     call_control: type[CarrierAdapter] | None = None
     call_control_path: str = "call-control"
     medium_name: str = ""  # the Ultravox medium's key; "" means `name`
+    # Its phone-number operations (ownership check, pointing webhooks here); None: numbers
+    # of this carrier can only be registered with the carrier set up by hand.
+    numbers: type[NumberProvisioner] | None = None
 
     def __post_init__(self) -> None:
         if not self.medium_name:

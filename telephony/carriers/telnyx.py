@@ -30,6 +30,15 @@ from .base import (
     StatusEvent,
     WebhookRequest,
 )
+from .numbers import (
+    CALL_CONTROL,
+    INBOUND,
+    STATUS,
+    CarrierNumber,
+    NumberProvisioner,
+    NumberSetupRefused,
+    application_name,
+)
 from .spec import CarrierSpec, CredentialField
 from .twilio import TwilioAdapter
 
@@ -296,6 +305,74 @@ class TelnyxDialer(_TelnyxStream, CarrierDialer):
         return None
 
 
+class TelnyxNumbers(NumberProvisioner):
+    """Phone numbers are assigned to a connection: a TeXML application (voice URL and
+    status callback) or a Call Control application (one webhook URL for every event)."""
+
+    name = NAME
+    credential_fields = ("api_key",)
+
+    def find(self, client: Any, e164: str) -> CarrierNumber | None:
+        for found in client.phone_numbers.list(filter={"phone_number": e164}).data:
+            if found.phone_number == e164:
+                return CarrierNumber(e164=e164, carrier_id=str(found.id), routing=found.connection_id or "")
+        return None
+
+    def current_urls(self, client: Any, number: CarrierNumber) -> dict[str, str | None]:
+        if not number.routing:
+            return {}
+        try:
+            texml = client.texml_applications.retrieve(number.routing).data
+            return {INBOUND: texml.voice_url or None, STATUS: texml.status_callback or None}
+        except telnyx.NotFoundError:
+            pass
+        try:
+            return {CALL_CONTROL: client.call_control_applications.retrieve(number.routing).data.webhook_event_url
+                    or None}
+        except telnyx.NotFoundError:
+            return {}  # a SIP (credential, IP, FQDN) connection: its calls never reach us
+
+    def point_here(self, client: Any, number: CarrierNumber, urls: Mapping[str, str],
+                   credentials: Mapping[str, str]) -> dict[str, str]:
+        in_use = self.already_here(client, number, urls)
+        if in_use is not None:
+            return in_use
+        connection_id = credentials.get("connection_id") or ""
+        if connection_id:
+            # The agency's Call Control application, which this service already dials with.
+            try:
+                application = client.call_control_applications.retrieve(connection_id).data
+            except telnyx.NotFoundError:
+                raise NumberSetupRefused("the stored Telnyx connection_id is not a Call Control application of "
+                                         "this account") from None
+            if application.webhook_event_url != urls[CALL_CONTROL]:
+                client.call_control_applications.update(
+                    connection_id, application_name=application.application_name or application_name(urls),
+                    webhook_event_url=urls[CALL_CONTROL], webhook_api_version="2")
+            in_use = {CALL_CONTROL: urls[CALL_CONTROL]}
+        else:
+            connection_id = self._own_texml_application(client, urls)
+            in_use = {INBOUND: urls[INBOUND], STATUS: urls[STATUS]}
+        if number.routing != connection_id:
+            client.phone_numbers.update(number.carrier_id, connection_id=connection_id)
+        return in_use
+
+    @staticmethod
+    def _own_texml_application(client: Any, urls: Mapping[str, str]) -> str:
+        """This service's TeXML application in the account (found by name, else created)."""
+        name = application_name(urls)
+        for application in client.texml_applications.list(filter={"friendly_name": name}).data:
+            if application.friendly_name == name:
+                if application.voice_url != urls[INBOUND] or application.status_callback != urls[STATUS]:
+                    client.texml_applications.update(str(application.id), friendly_name=name,
+                                                     voice_url=urls[INBOUND], voice_method="post",
+                                                     status_callback=urls[STATUS], status_callback_method="post")
+                return str(application.id)
+        created = client.texml_applications.create(friendly_name=name, voice_url=urls[INBOUND], voice_method="post",
+                                                   status_callback=urls[STATUS], status_callback_method="post")
+        return str(created.data.id)
+
+
 TELNYX = CarrierSpec(
     name=NAME, title="Telnyx",
     # public_key verifies webhooks (both products); a dial needs the API key and the
@@ -307,4 +384,5 @@ TELNYX = CarrierSpec(
     inbound_path="texml",  # the TeXML application's voice URL
     status_path="status",  # its status callback URL
     call_control=TelnyxCallControl,  # the Call Control application's webhook URL: /webhooks/telnyx/call-control
+    numbers=TelnyxNumbers,
 )

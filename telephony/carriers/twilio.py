@@ -1,9 +1,10 @@
 """Twilio: voice webhooks (X-Twilio-Signature, form fields, TwiML) and outbound dials."""
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -19,6 +20,7 @@ from .base import (
     XmlCarrierAdapter,
     parse_int,
 )
+from .numbers import INBOUND, STATUS, CarrierNumber, NumberProvisioner
 from .spec import CarrierSpec, CredentialField
 
 NAME = "twilio"
@@ -100,6 +102,57 @@ class TwilioDialer(CarrierDialer):
         return None
 
 
+def _listed(fetch: Any) -> Any:
+    """A list call, whose failed page the SDK reports as a bare TwilioException with the
+    response attached: raised as the TwilioRestException any other call raises."""
+    try:
+        return fetch()
+    except TwilioRestException:
+        raise
+    except TwilioException as exc:
+        response = exc.args[1] if len(exc.args) > 1 else None
+        status = getattr(response, "status_code", None)
+        if not isinstance(status, int):
+            raise
+        try:
+            body = json.loads(response.text)  # type: ignore[union-attr]
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        raise TwilioRestException(status, "IncomingPhoneNumbers.json", msg=str(body.get("message") or exc.args[0]),
+                                  code=body.get("code"), method="GET") from None
+
+
+class TwilioNumbers(NumberProvisioner):
+    """IncomingPhoneNumbers: the webhook URLs live on the number itself."""
+
+    name = NAME
+    credential_fields = ("account_sid", "auth_token")
+
+    def find(self, client: Any, e164: str) -> CarrierNumber | None:
+        # PhoneNumber filters by pattern (a prefix matches too): keep the exact number only.
+        for found in _listed(lambda: client.incoming_phone_numbers.list(phone_number=e164, limit=50)):
+            if found.phone_number == e164:
+                # An application or a SIP trunk takes the number's calls instead of its URLs.
+                routing = found.voice_application_sid or found.trunk_sid or ""
+                return CarrierNumber(e164=e164, carrier_id=str(found.sid), routing=routing,
+                                     urls={INBOUND: found.voice_url or None, STATUS: found.status_callback or None})
+        return None
+
+    def current_urls(self, client: Any, number: CarrierNumber) -> dict[str, str | None]:
+        if number.routing:
+            return {INBOUND: f"(handled by {number.routing})", STATUS: f"(handled by {number.routing})"}
+        return dict(number.urls or {INBOUND: None, STATUS: None})
+
+    def point_here(self, client: Any, number: CarrierNumber, urls: Mapping[str, str],
+                   credentials: Mapping[str, str]) -> dict[str, str]:
+        # Clearing the application and trunk makes Twilio use the number's own URLs.
+        client.incoming_phone_numbers(number.carrier_id).update(
+            voice_url=urls[INBOUND], voice_method="POST", status_callback=urls[STATUS],
+            status_callback_method="POST", voice_application_sid="", trunk_sid="")
+        return {INBOUND: urls[INBOUND], STATUS: urls[STATUS]}
+
+
 TWILIO = CarrierSpec(
     name=NAME, title="Twilio",
     credentials=(CredentialField("account_sid", secret=False), CredentialField("auth_token")),
@@ -107,4 +160,5 @@ TWILIO = CarrierSpec(
     adapter=TwilioAdapter, dialer=TwilioDialer,
     inbound_path="voice",  # the number's "A call comes in" webhook
     status_path="status",  # its "Call status changes" callback
+    numbers=TwilioNumbers,
 )

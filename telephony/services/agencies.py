@@ -41,3 +41,15 @@ def add_user(session: Session, *, auth_subject: str, agency_id: uuid.UUID | None
     session.add(user)
     session.flush()
     return user
+
+
+def list_users(session: Session, agency_id: uuid.UUID) -> list[User]:
+    return list(session.scalars(select(User).where(User.agency_id == agency_id).order_by(User.created_at, User.id)))
+
+
+def remove_user(session: Session, agency_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    user = session.scalar(select(User).where(User.id == user_id, User.agency_id == agency_id))
+    if user is None:
+        raise NotFound("user not found", field="user_id")
+    session.delete(user)
+    session.flush()

@@ -56,9 +56,10 @@ def get_number(session: Session, agency_id: uuid.UUID, number_id: uuid.UUID) -> 
     return number
 
 
-def add_number(session: Session, agency_id: uuid.UUID, *, e164: str, carrier: Carrier | str,
-               agent_id: uuid.UUID | None = None, fallback_number: str | None = None,
-               recording_enabled: bool | None = None) -> PhoneNumber:
+def check_new_number(session: Session, agency_id: uuid.UUID, *, e164: str, agent_id: uuid.UUID | None = None,
+                     fallback_number: str | None = None) -> tuple[str, str | None]:
+    """(number, fallback) in E.164 when the agency may register the number, else the
+    error it gets. Checked before anything is asked of the carrier."""
     e164 = normalize_e164(e164, field="e164")
     # Both refusals cost the same query, so neither is quicker to tell apart.
     holder = session.scalar(select(PhoneNumber.agency_id).where(PhoneNumber.e164 == e164))
@@ -72,6 +73,16 @@ def add_number(session: Session, agency_id: uuid.UUID, *, e164: str, carrier: Ca
         fallback_number = normalize_e164(fallback_number, field="fallback_number")
         if fallback_number == e164:
             raise InvalidInput("fallback_number must differ from the number itself", field="fallback_number")
+    return e164, fallback_number
+
+
+def add_number(session: Session, agency_id: uuid.UUID, *, e164: str, carrier: Carrier | str,
+               agent_id: uuid.UUID | None = None, fallback_number: str | None = None,
+               recording_enabled: bool | None = None) -> PhoneNumber:
+    """Store the number as given, with no question to the carrier (services/number_setup.py
+    adds the carrier's ownership check and webhook set-up in front of this)."""
+    e164, fallback_number = check_new_number(session, agency_id, e164=e164, agent_id=agent_id,
+                                             fallback_number=fallback_number)
     number = PhoneNumber(agency_id=agency_id, e164=e164, carrier=Carrier(carrier), agent_id=agent_id,
                          fallback_number=fallback_number, recording_enabled=recording_enabled)
     session.add(number)

@@ -9,6 +9,7 @@ base URL points here (see ``telephony.carriers.sdk``):
           ``command_id`` dedupe for 60 s.
 - Plivo   ``POST /v1/Account/<auth_id>/Call/`` (JSON, Basic auth),
           ``DELETE /v1/Account/<auth_id>/Call/<uuid>/``.
+- Each account's phone numbers and where their webhooks point: ``sim/numbers.py``.
 
 Credentials: by default any non-empty secret is accepted (the Basic-auth username must
 still equal the account id in the path). Pass ``twilio_credentials`` /
@@ -36,6 +37,7 @@ from typing import Any, Mapping
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from telephony.sim import numbers as sim_numbers
 from telephony.sim.common import (
     Injector,
     SimError,
@@ -249,11 +251,17 @@ def create_app(
     )
     injector = Injector(latency_ms=latency_ms)
     app.extensions["carriers_sim"] = state
+    numbers = sim_numbers.NumbersState()  # phone numbers and applications per account (sim/numbers.py)
+
+    def _reset() -> None:
+        state.reset()
+        numbers.reset()
+
     install_control_api(
         app,
         injector,
         error_body=_injected_error_body,
-        on_reset=state.reset,
+        on_reset=_reset,
         default_latency_ms=latency_ms,
     )
 
@@ -522,6 +530,9 @@ def create_app(
             call.status = "completed"
             call.updates.append({"time": utc_now_iso(), "action": "hangup"})
         return Response(status=204)
+
+    sim_numbers.install(app, numbers, twilio_auth=_twilio_authenticate, telnyx_auth=_telnyx_authenticate,
+                        plivo_auth=_plivo_authenticate, error_for=_error_for)
 
     # -- sim control ----------------------------------------------------------------------
 
