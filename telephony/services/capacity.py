@@ -129,9 +129,18 @@ _LIVE_CALLS = (select(func.count()).select_from(_calls)
                       or_(_calls.c.ultravox_call_id.is_not(None), _calls.c.status == call_states.CREATED)))
 
 
-def live_calls(session: Session, agency_id: uuid.UUID) -> int:
-    """The agency's live calls of every kind (see the module docstring)."""
-    return session.execute(_LIVE_CALLS, {"agency_id": agency_id}).scalar() or 0
+# An inbound caller's own call (connected on an earlier try, then the carrier repeated
+# the request) must not count against it: the repeat gets the same answer, not a hold.
+_LIVE_CALLS_BESIDES = _LIVE_CALLS.where(or_(_calls.c.carrier_call_id.is_(None),
+                                            _calls.c.carrier_call_id != bindparam("carrier_call_id")))
+
+
+def live_calls(session: Session, agency_id: uuid.UUID, *, besides: str | None = None) -> int:
+    """The agency's live calls of every kind (see the module docstring); `besides`: not
+    counting the call of that carrier call id."""
+    if besides is None:
+        return session.execute(_LIVE_CALLS, {"agency_id": agency_id}).scalar() or 0
+    return session.execute(_LIVE_CALLS_BESIDES, {"agency_id": agency_id, "carrier_call_id": besides}).scalar() or 0
 
 
 def campaign_slots(session: Session, agency_id: uuid.UUID) -> int | None:
