@@ -244,3 +244,26 @@ def test_hold_state_is_bound_to_its_call(app):
         assert capacity.waiting_from_state(state, "telnyx", "v3:abc") == (fresh, "sip:alice@example.com",
                                                                           "+14155550100")
         assert capacity.waiting_from_state(state.replace("+14155550100", "+14155550101"), "telnyx", "v3:abc") is None
+
+
+def test_capacity_routes_are_in_the_openapi_description(client):
+    paths = client.get("/openapi.json").json["paths"]
+    assert {"get", "patch"} <= set(paths["/api/v1/capacity"])
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    assert {"max_concurrent_calls", "reserved_inbound", "inbound_wait_seconds"} <= set(
+        schemas["CapacityPatch"]["properties"])
+
+
+def test_hold_audio_url_must_be_a_url(tmp_path):
+    from telephony.config import Config, ConfigError
+
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/x.db", "HOLD_AUDIO_URL": "hold.mp3"}
+    try:
+        Config.from_env(env, instance_path=tmp_path)
+    except ConfigError as exc:
+        assert "HOLD_AUDIO_URL" in str(exc)
+    else:
+        raise AssertionError("a bad HOLD_AUDIO_URL was accepted")
+    good = Config.from_env({**env, "HOLD_AUDIO_URL": "https://cdn.example.com/hold.mp3"}, instance_path=tmp_path)
+    assert good.hold_audio_url == "https://cdn.example.com/hold.mp3"
+    assert Config.from_env({"DATABASE_URL": env["DATABASE_URL"]}, instance_path=tmp_path).hold_audio_url == ""
