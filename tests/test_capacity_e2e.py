@@ -41,6 +41,12 @@ def _sim_live(ultravox_sim) -> list[dict[str, Any]]:
     return [c for c in every if c["call"]["ended"] is None]
 
 
+def _campaign_live_in_ultravox(ultravox_sim, campaign_id: str) -> int:
+    """The campaign's calls Ultravox is running now: what the limit is about (an attempt
+    row may still say "placed" for a moment after its call ended, until it is settled)."""
+    return len([c for c in _sim_live(ultravox_sim) if c["call"]["metadata"].get("campaign_id") == campaign_id])
+
+
 def _end_sim_call(ultravox_sim, sim_call: dict[str, Any]) -> None:
     requests.post(f"{ultravox_sim.base_url}/_sim/calls/{sim_call['call']['callId']}/end", json={},
                   timeout=5).raise_for_status()
@@ -81,7 +87,7 @@ def test_inbound_callers_get_through_while_a_campaign_runs(sim_app, ultravox_sim
 
     def sample() -> None:
         while not stop.is_set():
-            peaks["campaign"] = max(peaks["campaign"], campaign_live())
+            peaks["campaign"] = max(peaks["campaign"], _campaign_live_in_ultravox(ultravox_sim, campaign["id"]))
             peaks["ultravox"] = max(peaks["ultravox"], len(_sim_live(ultravox_sim)))
             time.sleep(0.02)
 
@@ -138,3 +144,56 @@ def test_inbound_callers_get_through_while_a_campaign_runs(sim_app, ultravox_sim
     assert peaks["ultravox"] <= 5, peaks
     streamed = {c.carrier_call_id for c in calls(sim_app) if c.ultravox_call_id and c.direction.value == "inbound"}
     assert streamed == {first, second, third}
+
+
+def test_two_dispatchers_leave_the_reserved_slots_free(sim_app, ultravox_sim, carrier_sim):
+    """Two dispatchers (as in two worker processes) run one campaign while a web call holds
+    a slot: limit 5, 2 reserved, so the campaign has 2 slots between them, never more,
+    and every contact is still dialled as calls end."""
+    requests.post(f"{ultravox_sim.base_url}/_sim/config", json={"max_concurrent_calls": 5},
+                  timeout=5).raise_for_status()
+    seeded = seed_agency(sim_app)
+    with sim_app.extensions["telephony.db"].session() as session:
+        capacity.set_capacity(session, seeded.agency_id, max_concurrent_calls=5, reserved_inbound=2)
+        from telephony.models import Call, CallDirection, CallSource
+        session.add(Call(agency_id=seeded.agency_id, source=CallSource.webrtc, direction=CallDirection.outbound,
+                         status="in-progress", ultravox_call_id=str(uuid.uuid4())))
+    client = sim_app.test_client()
+    campaign = create_campaign(client, seeded, CONTACTS[:8], pacing={"calls_per_second": 50, "max_concurrent": 50})
+
+    def campaign_attempts() -> list:
+        return attempts(sim_app, campaign["id"])
+
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _campaign_live_in_ultravox(ultravox_sim, campaign["id"]))
+            time.sleep(0.02)
+
+    dispatchers = [Dispatcher(app=sim_app, threads=3, poll_interval=0.05, reconcile_interval=0.2) for _ in range(2)]
+    threads = [d.start() for d in dispatchers] + [threading.Thread(target=sample, daemon=True)]
+    threads[-1].start()
+    ended: set = set()
+
+    def hang_up_placed() -> bool:
+        for attempt in campaign_attempts():
+            if attempt.state == "placed" and attempt.id not in ended:
+                ended.add(attempt.id)
+                [sim_call] = [c for c in _sim_live(ultravox_sim)
+                              if c["call"]["metadata"].get("telephony.call_id") == str(attempt.call_id)]
+                _end_sim_call(ultravox_sim, sim_call)
+                twilio_status(client, attempt.call_id, attempt.carrier_call_id, "completed")
+        return len([a for a in campaign_attempts() if a.state == "ended"]) == 8
+
+    try:
+        _wait_for(hang_up_placed, "every contact dialled and hung up", timeout=180)
+    finally:
+        stop.set()
+        for dispatcher in dispatchers:
+            dispatcher.stop()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert 1 <= peak[0] <= 2, peak
+    assert len({a.contact_id for a in campaign_attempts() if a.state == "ended"}) == 8

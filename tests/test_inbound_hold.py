@@ -324,3 +324,15 @@ def test_call_control_forged_hold_event_is_refused(sim_app, ultravox_sim, carrie
     assert _post(client, _event("call.speak.ended", ccid, client_state=state), signed=False).status_code == 403
     assert _post(client, _event("call.answered", ccid, client_state=state), signed=False).status_code == 403
     assert len(_commands(carrier_sim, ccid)) == 1
+
+
+def test_call_control_caller_who_hung_up_on_hold_is_not_connected(sim_app, ultravox_sim, carrier_sim):
+    seed(sim_app, carrier="telnyx")
+    client = sim_app.test_client()
+    ccid = _call_control_id()
+    with sim_app.app_context():
+        state = capacity.hold_state("telnyx", ccid, capacity.Waiting(since=int(time.time()), round=1), CALLER, NUMBER)
+    encoded = base64.b64encode(f"telephony-hold:{state}".encode()).decode()
+    assert _post(client, _event("call.speak.ended", ccid, client_state=encoded, status="call_hangup")).status_code \
+        == 200
+    assert _commands(carrier_sim, ccid) == [] and sim_calls_for(ultravox_sim, ccid) == [] and calls(sim_app) == []

@@ -391,6 +391,8 @@ def _continue_hold(session: Session, adapter: TelnyxCallControl, request: Webhoo
         log.warning("telnyx call %s: hold state not verifiable; leaving the call", event.call_control_id)
         return
     waiting, from_number, to_number = parsed
+    if event.payload.get("status") == "call_hangup":
+        return  # the audio ended because the caller hung up: nobody to connect
     call = InboundCall(carrier_call_id=event.call_control_id, from_number=from_number, to_number=to_number)
     if event.event_type == "call.answered":
         route = find_route(session, adapter.name, to_number)
