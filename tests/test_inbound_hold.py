@@ -232,7 +232,8 @@ def test_hold_audio_is_played_when_configured(app, client, case):
     app.extensions["telephony.config"] = app.extensions["telephony.config"].with_overrides(
         hold_audio_url="https://cdn.example.test/hold.mp3")
     hold = _hold(case.post(client, case.voice_path, case.inbound_form(case.call_id())).get_data(as_text=True))
-    assert hold["play"] == "https://cdn.example.test/hold.mp3" and hold["pause"] is None
+    # (A short pause after it: a <Play> the carrier cannot fetch is skipped, and the loop must not spin.)
+    assert hold["play"] == "https://cdn.example.test/hold.mp3" and hold["pause"] == 1
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -336,3 +337,29 @@ def test_call_control_caller_who_hung_up_on_hold_is_not_connected(sim_app, ultra
     assert _post(client, _event("call.speak.ended", ccid, client_state=encoded, status="call_hangup")).status_code \
         == 200
     assert _commands(carrier_sim, ccid) == [] and sim_calls_for(ultravox_sim, ccid) == [] and calls(sim_app) == []
+
+
+def test_call_control_plays_the_hold_audio_and_speaks_when_it_cannot(sim_app, ultravox_sim, carrier_sim):
+    seeded = seed(sim_app, carrier="telnyx")
+    _set_capacity(sim_app, seeded.agency_id, max_concurrent_calls=1)
+    _live_call(sim_app, seeded.agency_id)
+    sim_app.extensions["telephony.config"] = sim_app.extensions["telephony.config"].with_overrides(
+        hold_audio_url="https://cdn.example.test/hold.mp3")
+    client = sim_app.test_client()
+    ccid = _call_control_id()
+    _post(client, _event("call.initiated", ccid))
+    state = _commands(carrier_sim, ccid)[0]["params"]["client_state"]
+    _post(client, _event("call.answered", ccid, client_state=state))
+    greeting = _commands(carrier_sim, ccid)[1]
+    assert greeting["action"] == "speak" and greeting["params"]["payload"] == inbound_service.HOLD_MESSAGE
+    _post(client, _event("call.speak.ended", ccid, client_state=greeting["params"]["client_state"]))
+    playback = _commands(carrier_sim, ccid)[2]
+    assert playback["action"] == "playback_start"
+    assert playback["params"]["audio_url"] == "https://cdn.example.test/hold.mp3"
+    # The audio cannot be fetched: that round is spoken, not tried again at once.
+    _post(client, _event("call.playback.ended", ccid, client_state=playback["params"]["client_state"],
+                         status="file_not_found"))
+    spoken = _commands(carrier_sim, ccid)[3]
+    assert spoken["action"] == "speak" and spoken["params"]["payload"] == HOLD_REMINDER
+    assert spoken["params"]["client_state"] == playback["params"]["client_state"]
+    assert sim_calls_for(ultravox_sim, ccid) == []

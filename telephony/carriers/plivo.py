@@ -105,6 +105,8 @@ class PlivoAdapter(XmlCarrierAdapter):
             response.add(plivoxml.SpeakElement(hold.message))
         if hold.audio_url:
             response.add(plivoxml.PlayElement(hold.audio_url))
+            # A <Play> the carrier cannot fetch is skipped: the wait keeps the loop from spinning.
+            response.add(plivoxml.WaitElement(length=1))
         else:
             response.add(plivoxml.WaitElement(length=hold.pause_seconds))
         response.add(plivoxml.RedirectElement(hold.redirect_url, method="POST"))

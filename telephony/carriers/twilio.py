@@ -84,6 +84,8 @@ class TwilioAdapter(XmlCarrierAdapter):
             response.say(hold.message)
         if hold.audio_url:
             response.play(hold.audio_url)
+            # A <Play> the carrier cannot fetch is skipped: the pause keeps the loop from spinning.
+            response.pause(length=1)
         else:
             response.pause(length=hold.pause_seconds)
         response.redirect(hold.redirect_url, method="POST")

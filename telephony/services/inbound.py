@@ -22,7 +22,12 @@ Ultravox is asked for the call:
    is on its way to the carrier (the webhook blueprint runs it when the response is
    closed): the caller does not wait for it, and the row is already claimed.
 
-Whatever fails after that (Ultravox error, 429/503, timeout, database outage, a bug) the
+An agency with a concurrency limit costs one more statement before 2: the count of its
+live calls (services/capacity.py). At the limit, or when Ultravox answers 429, the caller
+is held (hold audio, then the carrier comes back with a signed hold state: a redirect URL,
+or Telnyx Call Control's client_state) until a slot frees or inbound_wait_seconds pass.
+
+Whatever else fails after that (Ultravox error, 503, timeout, database outage, a bug) the
 caller is forwarded to the number's fallback, or hears an apology: never an error page.
 If the call cannot be written, the caller is connected anyway; the Ultravox call's
 metadata (our call id, agency, agent, carrier and carrier call id, numbers) is what the
@@ -34,7 +39,7 @@ import functools
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Callable
 
@@ -377,6 +382,7 @@ def handle_call_control_event(session: Session, request: WebhookRequest, carrier
 
 # call.answered plays a held caller's hold audio; its end is the next try.
 HOLD_EVENTS = ("call.answered", "call.speak.ended", "call.playback.ended")
+PLAYBACK_FAILED = ("file_not_found", "failed", "unknown")
 
 
 def _continue_hold(session: Session, adapter: TelnyxCallControl, request: WebhookRequest,
@@ -394,7 +400,11 @@ def _continue_hold(session: Session, adapter: TelnyxCallControl, request: Webhoo
     if event.payload.get("status") == "call_hangup":
         return  # the audio ended because the caller hung up: nobody to connect
     call = InboundCall(carrier_call_id=event.call_control_id, from_number=from_number, to_number=to_number)
-    if event.event_type == "call.answered":
+    audio_failed = event.event_type == "call.playback.ended" and event.payload.get("status") in PLAYBACK_FAILED
+    if event.event_type == "call.answered" or audio_failed:
+        # Answered: play the round the call was held for. Hold audio that cannot be played
+        # (a wrong HOLD_AUDIO_URL): this round is spoken instead, rather than trying again
+        # at once, which would spin.
         route = find_route(session, adapter.name, to_number)
         if route is None:
             session.rollback()
@@ -405,6 +415,10 @@ def _continue_hold(session: Session, adapter: TelnyxCallControl, request: Webhoo
         playing = capacity.Waiting(since=waiting.since, round=max(waiting.round - 1, 0))
         hold = _hold(adapter, call, playing, request.public_url).hold
         assert hold is not None
+        if audio_failed:
+            log.warning("telnyx call %s: hold audio not played (%s); speaking instead", event.call_control_id,
+                        event.payload.get("status"))
+            hold = replace(hold, audio_url=None)
         adapter.play_hold(event.call_control_id, hold, credentials=credentials, api_base=api_base)
         return
     outcome = answer_inbound(session, adapter, request, HeldCall(call=call, waiting=waiting))
