@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign try-inbound clean
+.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign try-inbound try-capacity clean
 
 ## make help: this list (the default)
 help:
@@ -61,6 +61,10 @@ bench-campaign: $(VENV)/.runtime-installed
 ## make try-inbound: one signed Twilio webhook through the real service, answer printed
 try-inbound: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.try_inbound
+
+## make try-capacity: an agency at its call limit: two callers connected, a third held, then connected
+try-capacity: $(VENV)/.runtime-installed
+	$(BIN)/python -m bench.try_capacity
 
 clean:
 	rm -rf $(VENV) .pytest_cache

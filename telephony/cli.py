@@ -105,6 +105,34 @@ def agency_set_credits(agency_id: str, seconds: int) -> None:
         _emit({"id": agency.id, "credit_balance": seconds})
 
 
+@agency_cli.command("set-capacity")
+@click.argument("agency_id")
+@click.option("--max-concurrent-calls", type=int, help="The concurrency limit of the agency's Ultravox plan.")
+@click.option("--unlimited", is_flag=True, help="No concurrency limit (nothing is counted).")
+@click.option("--reserved-inbound", type=int, help="Slots campaigns may never take (kept for inbound callers).")
+@click.option("--inbound-wait", "inbound_wait_seconds", type=int,
+              help="Seconds an inbound caller waits on hold for a free slot (default 30).")
+def agency_set_capacity(agency_id: str, max_concurrent_calls: int | None, unlimited: bool,
+                        reserved_inbound: int | None, inbound_wait_seconds: int | None) -> None:
+    """Share the agency's Ultravox concurrency between inbound callers and campaigns."""
+    from .services.capacity import live_calls, set_capacity
+    if unlimited and max_concurrent_calls is not None:
+        _fail("--unlimited and --max-concurrent-calls exclude each other")
+    changes: dict[str, int | None] = {}
+    if unlimited or max_concurrent_calls is not None:
+        changes["max_concurrent_calls"] = None if unlimited else max_concurrent_calls
+    if reserved_inbound is not None:
+        changes["reserved_inbound"] = reserved_inbound
+    if inbound_wait_seconds is not None:
+        changes["inbound_wait_seconds"] = inbound_wait_seconds
+    with _db().session() as session:
+        agency = _uuid(agency_id, "AGENCY_ID")
+        settings = set_capacity(session, agency, **changes)
+        _emit({"id": agency, "max_concurrent_calls": settings.max_concurrent_calls,
+               "reserved_inbound": settings.reserved_inbound, "inbound_wait_seconds": settings.inbound_wait_seconds,
+               "live_calls": live_calls(session, agency)})
+
+
 @user_cli.command("add")
 @click.argument("auth_subject")
 @click.option("--agency", "agency_id", help="Agency id; omit for a user not yet in an agency.")

@@ -83,6 +83,9 @@ class Config:
     # private networks). Off, they must be https:// to hosts that resolve only to public addresses.
     event_endpoints_allow_private: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Played to an inbound caller waiting for a free slot of the agency's Ultravox plan
+    # (services/capacity.py); "": a pause between the tries instead.
+    hold_audio_url: str = ""
 
     def __post_init__(self) -> None:
         if self.telnyx_stream_codec not in TELNYX_STREAM_FORMATS:
@@ -169,6 +172,7 @@ class Config:
             cors_origins=_origins(env, "CORS_ORIGINS"),
             production=production,
             event_endpoints_allow_private=_bool(env, "EVENT_ENDPOINTS_ALLOW_PRIVATE", default=False),
+            hold_audio_url=_url(env, "HOLD_AUDIO_URL", None) if env.get("HOLD_AUDIO_URL", "").strip() else "",
         )
 
 

@@ -75,13 +75,28 @@ class StatusEvent:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Keep the caller waiting (every slot of the agency's Ultravox plan is taken), then
+    ask us again: an XML carrier fetches ``redirect_url`` (POST) once the hold audio
+    ends; an event-driven one (Telnyx Call Control) carries ``state`` in client_state."""
+
+    redirect_url: str
+    state: str
+    round: int  # holds so far; 0: the caller has just arrived
+    message: str | None = None  # spoken first (the first round)
+    audio_url: str | None = None  # hold audio, played once per round
+    pause_seconds: int = 5  # without hold audio: how long to wait before asking again
+
+
+@dataclass(frozen=True)
 class Answer:
     """What the carrier should do with the caller: carrier-neutral, rendered by an adapter."""
 
-    kind: Literal["stream", "dial", "say"]
+    kind: Literal["stream", "dial", "say", "hold"]
     join_url: str | None = None
     number: str | None = None
     message: str | None = None
+    hold: Hold | None = None
 
     @classmethod
     def stream(cls, join_url: str) -> "Answer":
@@ -95,12 +110,19 @@ class Answer:
     def say(cls, message: str) -> "Answer":
         return cls("say", message=message)
 
+    @classmethod
+    def on_hold(cls, hold: Hold) -> "Answer":
+        return cls("hold", hold=hold)
+
 
 class CarrierAdapter(ABC):
     """One carrier's webhook dialect: signatures and fields. Stateless: one instance per
     carrier and app, built by the app's ``registry.CarrierRegistry``."""
 
     name: ClassVar[str]  # the carrier's name (its CarrierSpec.name)
+    # Can keep a caller on hold and come back to us (Answer.on_hold); a carrier that
+    # cannot gets the fallback instead.
+    can_hold: ClassVar[bool] = False
 
     @classmethod
     def from_settings(cls, settings: "CarrierSettings") -> Self:
@@ -135,9 +157,16 @@ class XmlCarrierAdapter(CarrierAdapter):
     def dial_fallback(self, number: str) -> str:
         """XML forwarding the caller to ``number`` (E.164)."""
 
+    def hold_response(self, hold: Hold) -> str:
+        """XML playing hold audio (or pausing), then redirecting to ``hold.redirect_url``
+        (carriers with ``can_hold``)."""
+        raise NotImplementedError(f"{self.name} cannot hold a call")
+
     def render(self, answer: Answer) -> str:
         if answer.kind == "stream" and answer.join_url:
             return self.stream_response(answer.join_url)
+        if answer.kind == "hold" and answer.hold is not None and self.can_hold:
+            return self.hold_response(answer.hold)
         if answer.kind == "dial" and answer.number:
             return self.dial_fallback(answer.number)
         return self.say_and_hangup(answer.message or "")

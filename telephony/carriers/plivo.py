@@ -13,6 +13,7 @@ from . import sdk
 from .base import (
     MAX_DURATION_SECONDS,
     CarrierDialer,
+    Hold,
     InboundCall,
     OutboundDial,
     StatusEvent,
@@ -47,6 +48,7 @@ def _with_plus(number: str) -> str:
 
 class PlivoAdapter(XmlCarrierAdapter):
     name = NAME
+    can_hold = True
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         token = credentials.get("auth_token")
@@ -95,6 +97,20 @@ class PlivoAdapter(XmlCarrierAdapter):
         dial.add(plivoxml.NumberElement(number.lstrip("+")))  # Plivo writes numbers without "+"
         response = plivoxml.ResponseElement()
         response.add(dial)
+        return response.to_string()
+
+    def hold_response(self, hold: Hold) -> str:
+        # <Wait> is Plivo's pause; <Redirect> is fetched once the audio before it ended.
+        response = plivoxml.ResponseElement()
+        if hold.message:
+            response.add(plivoxml.SpeakElement(hold.message))
+        if hold.audio_url:
+            response.add(plivoxml.PlayElement(hold.audio_url))
+            # A <Play> the carrier cannot fetch is skipped: the wait keeps the loop from spinning.
+            response.add(plivoxml.WaitElement(length=1))
+        else:
+            response.add(plivoxml.WaitElement(length=hold.pause_seconds))
+        response.add(plivoxml.RedirectElement(hold.redirect_url, method="POST"))
         return response.to_string()
 
 

@@ -25,6 +25,7 @@ from .base import (
     CarrierAdapter,
     CarrierDialer,
     CarrierSettings,
+    Hold,
     InboundCall,
     OutboundDial,
     StatusEvent,
@@ -52,6 +53,10 @@ DEFAULT_CODEC = DEFAULT_TELNYX_STREAM_CODEC
 DEFAULT_SAMPLING_RATE = TELNYX_STREAM_FORMATS[DEFAULT_CODEC]
 # Marks the client_state of a call we answered only to speak a message and hang up.
 SAY_STATE_PREFIX = "telephony-say:"
+# Marks the client_state of a caller we hold for a free slot (services/capacity.py).
+HOLD_STATE_PREFIX = "telephony-hold:"
+# A parked or answered call cannot pause: without hold audio, each round speaks this.
+HOLD_REMINDER = "Thank you for holding. We will connect you as soon as a line is free."
 SPEAK_VOICE = "female"
 SPEAK_LANGUAGE: Final = "en-US"  # Final: typed as the literal the SDK's language parameter takes
 
@@ -131,6 +136,13 @@ class CallControlEvent:
         agency_id, sep, message = self.client_state[len(SAY_STATE_PREFIX):].partition(":")
         return (agency_id, message) if sep else None
 
+    @property
+    def hold(self) -> str | None:
+        """The hold state of a caller we hold for a free slot (``Hold.state``), else None."""
+        if not self.client_state.startswith(HOLD_STATE_PREFIX):
+            return None
+        return self.client_state[len(HOLD_STATE_PREFIX):]
+
 
 # Call Control hangup causes -> our terminal statuses (anything else ended normally).
 _HANGUP_STATUS = {"user_busy": "busy", "timeout": "no-answer", "no_answer": "no-answer",
@@ -140,6 +152,11 @@ _HANGUP_STATUS = {"user_busy": "busy", "timeout": "no-answer", "no_answer": "no-
 class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
     """Telnyx Call Control: events arrive as signed JSON and we act through the REST API
     (the official SDK), so an answer is a command, not a response body."""
+
+    # Holding: the parked call is answered with the hold state in client_state; on
+    # call.answered the hold audio plays (or a line is spoken), and its
+    # call.playback.ended / call.speak.ended is the next try (services/inbound.py).
+    can_hold = True
 
     def parse_event(self, request: WebhookRequest) -> CallControlEvent:
         try:
@@ -177,16 +194,25 @@ class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
     # -- commands ------------------------------------------------------------------------
 
     def execute(self, answer: Answer, *, call_control_id: str, agency_id: str, credentials: Mapping[str, str],
-                api_base: str, command_id: str) -> None:
-        """Carry out ``answer`` on a parked incoming call.
+                api_base: str, command_id: str, answered: bool = False) -> None:
+        """Carry out ``answer`` on a parked incoming call (``answered``: on a call we
+        answered already, to hold it).
 
         ``command_id`` makes a repeated webhook's repeated command a no-op at Telnyx
         (deduplicated for 60 s), so answering twice never starts two streams."""
         codec, sampling_rate = self.stream_format()
+        if answered:
+            self._execute_answered(answer, call_control_id=call_control_id, agency_id=agency_id,
+                                   credentials=credentials, api_base=api_base)
+            return
 
         def run(client: telnyx.Telnyx) -> None:
             actions = client.calls.actions
-            if answer.kind == "stream" and answer.join_url:
+            if answer.kind == "hold" and answer.hold is not None:
+                # The hold audio plays once the call is answered (continue_hold).
+                actions.answer(call_control_id, client_state=_encode_state(HOLD_STATE_PREFIX + answer.hold.state),
+                               command_id=f"{command_id}:answer")
+            elif answer.kind == "stream" and answer.join_url:
                 actions.answer(call_control_id, stream_url=answer.join_url, stream_track="inbound_track",
                                stream_codec=codec, stream_bidirectional_mode="rtp",  # type: ignore[arg-type]
                                stream_bidirectional_codec=codec,  # type: ignore[arg-type]
@@ -201,6 +227,53 @@ class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
                 # call.speak.ended (see continue_say). The message rides in client_state.
                 state = f"{SAY_STATE_PREFIX}{agency_id}:{answer.message or ''}"
                 actions.answer(call_control_id, client_state=_encode_state(state), command_id=f"{command_id}:answer")
+
+        self._with_client(credentials, api_base, run, call_control_id)
+
+    def _execute_answered(self, answer: Answer, *, call_control_id: str, agency_id: str,
+                          credentials: Mapping[str, str], api_base: str) -> None:
+        """``answer`` on a call held so far: the stream starts on the answered call,
+        the fallback is a transfer, the apology is spoken then hung up (continue_say)."""
+        if answer.kind == "hold" and answer.hold is not None:
+            self.play_hold(call_control_id, answer.hold, credentials=credentials, api_base=api_base)
+            return
+        codec, sampling_rate = self.stream_format()
+
+        def run(client: telnyx.Telnyx) -> None:
+            actions = client.calls.actions
+            if answer.kind == "stream" and answer.join_url:
+                actions.start_streaming(call_control_id, stream_url=answer.join_url, stream_track="inbound_track",
+                                        stream_codec=codec,  # type: ignore[arg-type]
+                                        stream_bidirectional_mode="rtp",
+                                        stream_bidirectional_codec=codec,  # type: ignore[arg-type]
+                                        stream_bidirectional_target_legs="opposite",
+                                        stream_bidirectional_sampling_rate=sampling_rate,  # type: ignore[arg-type]
+                                        command_id=f"{call_control_id}:stream")
+            elif answer.kind == "dial" and answer.number:
+                actions.transfer(call_control_id, to=answer.number, command_id=f"{call_control_id}:transfer")
+            else:
+                state = f"{SAY_STATE_PREFIX}{agency_id}:{answer.message or ''}"
+                actions.speak(call_control_id, payload=answer.message or "", voice=SPEAK_VOICE,
+                              language=SPEAK_LANGUAGE, client_state=_encode_state(state),
+                              command_id=f"{call_control_id}:speak")
+
+        self._with_client(credentials, api_base, run, call_control_id)
+
+    def play_hold(self, call_control_id: str, hold: Hold, *, credentials: Mapping[str, str], api_base: str) -> None:
+        """One round of hold on an answered call: the message (first round), else the
+        hold audio, else a spoken reminder. Its end (call.speak.ended /
+        call.playback.ended, carrying ``hold.state``) is the next try."""
+        state = _encode_state(HOLD_STATE_PREFIX + hold.state)
+        command_id = f"{call_control_id}:hold:{hold.round}"
+
+        def run(client: telnyx.Telnyx) -> None:
+            actions = client.calls.actions
+            if hold.audio_url and not hold.message:
+                actions.start_playback(call_control_id, audio_url=hold.audio_url, client_state=state,
+                                       command_id=f"{command_id}:play")
+            else:
+                actions.speak(call_control_id, payload=hold.message or HOLD_REMINDER, voice=SPEAK_VOICE,
+                              language=SPEAK_LANGUAGE, client_state=state, command_id=f"{command_id}:speak")
 
         self._with_client(credentials, api_base, run, call_control_id)
 

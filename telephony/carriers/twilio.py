@@ -13,6 +13,7 @@ from . import sdk
 from .base import (
     MAX_DURATION_SECONDS,
     CarrierDialer,
+    Hold,
     InboundCall,
     OutboundDial,
     StatusEvent,
@@ -32,6 +33,7 @@ _STATUSES = call_states.CARRIER_REPORTED
 
 class TwilioAdapter(XmlCarrierAdapter):
     name = NAME
+    can_hold = True
 
     def verify(self, request: WebhookRequest, credentials: Mapping[str, str]) -> bool:
         token = credentials.get("auth_token")
@@ -74,6 +76,21 @@ class TwilioAdapter(XmlCarrierAdapter):
         # caller's number, which is what the person answering the fallback wants to see.
         response = VoiceResponse()
         response.dial(number)
+        return str(response)
+
+    def hold_response(self, hold: Hold) -> str:
+        # <Redirect> is only reached once the audio (or pause) before it has ended: that
+        # is the retry interval. TeXML has the same verbs.
+        response = VoiceResponse()
+        if hold.message:
+            response.say(hold.message)
+        if hold.audio_url:
+            response.play(hold.audio_url)
+            # A <Play> the carrier cannot fetch is skipped: the pause keeps the loop from spinning.
+            response.pause(length=1)
+        else:
+            response.pause(length=hold.pause_seconds)
+        response.redirect(hold.redirect_url, method="POST")
         return str(response)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, Carrier, Role, _enum, utcnow
@@ -20,6 +20,13 @@ class Agency(Base):
     # calls are refused once it reaches zero.
     credit_balance: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Capacity (services/capacity.py). The concurrency limit of the agency's Ultravox plan
+    # (live calls of every kind at once); None: unlimited, and nothing is counted.
+    max_concurrent_calls: Mapped[int | None] = mapped_column(Integer)
+    # Slots campaigns may never take, kept free for inbound callers.
+    reserved_inbound: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # How long an inbound caller who finds every slot taken waits on hold for one.
+    inbound_wait_seconds: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
 
 
 class User(Base):

@@ -16,6 +16,8 @@ class Call(Base):
     __table_args__ = (
         UniqueConstraint("source", "carrier_call_id", name="uq_calls_source_carrier_call"),
         Index("ix_calls_agency_created", "agency_id", "created_at"),
+        # The agency's live calls are counted by status (services/capacity.py).
+        Index("ix_calls_agency_status", "agency_id", "status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Literal, cast
 
-from sqlalchemy import Table, bindparam, case, select, update
+from sqlalchemy import Table, bindparam, case, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -253,6 +253,20 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
         log.error("call %s connected as Ultravox call %s but not recorded; the Ultravox webhook ingest repairs "
                   "it from the call's metadata", call_id, started.ultravox_call_id)
     return started
+
+
+def release_claim(session: Session, call_id: uuid.UUID) -> None:
+    """Claim first: give back the claim of a call Ultravox refused, so that a later
+    delivery for the same carrier call (a held inbound caller's retry, services/capacity.py)
+    can claim it again. Only a row still as claimed (created, no Ultravox call) goes; a
+    database error is logged (the retry then finds the claim and answers the fallback)."""
+    try:
+        session.execute(delete(_calls).where(_calls.c.id == call_id, _calls.c.status == call_states.CREATED,
+                                             _calls.c.ultravox_call_id.is_(None)))
+        session.commit()
+    except SQLAlchemyError:
+        log.exception("call %s: could not give back its claim", call_id)
+        rollback_quietly(session)
 
 
 def _has_credit(session: Session, new: NewCall) -> bool:

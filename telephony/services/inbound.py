@@ -22,7 +22,12 @@ Ultravox is asked for the call:
    is on its way to the carrier (the webhook blueprint runs it when the response is
    closed): the caller does not wait for it, and the row is already claimed.
 
-Whatever fails after that (Ultravox error, 429/503, timeout, database outage, a bug) the
+An agency with a concurrency limit costs one more statement before 2: the count of its
+live calls (services/capacity.py). At the limit, or when Ultravox answers 429, the caller
+is held (hold audio, then the carrier comes back with a signed hold state: a redirect URL,
+or Telnyx Call Control's client_state) until a slot frees or inbound_wait_seconds pass.
+
+Whatever else fails after that (Ultravox error, 503, timeout, database outage, a bug) the
 caller is forwarded to the number's fallback, or hears an apology: never an error page.
 If the call cannot be written, the caller is connected anyway; the Ultravox call's
 metadata (our call id, agency, agent, carrier and carrier call id, numbers) is what the
@@ -34,7 +39,7 @@ import functools
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Callable
 
@@ -42,15 +47,17 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from .. import call_states
-from ..carriers.base import Answer, CarrierAdapter, InboundCall, WebhookRequest
+from ..carriers.base import Answer, CarrierAdapter, Hold, InboundCall, WebhookRequest
 from ..carriers.registry import get_carriers
+from ..carriers.telnyx import CallControlEvent, TelnyxCallControl
 from ..config import get_config
 from ..credentials import ProviderCredentials, get_credentials
 from ..db import end_reads_before_writing, rollback_quietly
 from ..errors import InvalidInput
 from ..logging import agency_id_var
 from ..models import Agency, AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
-from . import call_status, calls, carrier_webhooks
+from ..ultravox_errors import UltravoxRateLimited
+from . import call_status, calls, capacity, carrier_webhooks
 from .carrier_webhooks import SignatureRejected
 from .idempotency import first_time
 from .phone_numbers import normalize_e164
@@ -63,6 +70,10 @@ NOT_IN_SERVICE = "The number you have called is not in service. Goodbye."
 # answer; after the Ultravox budget plus this grace the first request is presumed dead.
 DUPLICATE_GRACE_SECONDS = 2.0
 DUPLICATE_POLL_SECONDS = 0.05
+# A caller held for a free slot (services/capacity.py): what they hear first, and how long
+# each pause between two tries lasts when no hold audio is configured (HOLD_AUDIO_URL).
+HOLD_MESSAGE = "Thank you for calling. All our lines are busy right now; please hold and we will connect you."
+HOLD_PAUSE_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,17 @@ class Route:
     recording_enabled: bool | None  # the number's own setting; None follows the agent
     credit_balance: int  # the agency's (no credit: no agent, see calls.start_call)
     agent: AgentMapping | None  # transient (not in the session): plain values
+    max_concurrent_calls: int | None = None  # the agency's capacity (services/capacity.py)
+    inbound_wait_seconds: int = capacity.DEFAULT_INBOUND_WAIT_SECONDS
+
+
+@dataclass(frozen=True)
+class HeldCall:
+    """A held caller coming back (Telnyx Call Control: its state names the numbers,
+    which its later events do not carry)."""
+
+    call: InboundCall
+    waiting: capacity.Waiting
 
 
 @dataclass
@@ -110,7 +132,8 @@ def find_route(session: Session, carrier: str, e164: str) -> Route | None:
         agent = AgentMapping(id=row.agent_id, agency_id=row.agency_id, name=row.agent_name,
                              ultravox_agent_id=row.ultravox_agent_id, recording_enabled=row.agent_recording)
     return Route(agency_id=row.agency_id, e164=row.e164, fallback_number=row.fallback_number,
-                 recording_enabled=row.recording_enabled, credit_balance=row.credit_balance, agent=agent)
+                 recording_enabled=row.recording_enabled, credit_balance=row.credit_balance, agent=agent,
+                 max_concurrent_calls=row.max_concurrent_calls, inbound_wait_seconds=row.inbound_wait_seconds)
 
 
 # Built once, from Core tables: a webhook is a hot path, and building (or ORM-compiling)
@@ -120,7 +143,7 @@ _numbers, _agents, _secrets = PhoneNumber.__table__, AgentMapping.__table__, Age
 _agencies = Agency.__table__
 _ROUTE_QUERY = (
     select(_numbers.c.agency_id, _numbers.c.e164, _numbers.c.fallback_number, _numbers.c.recording_enabled,
-           _agencies.c.credit_balance,
+           _agencies.c.credit_balance, _agencies.c.max_concurrent_calls, _agencies.c.inbound_wait_seconds,
            _agents.c.id.label("agent_id"), _agents.c.name.label("agent_name"), _agents.c.ultravox_agent_id,
            _agents.c.recording_enabled.label("agent_recording"),
            _secrets.c.name.label("credential_name"), _secrets.c.ciphertext)
@@ -132,11 +155,13 @@ _ROUTE_QUERY = (
 )
 
 
-def answer_inbound(session: Session, adapter: CarrierAdapter, request: WebhookRequest) -> InboundOutcome:
-    """What to tell the carrier about an inbound call. Raises only SignatureRejected."""
+def answer_inbound(session: Session, adapter: CarrierAdapter, request: WebhookRequest,
+                   held: HeldCall | None = None) -> InboundOutcome:
+    """What to tell the carrier about an inbound call (`held`: a held Call Control caller
+    coming back). Raises only SignatureRejected."""
     outcome = InboundOutcome()
     try:
-        _answer(session, adapter, request, outcome)
+        _answer(session, adapter, request, outcome, held)
     except SignatureRejected:
         raise
     except Exception:
@@ -147,8 +172,9 @@ def answer_inbound(session: Session, adapter: CarrierAdapter, request: WebhookRe
     return outcome
 
 
-def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, outcome: InboundOutcome) -> None:
-    call = adapter.parse_inbound(request)
+def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, outcome: InboundOutcome,
+            held: HeldCall | None) -> None:
+    call = held.call if held is not None else adapter.parse_inbound(request)
     to_number = _e164(call.to_number)
     route = find_route(session, adapter.name, to_number) if to_number else None
     if route is None:
@@ -166,12 +192,27 @@ def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, 
         return
     # From here on every failure forwards the caller rather than apologising, if it can.
     outcome.answer = Answer.dial(route.fallback_number) if route.fallback_number else Answer.say(APOLOGY)
-    outcome.answer = _connect(session, adapter, route, route.agent, call, outcome)
+    waiting: capacity.Waiting | None = held.waiting if held is not None else None
+    if held is None and "hold_sig=" in request.public_url:
+        # A redirected XML webhook: the caller's hold state is in its URL.
+        waiting = capacity.waiting_from_url(request.public_url, adapter.name, call.carrier_call_id)
+    outcome.answer = _connect(session, adapter, route, route.agent, call, outcome,
+                              waiting or capacity.Waiting(since=int(time.time()), round=0), request.public_url)
 
 
 def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: AgentMapping, call: InboundCall,
-             outcome: InboundOutcome) -> Answer:
+             outcome: InboundOutcome, waiting: capacity.Waiting, public_url: str) -> Answer:
     fallback = outcome.answer
+    # Every slot taken: the caller waits on hold while they may (then one last try, whose
+    # refusal answers the fallback). Counted only for an agency with a limit.
+    may_wait = adapter.can_hold and time.time() - waiting.since < route.inbound_wait_seconds
+    if may_wait and route.max_concurrent_calls is not None \
+            and capacity.live_calls(session, route.agency_id, besides=call.carrier_call_id) \
+            >= route.max_concurrent_calls:
+        session.rollback()
+        log.info("inbound call %s: all %d slots of the agency taken; holding (round %d)", call.carrier_call_id,
+                 route.max_concurrent_calls, waiting.round)
+        return _hold(adapter, call, waiting, public_url)
     from_number = _e164(call.from_number) or call.from_number[:64]
     new_call = calls.NewCall(
         agency_id=route.agency_id, agent=agent, medium=get_carriers().by_name(adapter.name).medium,
@@ -183,15 +224,42 @@ def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: Age
     try:
         started = calls.start_call(session, new_call, claim_first=True, timeout=_ultravox_timeout())
     except calls.CallNotStarted as exc:
+        if may_wait and _refused_for_concurrency(exc.cause):
+            # Ultravox is at the plan's limit all the same: give the claim back (the
+            # caller's next try claims again) and hold.
+            if exc.claimed:
+                calls.release_claim(session, exc.call_id)
+            log.info("inbound call %s: Ultravox at its concurrency limit; holding (round %d)", exc.call_id,
+                     waiting.round)
+            outcome.ultravox_seconds = exc.ultravox_seconds
+            return _hold(adapter, call, waiting, public_url)
         log.warning("inbound call %s: Ultravox failed (%s); answering %s", exc.call_id, exc.cause, fallback.kind)
         outcome.ultravox_seconds = exc.ultravox_seconds
         outcome.pending_write = exc.record(inbound_answer=fallback.kind)
         return fallback
     if started.duplicate:
-        return _answer_of_first_delivery(session, new_call.source, call.carrier_call_id, fallback)
+        return _answer_of_first_delivery(session, new_call.source, call.carrier_call_id, fallback,
+                                         released=_hold(adapter, call, waiting, public_url) if may_wait else None)
     outcome.ultravox_seconds = started.ultravox_seconds
     outcome.pending_write = started.record
     return Answer.stream(started.join_url)
+
+
+def _refused_for_concurrency(cause: Exception) -> bool:
+    """Ultravox's 429: the account's concurrency (or rate) limit; worth trying again soon."""
+    return isinstance(cause, UltravoxRateLimited) and cause.status == 429
+
+
+def _hold(adapter: CarrierAdapter, call: InboundCall, waiting: capacity.Waiting, public_url: str) -> Answer:
+    """Hold audio (or a pause), then the carrier asks us again carrying `waiting.next()`:
+    in the redirect URL (XML carriers) or in client_state (Telnyx Call Control)."""
+    coming_back = waiting.next()
+    return Answer.on_hold(Hold(
+        redirect_url=capacity.redirect_url(public_url, adapter.name, call.carrier_call_id, coming_back),
+        state=capacity.hold_state(adapter.name, call.carrier_call_id, coming_back, call.from_number,
+                                  call.to_number),
+        round=waiting.round, message=HOLD_MESSAGE if waiting.round == 0 else None,
+        audio_url=get_config().hold_audio_url or None, pause_seconds=HOLD_PAUSE_SECONDS))
 
 
 def store_pending_write(session: Session, outcome: InboundOutcome) -> None:
@@ -202,9 +270,10 @@ def store_pending_write(session: Session, outcome: InboundOutcome) -> None:
 
 
 def _answer_of_first_delivery(session: Session, source: CallSource, carrier_call_id: str,
-                              fallback: Answer) -> Answer:
+                              fallback: Answer, released: Answer | None = None) -> Answer:
     """A repeated webhook: the first delivery's answer, waiting for it if it is still
-    asking Ultravox (concurrent duplicates). Never a second Ultravox call."""
+    asking Ultravox (concurrent duplicates). Never a second Ultravox call. `released`:
+    the answer when the first delivery gave its claim back (it held the caller)."""
     budget = get_config().inbound_ultravox_budget + DUPLICATE_GRACE_SECONDS
     deadline = time.monotonic() + budget
     while True:
@@ -220,6 +289,8 @@ def _answer_of_first_delivery(session: Session, source: CallSource, carrier_call
         if row is not None and row.join_url:
             log.info("repeated %s webhook for %s: same stream answer", source.value, carrier_call_id)
             return Answer.stream(row.join_url)
+        if row is None and released is not None:
+            return released  # the first delivery held the caller: so does this one
         if row is None or row.status != call_states.CREATED:
             return fallback  # the first delivery answered with the fallback too
         if time.monotonic() >= deadline or utcnow() - row.created_at > timedelta(seconds=budget):
@@ -280,6 +351,10 @@ def handle_call_control_event(session: Session, request: WebhookRequest, carrier
             store_pending_write(session, outcome)
         return
 
+    if event.hold is not None and event.event_type in HOLD_EVENTS:
+        _continue_hold(session, adapter, request, event, api_base)
+        # A held call has no row of ours yet: nothing to update below.
+
     if event.say is not None:
         # Such a call may have no row (unassigned number): its state names the agency.
         try:
@@ -303,3 +378,56 @@ def handle_call_control_event(session: Session, request: WebhookRequest, carrier
         return
     call_status.apply_event(session, verified.call_id, status)
     session.commit()
+
+
+# call.answered plays a held caller's hold audio; its end is the next try.
+HOLD_EVENTS = ("call.answered", "call.speak.ended", "call.playback.ended")
+PLAYBACK_FAILED = ("file_not_found", "failed", "unknown")
+
+
+def _continue_hold(session: Session, adapter: TelnyxCallControl, request: WebhookRequest,
+                   event: CallControlEvent, api_base: str) -> None:
+    """A Call Control caller we hold for a free slot (services/capacity.py): the answered
+    call hears the hold audio; when it ends, the call is tried again like a new one
+    (connect, hold again, or the fallback once the wait is over)."""
+    assert event.hold is not None
+    parsed = capacity.waiting_from_state(event.hold, adapter.name, event.call_control_id)
+    if parsed is None:
+        # Only ours can be in it; a state signed with a key since dropped cannot be trusted.
+        log.warning("telnyx call %s: hold state not verifiable; leaving the call", event.call_control_id)
+        return
+    waiting, from_number, to_number = parsed
+    if event.payload.get("status") == "call_hangup":
+        return  # the audio ended because the caller hung up: nobody to connect
+    call = InboundCall(carrier_call_id=event.call_control_id, from_number=from_number, to_number=to_number)
+    audio_failed = event.event_type == "call.playback.ended" and event.payload.get("status") in PLAYBACK_FAILED
+    if event.event_type == "call.answered" or audio_failed:
+        # Answered: play the round the call was held for. Hold audio that cannot be played
+        # (a wrong HOLD_AUDIO_URL): this round is spoken instead, rather than trying again
+        # at once, which would spin.
+        route = find_route(session, adapter.name, to_number)
+        if route is None:
+            session.rollback()
+            return
+        credentials = carrier_webhooks.verified_credentials(session, adapter, request, route.agency_id)
+        session.rollback()  # no transaction held across the REST command
+        # The state carries the next round already: this is the hold it was answered for.
+        playing = capacity.Waiting(since=waiting.since, round=max(waiting.round - 1, 0))
+        hold = _hold(adapter, call, playing, request.public_url).hold
+        assert hold is not None
+        if audio_failed:
+            log.warning("telnyx call %s: hold audio not played (%s); speaking instead", event.call_control_id,
+                        event.payload.get("status"))
+            hold = replace(hold, audio_url=None)
+        adapter.play_hold(event.call_control_id, hold, credentials=credentials, api_base=api_base)
+        return
+    outcome = answer_inbound(session, adapter, request, HeldCall(call=call, waiting=waiting))
+    if outcome.credentials is None or outcome.agency_id is None:
+        log.warning("telnyx call %s: held caller cannot be answered: no agency credentials", event.call_control_id)
+        return
+    try:
+        adapter.execute(outcome.answer, call_control_id=event.call_control_id, agency_id=str(outcome.agency_id),
+                        credentials=outcome.credentials, api_base=api_base, command_id=event.call_control_id,
+                        answered=True)
+    finally:
+        store_pending_write(session, outcome)

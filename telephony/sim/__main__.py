@@ -47,6 +47,10 @@ def _add_ultravox_options(parser: argparse.ArgumentParser, *, port_flag: str) ->
         "without it any key is accepted"
     )
     parser.add_argument("--recording-mode", choices=ultravox.RECORDING_MODES, default="redirect")
+    parser.add_argument("--max-concurrent-calls", type=int, metavar="N",
+                        default=int(os.environ.get("SIM_ULTRAVOX_MAX_CONCURRENT_CALLS") or 0) or None,
+                        help="the account's concurrency limit: 429 while N calls have not ended "
+                             "(default: none, or SIM_ULTRAVOX_MAX_CONCURRENT_CALLS)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             webhook_secret=_env_secret(args.webhook_secret_env, "--webhook-secret-env"),
             latency_ms=args.latency_ms,
             recording_mode=args.recording_mode,
+            max_concurrent_calls=args.max_concurrent_calls,
         )
         apps.append(("ultravox", app, args.ultravox_port))
     if args.which in ("carriers", "all"):

@@ -16,7 +16,9 @@ Sim-only control endpoints (besides the shared ones in ``common``):
 - ``GET  /_sim/storage-requests`` requests to the fake storage host (did they carry the key?).
 - ``GET  /_sim/storage/<id>.wav`` the fake signed-URL storage host.
 - ``POST /_sim/config`` also takes ``webhook_url``, ``webhook_secret``, ``webhook_secrets``,
-  ``emit_started``, ``emit_joined``, ``recording_mode``, ``transcript_messages``.
+  ``emit_started``, ``emit_joined``, ``recording_mode``, ``transcript_messages``,
+  ``max_concurrent_calls`` (an account's concurrency limit: creating a call while that
+  many have not ended answers 429; null: no limit).
 """
 from __future__ import annotations
 
@@ -146,6 +148,7 @@ class _Settings:
     emit_started: bool = False
     emit_joined: bool = False
     transcript_messages: int = DEFAULT_TRANSCRIPT_MESSAGES
+    max_concurrent_calls: int | None = None
 
 
 class _UltravoxState:
@@ -156,12 +159,14 @@ class _UltravoxState:
         webhook_url: str | None,
         webhook_secret: str | None,
         recording_mode: str,
+        max_concurrent_calls: int | None = None,
     ) -> None:
         self.api_keys = frozenset(api_keys) if api_keys is not None else None
         self._defaults = _Settings(
             webhook_url=webhook_url,
             webhook_secrets=[webhook_secret] if webhook_secret else [],
             recording_mode=recording_mode,
+            max_concurrent_calls=max_concurrent_calls,
         )
         self.lock = threading.Lock()
         self.settings = copy.deepcopy(self._defaults)
@@ -438,8 +443,10 @@ def create_app(
     webhook_secret: str | None = None,
     latency_ms: int = 0,
     recording_mode: RecordingMode = "redirect",
+    max_concurrent_calls: int | None = None,
 ) -> Flask:
-    """Build the Ultravox simulator app. ``api_keys=None`` accepts any (or no) key."""
+    """Build the Ultravox simulator app. ``api_keys=None`` accepts any (or no) key;
+    ``max_concurrent_calls``: the account's concurrency limit (None: none)."""
     if recording_mode not in RECORDING_MODES:
         raise ValueError("recording_mode must be 'redirect' or 'direct'")
     app = Flask("telephony.sim.ultravox")
@@ -448,6 +455,7 @@ def create_app(
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
         recording_mode=recording_mode,
+        max_concurrent_calls=max_concurrent_calls,
     )
     injector = Injector(latency_ms=latency_ms)
     app.extensions["ultravox_sim"] = state
@@ -482,6 +490,11 @@ def create_app(
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError("transcript_messages must be a non-negative integer")
             settings.transcript_messages = value
+        if "max_concurrent_calls" in body:
+            value = body["max_concurrent_calls"]
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError("max_concurrent_calls must be a positive integer or null")
+            settings.max_concurrent_calls = value
         with state.lock:
             state.settings = settings
 
@@ -526,6 +539,10 @@ def create_app(
         call = _build_call(body, call_id=call_id, host=request.host, agent_id=agent_id)
         sim_call = _SimCall(call=call, request_body=body, template_context=template_context)
         with state.lock:
+            limit = state.settings.max_concurrent_calls
+            if limit is not None and sum(1 for c in state.calls.values() if c.call["ended"] is None) >= limit:
+                # The account's concurrency limit: Ultravox refuses the call (nothing is created).
+                raise _detail(429, f"Concurrency limit reached: {limit} calls are active on this account.")
             state.calls[call_id] = sim_call
             snapshot = copy.deepcopy(call)
             emit_started = state.settings.emit_started

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from ...db import end_read
 from ...models import Agency, Campaign, CampaignContact, DialAttempt, utcnow
+from ..capacity import campaign_slots
 from ..do_not_call import listed_among
 from .attempts import ATTEMPT_CLAIMED, CONTACT_DIALING, CONTACT_QUEUED, CONTACT_SUPPRESSED, LIVE_ATTEMPT_STATES
 from .windows import CallingWindow, is_open, next_open, timezone_for
@@ -96,6 +97,11 @@ def _free_slots(session: Session, campaign: Campaign, limit: int) -> int:
     if campaign.max_concurrent_agency:
         slots = min(slots, campaign.max_concurrent_agency
                     - _live_count(session, DialAttempt.agency_id == campaign.agency_id))
+    # The agency's Ultravox limit, less the slots reserved for inbound callers: live calls
+    # of every kind count (services/capacity.py).
+    agency_slots = campaign_slots(session, campaign.agency_id) if slots > 0 else None
+    if agency_slots is not None:
+        slots = min(slots, agency_slots)
     return slots
 
 
