@@ -309,12 +309,15 @@ class TelnyxDialer(_TelnyxStream, CarrierDialer):
             stream_bidirectional_codec=codec, stream_bidirectional_sampling_rate=sampling_rate,
             stream_bidirectional_target_legs="opposite", timeout_secs=dial.ring_timeout,
             webhook_url=dial.callback_url("call-control"), command_id=dial.command_id,
-            # Asynchronous AMD: the stream starts at answer; call.machine.detection.ended
-            # then, for a machine, call.machine.greeting.ended arrive at the same webhook.
+            # Asynchronous AMD: the stream starts at answer; call.machine.premium.detection.ended
+            # then, for a machine, call.machine.premium.greeting.ended arrive at the same webhook.
             answering_machine_detection=self.MACHINE_DETECTION)
         return str(response.data.call_control_id)
 
-    MACHINE_DETECTION: Final = "greeting_end"
+    # Premium: the only Telnyx detection that tells a fax apart, and it reports the end of
+    # a machine's greeting (beep_detected / no_beep_detected). The standard events
+    # (call.machine.detection.ended / greeting.ended) are understood too.
+    MACHINE_DETECTION: Final = "premium"
 
     def hang_up(self, client: Any, carrier_call_id: str) -> None:
         client.calls.actions.hangup(carrier_call_id, command_id=f"{carrier_call_id}:hangup")
