@@ -28,7 +28,8 @@ the service gave it, exactly as behind a tunnel.
 
 Control: ``POST /_sim/amd {"verdicts": {"+14155550123": "machine"}, "default": "human",
 "deliver_to": "http://127.0.0.1:8000", "auto_ms": 1500}``, ``GET /_sim/amd``,
-``POST /_sim/amd/deliver``; ``POST /_sim/reset`` clears it. Secrets (the dial's auth
+``POST /_sim/amd/deliver``, ``POST /_sim/amd/replay`` (sends everything delivered so far
+again, byte for byte); ``POST /_sim/reset`` clears it. Secrets (the dial's auth
 token) are kept in memory only for signing, never logged nor shown.
 """
 from __future__ import annotations
@@ -87,6 +88,11 @@ class AmdSim:
             self.pending: list[Callback] = []
             self.delivered: list[dict[str, Any]] = []
             self.sequence: dict[str, int] = {}
+            # (carrier, call id) -> (account id, auth token) the dial authenticated with:
+            # what the carrier signs that call's callbacks with (memory only).
+            self.accounts: dict[tuple[str, str], tuple[str, str]] = {}
+            # Every request sent, exactly as sent, for replay (a carrier's retry or an attacker's copy).
+            self.sent: list[tuple[str, bytes, dict[str, str]]] = []
 
     @property
     def telnyx_public_key(self) -> str:
@@ -106,10 +112,14 @@ class AmdSim:
         """A call was placed: owe the AMD callbacks its callee's verdict calls for."""
         params = call.params
         with self.lock:
+            credentials = basic_auth()
+            if credentials is not None:
+                self.accounts[(call.carrier, call.call_id)] = credentials
             verdict = self.verdict_for(call.to)
             if call.carrier == "twilio" and params.get("AsyncAmdStatusCallback"):
-                self._queue(Callback("twilio", call.call_id, "amd", params["AsyncAmdStatusCallback"], secret=_token(),
-                                     form={"CallSid": call.call_id, "AccountSid": _user(), "CallStatus": "in-progress",
+                self._queue(Callback("twilio", call.call_id, "amd", params["AsyncAmdStatusCallback"],
+                                     secret=self._token(call),
+                                     form={"CallSid": call.call_id, "AccountSid": self._user(call), "CallStatus": "in-progress",
                                            "AnsweredBy": TWILIO_ANSWERED_BY[verdict],
                                            "MachineDetectionDuration": "2150"}))
             elif call.carrier == "telnyx" and params.get("answering_machine_detection") not in (None, "disabled"):
@@ -121,7 +131,8 @@ class AmdSim:
                 if verdict == "machine":
                     self._queue_telnyx(call, f"{prefix}.greeting.ended", result="beep_detected")
             elif call.carrier == "plivo" and params.get("machine_detection_url") and verdict != "unknown":
-                self._queue(Callback("plivo", call.call_id, "amd", params["machine_detection_url"], secret=_token(),
+                self._queue(Callback("plivo", call.call_id, "amd", params["machine_detection_url"],
+                                     secret=self._token(call),
                                      form=_plivo_form(call, {"Machine": "false" if verdict == "human" else "true",
                                                              "IfMachine": "continue", "Event": "MachineDetection",
                                                              "CallStatus": "in-progress"})))
@@ -135,8 +146,8 @@ class AmdSim:
                 with self.lock:
                     sequence = self.sequence.get(call.call_id, 3)
                     self.sequence[call.call_id] = sequence + 1
-                    self._queue(Callback("twilio", call.call_id, "status", url, secret=_token(), form={
-                        "CallSid": call.call_id, "AccountSid": _user(), "CallStatus": "completed",
+                    self._queue(Callback("twilio", call.call_id, "status", url, secret=self._token(call), form={
+                        "CallSid": call.call_id, "AccountSid": self._user(call), "CallStatus": "completed",
                         "SequenceNumber": str(sequence), "CallDuration": "9", "Direction": "outbound-api"}))
 
     def on_telnyx_action(self, call: Any, action: str) -> None:
@@ -153,9 +164,16 @@ class AmdSim:
         url = call.params.get("hangup_url")
         if url:
             with self.lock:
-                self._queue(Callback("plivo", call.call_id, "status", url, secret=_token(),
+                self._queue(Callback("plivo", call.call_id, "status", url, secret=self._token(call),
                                      form=_plivo_form(call, {"CallStatus": "completed", "Duration": "9",
                                                              "BillDuration": "60", "Event": "Hangup"})))
+
+    def _token(self, call: Any) -> str:
+        """The auth token the call was dialled with (caller holds the lock)."""
+        return self.accounts.get((call.carrier, call.call_id), ("", ""))[1]
+
+    def _user(self, call: Any) -> str:
+        return self.accounts.get((call.carrier, call.call_id), ("", ""))[0]
 
     # -- queueing and delivery ---------------------------------------------------------------
 
@@ -216,15 +234,27 @@ class AmdSim:
             body = json.dumps(callback.event, separators=(",", ":")).encode()
             stamp = str(int(time.time()))
             signature = base64.b64encode(self.telnyx_key.sign(stamp.encode() + b"|" + body)).decode()
-            return requests.post(target, data=body, timeout=10, headers={
-                "Content-Type": "application/json", "telnyx-signature-ed25519": signature, "telnyx-timestamp": stamp})
-        form = callback.form or {}
-        if callback.carrier == "twilio":
-            headers = {"X-Twilio-Signature": _twilio_signature(callback.secret, callback.url, form)}
+            headers = {"Content-Type": "application/json", "telnyx-signature-ed25519": signature,
+                       "telnyx-timestamp": stamp}
         else:
-            headers = _plivo_headers(callback.secret, callback.url, form)
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-        return requests.post(target, data=urlencode(form), headers=headers, timeout=10)
+            form = callback.form or {}
+            if callback.carrier == "twilio":
+                headers = {"X-Twilio-Signature": _twilio_signature(callback.secret, callback.url, form)}
+            else:
+                headers = _plivo_headers(callback.secret, callback.url, form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            body = urlencode(form).encode()
+        with self.lock:
+            self.sent.append((target, body, headers))
+        return requests.post(target, data=body, headers=headers, timeout=10)
+
+    def replay(self) -> list[int]:
+        """Send every request sent so far once more, byte for byte (same signature and
+        timestamp): what a carrier's retry, or someone who copied them, would send."""
+        with self.lock:
+            sent = list(self.sent)
+        return [requests.post(target, data=body, headers=headers, timeout=10).status_code
+                for target, body, headers in sent]
 
 
 # -- signing exactly as each carrier does -------------------------------------------------------
@@ -247,17 +277,6 @@ def _plivo_form(call: Any, extra: dict[str, str]) -> dict[str, str]:
     return {"CallUUID": call.call_id, "RequestUUID": call.call_id, "ALegUUID": call.call_id,
             "ALegRequestUUID": call.call_id, "From": str(call.from_), "To": str(call.to),
             "Direction": "outbound", **extra}
-
-
-def _token() -> str:
-    """The secret of the request being handled (Basic auth): the account's auth token."""
-    credentials = basic_auth()
-    return credentials[1] if credentials else ""
-
-
-def _user() -> str:
-    credentials = basic_auth()
-    return credentials[0] if credentials else ""
 
 
 # -- installing it into the carrier simulator ----------------------------------------------------
@@ -298,6 +317,10 @@ def install(app: Flask) -> AmdSim:
     def _deliver() -> Response:
         return jsonify({"delivered": sim.deliver()})
 
+    @app.post("/_sim/amd/replay")
+    def _replay() -> Response:
+        return jsonify({"statuses": sim.replay()})
+
     @app.post("/v1/Account/<auth_id>/Call/<call_uuid>/")
     def plivo_transfer(auth_id: str, call_uuid: str) -> Response:
         """Plivo's Transfer a Call: the A leg fetches ``aleg_url`` for new XML."""
@@ -318,6 +341,7 @@ def install(app: Flask) -> AmdSim:
                     sim.on_plivo_hangup(call)
 
             with sim.lock:
+                sim.accounts.setdefault(("plivo", call_uuid), credentials)
                 sim._queue(Callback("plivo", call_uuid, "fetch", url, secret=credentials[1],
                                     form=_plivo_form(call, {"CallStatus": "in-progress", "Event": "Transfer"}),
                                     on_response=keep_xml))
