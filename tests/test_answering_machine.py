@@ -439,3 +439,55 @@ def test_plivo_voicemail_xml_needs_the_signature(world):
         "Content-Type": "application/x-www-form-urlencoded"})
     assert response.status_code == 403
     assert PLIVO_ID  # the agency's own token signs the real fetch (test_a_machine_gets_the_message_after_the_beep)
+
+
+# -- the rules, without a network --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy, answered_by, has_message, greeting_follows, action", [
+    ("hangup", "human", False, False, None),
+    ("hangup", "unknown", False, False, None),
+    ("continue", "fax", False, False, "hangup"),
+    ("hangup", "machine", False, False, "hangup"),
+    ("continue", "machine", False, False, "continue"),
+    ("leave_message", "machine", True, False, "message"),
+    ("leave_message", "machine", True, True, "wait_beep"),
+    ("leave_message", "machine", False, False, "hangup"),  # nothing to leave
+])
+def test_what_a_verdict_leads_to(policy, answered_by, has_message, greeting_follows, action):
+    from telephony import answering_machine as amd
+    assert amd.decide(policy, answered_by, has_message=has_message, greeting_follows=greeting_follows) == action
+
+
+@pytest.mark.parametrize("status, answered_by, action, outcome", [
+    ("completed", "human", None, "completed"),
+    ("busy", None, None, "busy"),
+    ("completed", "machine", "hangup", "voicemail"),
+    ("completed", "fax", "hangup", "fax"),
+    ("completed", "machine", "wait_beep", "voicemail"),
+    ("completed", "machine", "message", "voicemail_left"),
+    ("completed", "machine", "continue", "completed"),
+])
+def test_the_outcome_of_an_attempt(status, answered_by, action, outcome):
+    from telephony import answering_machine as amd
+    assert amd.attempt_outcome(status, answered_by, action) == outcome
+
+
+def test_telnyx_standard_detection_events_are_understood():
+    from werkzeug.datastructures import Headers, MultiDict
+
+    from telephony.carriers.base import WebhookRequest
+    from telephony.carriers.telnyx import TelnyxCallControl
+
+    def parse(event_type: str, result: str):
+        body = ('{"data":{"id":"e1","event_type":"%s","payload":{"call_control_id":"v3:x","result":"%s"}}}'
+                % (event_type, result)).encode()
+        return TelnyxCallControl().parse_machine_detection(
+            WebhookRequest("POST", "https://x.test/", Headers(), MultiDict(), body))
+
+    verdict = parse("call.machine.detection.ended", "machine")
+    assert (verdict.answered_by, verdict.greeting_follows, verdict.event_id) == ("machine", True, "e1")
+    assert parse("call.machine.detection.ended", "not_sure").answered_by == "unknown"
+    greeting = parse("call.machine.greeting.ended", "beep_detected")
+    assert greeting.answered_by is None and greeting.greeting_ended
+    assert parse("call.answered", "") is None

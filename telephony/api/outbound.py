@@ -173,7 +173,13 @@ def telnyx_outbound_event(call_id: uuid.UUID):
     return jsonify({}), 200
 
 
+CARRIER_SIGNED = {403: (None, "Signature missing or not valid for the call's agency (nothing written)")}
+
+
 @bp.post("/webhooks/outbound/twilio/amd/<uuid:call_id>")
+@document(summary="Twilio answering-machine verdict of our outbound call (AsyncAmdStatusCallback, form, "
+                  "X-Twilio-Signature)", tags=["webhooks"], security=[],
+          responses={204: (None, "Applied, duplicate, too late to act on, or not our call"), **CARRIER_SIGNED})
 def twilio_outbound_amd(call_id: uuid.UUID):
     """Twilio's asynchronous answering-machine verdict (AsyncAmdStatusCallback)."""
     answering_machine.apply_detection(get_session(), "twilio", call_id, get_carriers().xml_adapter("twilio"),
@@ -182,6 +188,9 @@ def twilio_outbound_amd(call_id: uuid.UUID):
 
 
 @bp.post("/webhooks/outbound/plivo/amd/<uuid:call_id>")
+@document(summary="Plivo machine detection of our outbound call (machine_detection_url, form, signature V3)",
+          tags=["webhooks"], security=[],
+          responses={204: (None, "Applied, duplicate, too late to act on, or not our call"), **CARRIER_SIGNED})
 def plivo_outbound_amd(call_id: uuid.UUID):
     """Plivo's asynchronous machine detection (machine_detection_url)."""
     answering_machine.apply_detection(get_session(), "plivo", call_id, get_carriers().xml_adapter("plivo"),
@@ -190,6 +199,10 @@ def plivo_outbound_amd(call_id: uuid.UUID):
 
 
 @bp.post("/webhooks/outbound/plivo/voicemail/<uuid:call_id>")
+@document(summary="Plivo XML leaving the call's message on the machine that answered (fetched after our "
+                  "transfer; signature V3)", tags=["webhooks"], security=[],
+          responses={200: (None, "text/xml: wait for the beep, speak or play the message, hang up"),
+                     **CARRIER_SIGNED})
 def plivo_outbound_voicemail(call_id: uuid.UUID):
     """Plivo fetches this after we transferred a call a machine answered: wait for the
     beep, leave the message, hang up (a call with no message to leave is hung up)."""

@@ -119,8 +119,8 @@ class AmdSim:
             if call.carrier == "twilio" and params.get("AsyncAmdStatusCallback"):
                 self._queue(Callback("twilio", call.call_id, "amd", params["AsyncAmdStatusCallback"],
                                      secret=self._token(call),
-                                     form={"CallSid": call.call_id, "AccountSid": self._user(call), "CallStatus": "in-progress",
-                                           "AnsweredBy": TWILIO_ANSWERED_BY[verdict],
+                                     form={"CallSid": call.call_id, "AccountSid": self._user(call),
+                                           "CallStatus": "in-progress", "AnsweredBy": TWILIO_ANSWERED_BY[verdict],
                                            "MachineDetectionDuration": "2150"}))
             elif call.carrier == "telnyx" and params.get("answering_machine_detection") not in (None, "disabled"):
                 premium = str(params["answering_machine_detection"]).startswith("premium")

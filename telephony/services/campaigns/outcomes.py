@@ -3,7 +3,8 @@
 An attempt ends when its call reaches a terminal status (carrier status callbacks and
 Ultravox webhooks write `calls.status`; `settle_call` right after, `reconcile` on its
 next pass for the rest); the retry policy then re-queues the contact (busy / no-answer
-/ failed, after the delay, up to max_attempts) or closes it. `reconcile` also reaps
+/ failed, after the delay, up to max_attempts; a machine hung up on, "voicemail", by the
+campaign's own voicemail rule) or closes it. `reconcile` also reaps
 attempts stuck in a state: "claimed" for CLAIM_TIMEOUT (the carrier was never asked:
 re-queued), "dialing" without a carrier id for DIAL_TIMEOUT (the carrier may have
 dialled: "unknown", never redialled), and a placed call that never reports back frees
