@@ -10,7 +10,11 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from sqlalchemy import select
+from werkzeug.datastructures import Headers, MultiDict
 
+from telephony import answering_machine as amd
+from telephony.carriers.base import WebhookRequest
+from telephony.carriers.telnyx import TelnyxCallControl
 from telephony.models import Call, DialAttempt, EventDelivery, utcnow
 from telephony.sim.common import serve_in_thread
 from tests.inbound_helpers import PLIVO_ID, TELNYX_API_KEY, plivo_headers, telnyx_headers, twilio_signature
@@ -455,7 +459,6 @@ def test_plivo_voicemail_xml_needs_the_signature(world):
     ("leave_message", "machine", False, False, "hangup"),  # nothing to leave
 ])
 def test_what_a_verdict_leads_to(policy, answered_by, has_message, greeting_follows, action):
-    from telephony import answering_machine as amd
     assert amd.decide(policy, answered_by, has_message=has_message, greeting_follows=greeting_follows) == action
 
 
@@ -469,16 +472,10 @@ def test_what_a_verdict_leads_to(policy, answered_by, has_message, greeting_foll
     ("completed", "machine", "continue", "completed"),
 ])
 def test_the_outcome_of_an_attempt(status, answered_by, action, outcome):
-    from telephony import answering_machine as amd
     assert amd.attempt_outcome(status, answered_by, action) == outcome
 
 
 def test_telnyx_standard_detection_events_are_understood():
-    from werkzeug.datastructures import Headers, MultiDict
-
-    from telephony.carriers.base import WebhookRequest
-    from telephony.carriers.telnyx import TelnyxCallControl
-
     def parse(event_type: str, result: str):
         body = ('{"data":{"id":"e1","event_type":"%s","payload":{"call_control_id":"v3:x","result":"%s"}}}'
                 % (event_type, result)).encode()
