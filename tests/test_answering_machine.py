@@ -305,6 +305,23 @@ def test_another_agencys_credentials_cannot_judge_a_call(world):
     assert app.test_client().get(f"/api/v1/calls/{call_id}", headers=b.headers()).status_code == 404
 
 
+def test_telnyx_greeting_end_alone_means_a_machine_whose_greeting_is_over(world):
+    """Telnyx premium: a beep heard before the verdict is reported alone, as greeting.ended."""
+    seeded = seed_agency(world["app"], carrier="telnyx")  # the tests' Telnyx key signs here
+    call_id = _place(world, seeded, "telnyx",
+                     answering_machine={"on_machine": "leave_message", "message": {"text": MESSAGE}})
+    path = f"/webhooks/outbound/telnyx/call-control/{call_id}"
+    body = ('{"data":{"id":"%s","event_type":"call.machine.premium.greeting.ended","payload":'
+            '{"call_control_id":"%s","result":"beep_detected"}}}'
+            % (uuid.uuid4(), _call(world, call_id).carrier_call_id)).encode()
+    response = world["app"].test_client().post(path, data=body, headers={**telnyx_headers(body),
+                                                                         "Content-Type": "application/json"})
+    assert response.status_code == 200
+    call = _call(world, call_id)
+    assert (call.answered_by, call.answered_by_detail, call.machine_action) == ("machine", "beep_detected", "message")
+    assert [u["action"] for u in _carrier_call(world, "telnyx")["updates"]] == ["streaming_stop", "speak"]
+
+
 def test_a_verdict_after_the_call_ended_is_recorded_but_not_acted_on(world):
     seeded = _seed(world, "twilio")
     _verdict(world, CALLEE, "machine")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select, update
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from .. import answering_machine as amd
 from .. import call_states
-from ..carriers.base import CarrierAdapter, MachineDetection, MachineMessage, StatusEvent, WebhookRequest
+from ..carriers.base import MACHINE, CarrierAdapter, MachineDetection, MachineMessage, StatusEvent, WebhookRequest
 from ..carriers.registry import get_carriers
 from ..db import end_reads_before_writing, rows_affected
 from ..models import Call, CallSource, DialAttempt
@@ -66,6 +67,9 @@ def apply_detection(session: Session, carrier: str, call_id: uuid.UUID, adapter:
         session.rollback()  # not our call, or a call the carrier id belongs to another of ours
         return
     end_reads_before_writing(session)
+    if detection.answered_by is None and detection.greeting_ended and call.answered_by is None:
+        # Telnyx sends a beep heard before its verdict alone: a machine, its greeting over.
+        detection = replace(detection, answered_by=MACHINE)
     if detection.answered_by is not None:
         action = _record_verdict(session, call, detection)
     else:
