@@ -55,6 +55,11 @@ class CallOut(ResponseModel):
     has_recording: bool
     short_summary: str | None
     metadata: dict[str, Any]
+    answered_by: str | None = Field(default=None, description="Outbound calls: human, machine, fax or unknown "
+                                                              "(answering-machine detection); null until known")
+    answered_by_detail: str | None = Field(default=None, description="The carrier's own word, e.g. machine_end_beep")
+    machine_action: str | None = Field(default=None, description="What was done about a machine: hangup, "
+                                                                 "wait_beep, message (left), continue")
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from ..db import get_session
 from ..errors import ApiError
 from ..services.campaigns import manage as campaign_service
 from ..services.campaigns.attempts import CONTACT_STATES
+from .outbound import MachineMessageIn
 from .schema import RequestModel, ResponseModel, document, parse_body, parse_query, render
 
 bp = Blueprint("campaigns", __name__, url_prefix="/api/v1")
@@ -53,6 +54,21 @@ class RetryIn(RequestModel):
     delay_seconds: int = Field(default=600, ge=0, le=7 * 86400)
 
 
+class VoicemailRetryIn(RequestModel):
+    max_retries: int = Field(default=2, ge=0, le=10, description="Redials after a machine was hung up on")
+    delay_seconds: int = Field(default=4 * 3600, ge=0, le=7 * 86400, description="Wait before each redial")
+
+
+class CampaignMachineIn(RequestModel):
+    on_machine: Literal["hangup", "leave_message", "continue"] = Field(
+        default="hangup", description="What each call does if a machine answers: hang up (outcome voicemail, "
+                                      "retried by `retry`), leave `message` after the beep and hang up "
+                                      "(voicemail_left, done), or let the agent talk. A fax is always hung up on")
+    message: MachineMessageIn | None = Field(default=None, description="Needed by leave_message")
+    retry: VoicemailRetryIn = Field(default_factory=VoicemailRetryIn,
+                                    description="The voicemail retry rule, separate from busy / no-answer")
+
+
 class CampaignIn(RequestModel):
     name: str = Field(min_length=1, max_length=200)
     agent_id: str = Field(min_length=1, max_length=64, description="Ultravox agent id (or our mapping id)")
@@ -67,6 +83,9 @@ class CampaignIn(RequestModel):
     template_context: dict[str, str] | None = None
     contacts: list[dict[str, Any]] | None = Field(default=None, max_length=campaign_service.MAX_CONTACTS)
     start: bool = Field(default=True, description="false: created paused")
+    answering_machine: CampaignMachineIn = Field(default_factory=CampaignMachineIn,
+                                                 description="Answering machines (detection is asynchronous: "
+                                                             "the callee hears the agent at once)")
 
 
 class ContactsIn(RequestModel):
@@ -90,7 +109,20 @@ class ProgressOut(ResponseModel):
     contacts_total: int
     attempts: int
     attempts_by_state: dict[str, int]
+    answered_by: dict[str, int] = Field(description="Attempts answered by human, machine, fax, unknown; and "
+                                                    "messages_left: messages left on machines")
     estimated_finish_at: datetime | None
+
+
+class VoicemailRetryOut(ResponseModel):
+    max_retries: int
+    delay_seconds: int
+
+
+class CampaignMachineOut(ResponseModel):
+    on_machine: str
+    message: dict[str, str] | None
+    retry: VoicemailRetryOut
 
 
 class CampaignOut(ResponseModel):
@@ -105,6 +137,7 @@ class CampaignOut(ResponseModel):
     default_timezone: str
     pacing: PacingOut
     retry: RetryOut
+    answering_machine: CampaignMachineOut
     backoff_until: datetime | None
     created_at: datetime
     completed_at: datetime | None
@@ -158,6 +191,9 @@ def _out(campaign, *, with_progress: bool = False, report: dict | None = None) -
                    "max_concurrent_agency": campaign.max_concurrent_agency},
         "retry": {"on": campaign.retry_on, "max_attempts": campaign.max_attempts,
                   "delay_seconds": campaign.retry_delay_seconds},
+        "answering_machine": {"on_machine": campaign.on_machine, "message": campaign.machine_message,
+                              "retry": {"max_retries": campaign.voicemail_max_retries,
+                                        "delay_seconds": campaign.voicemail_retry_delay_seconds}},
     }
     if with_progress:
         data["progress"] = campaign_service.progress(get_session(), campaign)
@@ -175,13 +211,16 @@ def create_campaign():
     body = parse_body(CampaignIn)
     session = get_session()
     agency_id = current_principal().agency_id
+    machine = body.answering_machine
     campaign = campaign_service.create_campaign(
         session, agency_id, name=body.name, agent_id=body.agent_id, from_numbers=body.from_numbers,
         start_at=body.start_at, calling_window=body.calling_window.model_dump() if body.calling_window else None,
         default_timezone=body.default_timezone, calls_per_second=body.pacing.calls_per_second,
         max_concurrent=body.pacing.max_concurrent, max_concurrent_agency=body.pacing.max_concurrent_agency,
         retry_on=list(body.retry.on), max_attempts=body.retry.max_attempts,
-        retry_delay_seconds=body.retry.delay_seconds, template_context=body.template_context, start=body.start)
+        retry_delay_seconds=body.retry.delay_seconds, template_context=body.template_context, start=body.start,
+        on_machine=machine.on_machine, machine_message=machine.message.as_dict() if machine.message else None,
+        voicemail_max_retries=machine.retry.max_retries, voicemail_retry_delay_seconds=machine.retry.delay_seconds)
     report = None
     if body.contacts is not None:
         report = campaign_service.add_contacts(session, campaign, items=body.contacts)

@@ -141,6 +141,11 @@ class CarrierAdapter(ABC):
     def parse_status(self, request: WebhookRequest) -> StatusEvent | None:
         """The status a callback reports, or None when it carries nothing we track."""
 
+    def parse_machine_detection(self, request: WebhookRequest) -> "MachineDetection | None":
+        """The answering-machine detection step a callback reports, or None (a carrier
+        without asynchronous detection, or a callback about something else)."""
+        return None
+
 
 class XmlCarrierAdapter(CarrierAdapter):
     """A carrier that asks a URL what to do and obeys the XML it gets back."""
@@ -161,6 +166,11 @@ class XmlCarrierAdapter(CarrierAdapter):
         """XML playing hold audio (or pausing), then redirecting to ``hold.redirect_url``
         (carriers with ``can_hold``)."""
         raise NotImplementedError(f"{self.name} cannot hold a call")
+
+    def voicemail_response(self, message: "MachineMessage") -> str:
+        """XML leaving ``message`` on an answering machine, then hanging up (carriers that
+        can wait for the beep or play audio say so in their own version)."""
+        return self.say_and_hangup(message.text or "")
 
     def render(self, answer: Answer) -> str:
         if answer.kind == "stream" and answer.join_url:
@@ -222,6 +232,19 @@ class CarrierDialer(ABC):
         carrier's SDK errors; None for anything else."""
         return None
 
+    # -- acting on a live call (answering machines) ----------------------------------------
+
+    def hang_up(self, client: Any, carrier_call_id: str) -> None:
+        """End the live call now. The SDK's exceptions propagate."""
+        raise NotImplementedError(f"{self.name}: hanging up a live call is not supported")
+
+    def leave_message(self, client: Any, carrier_call_id: str, message: "MachineMessage",
+                      callback_url: Callable[[str], str]) -> None:
+        """Stop the agent's stream and play ``message`` on the live call, then end it
+        (Telnyx: the hang-up follows the carrier's "speak/playback ended" event, see
+        services/answering_machine.py). The SDK's exceptions propagate."""
+        raise NotImplementedError(f"{self.name}: leaving a message is not supported")
+
 
 # The largest value an INTEGER column holds; carrier numbers beyond it are malformed.
 MAX_INT = 2**31 - 1
@@ -239,3 +262,45 @@ def parse_int(value: str | None, maximum: int = MAX_INT) -> int | None:
     except ValueError:
         return None
     return number if 0 <= number <= maximum else None
+
+
+# -- answering-machine detection ---------------------------------------------------------------
+
+# Who answered an outbound call, in our words (each carrier's detail is kept beside it).
+HUMAN, MACHINE, FAX, UNKNOWN = "human", "machine", "fax", "unknown"
+ANSWERED_BY = (HUMAN, MACHINE, FAX, UNKNOWN)
+
+
+@dataclass(frozen=True)
+class MachineDetection:
+    """One step of a carrier's asynchronous answering-machine detection.
+
+    A verdict (``answered_by`` set) says who answered; ``greeting_ended`` says that the
+    machine's greeting is over (beep or silence), the moment to leave a message. Twilio
+    (DetectMessageEnd) and Plivo send one verdict; Telnyx sends a verdict, then, for a
+    machine, a separate greeting-ended event."""
+
+    carrier_call_id: str
+    answered_by: str | None  # one of ANSWERED_BY, or None for a step that is not a verdict
+    detail: str  # the carrier's own word (machine_end_beep, human_residence, true...)
+    greeting_ended: bool = False
+    # A machine verdict whose greeting's end is reported apart, later (Telnyx greeting_end).
+    greeting_follows: bool = False
+    event_id: str | None = None  # Telnyx event id (deduplicated in the database)
+
+
+@dataclass(frozen=True)
+class MachineMessage:
+    """The message left on an answering machine: text the carrier speaks, or an audio URL."""
+
+    text: str | None = None
+    audio_url: str | None = None
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any] | None) -> "MachineMessage | None":
+        if not value:
+            return None
+        text, audio_url = value.get("text"), value.get("audio_url")
+        if not text and not audio_url:
+            return None
+        return cls(text=str(text) if text else None, audio_url=str(audio_url) if audio_url else None)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import plivo.exceptions as plivo_errors
 from plivo import plivoxml
@@ -11,10 +11,14 @@ from plivo.utils import validate_v3_signature
 
 from . import sdk
 from .base import (
+    HUMAN,
+    MACHINE,
     MAX_DURATION_SECONDS,
     CarrierDialer,
     Hold,
     InboundCall,
+    MachineDetection,
+    MachineMessage,
     OutboundDial,
     StatusEvent,
     WebhookRequest,
@@ -39,6 +43,10 @@ CONTENT_TYPE = "audio/x-l16;rate=16000"
 _STATUSES = {"ringing": "ringing", "in-progress": "in-progress", "completed": "completed", "busy": "busy",
              "failed": "failed", "no-answer": "no-answer", "timeout": "failed", "cancel": "canceled",
              "canceled": "canceled", "cancelled": "canceled"}
+
+
+# The longest wait for a voicemail greeting's beep before the message is left anyway.
+BEEP_WAIT_SECONDS = 30
 
 
 def _with_plus(number: str) -> str:
@@ -78,6 +86,26 @@ class PlivoAdapter(XmlCarrierAdapter):
             return None
         return StatusEvent(carrier_call_id=call_uuid, status=status,
                            duration_seconds=parse_int(request.field("Duration"), MAX_DURATION_SECONDS))
+
+    def parse_machine_detection(self, request: WebhookRequest) -> MachineDetection | None:
+        # Plivo's machine_detection_url: Machine=true|false (no fax, no beep report).
+        call_uuid, machine = request.field("CallUUID"), request.field("Machine").lower()
+        if not call_uuid or machine not in ("true", "false"):
+            return None
+        return MachineDetection(carrier_call_id=call_uuid, answered_by=MACHINE if machine == "true" else HUMAN,
+                                detail=f"Machine={machine}")
+
+    def voicemail_response(self, message: MachineMessage) -> str:
+        """XML waiting for the greeting's beep, leaving ``message``, then hanging up:
+        Plivo reports a machine as soon as it hears one, before its greeting is over."""
+        response = plivoxml.ResponseElement()
+        response.add(plivoxml.WaitElement(length=BEEP_WAIT_SECONDS, beep=True))
+        if message.audio_url:
+            response.add(plivoxml.PlayElement(message.audio_url))
+        else:
+            response.add(plivoxml.SpeakElement(message.text or ""))
+        response.add(plivoxml.HangupElement())
+        return response.to_string()
 
     def stream_response(self, join_url: str) -> str:
         response = plivoxml.ResponseElement()
@@ -139,7 +167,10 @@ class PlivoDialer(CarrierDialer):
     def place_call(self, client: Any, credentials: Mapping[str, str], dial: OutboundDial) -> str:
         response = client.calls.create(from_=dial.from_number.lstrip("+"), to_=dial.to.lstrip("+"),
                                        answer_url=dial.callback_url("answer"), answer_method="POST",
-                                       hangup_url=dial.callback_url("hangup"), ring_timeout=dial.ring_timeout)
+                                       hangup_url=dial.callback_url("hangup"), ring_timeout=dial.ring_timeout,
+                                       # Asynchronous: the stream starts at once, the verdict follows.
+                                       machine_detection="true", machine_detection_url=dial.callback_url("amd"),
+                                       machine_detection_method="POST")
         request_uuid = response["request_uuid"] if isinstance(response, Mapping) else response.request_uuid
         return str(request_uuid[0] if isinstance(request_uuid, list) else request_uuid)
 
@@ -154,6 +185,15 @@ class PlivoDialer(CarrierDialer):
                     return code, text[:300]
             return None, text[:300]
         return None
+
+    def hang_up(self, client: Any, carrier_call_id: str) -> None:
+        client.calls.hangup(carrier_call_id)
+
+    def leave_message(self, client: Any, carrier_call_id: str, message: MachineMessage,
+                      callback_url: Callable[[str], str]) -> None:
+        # A transfer makes Plivo fetch new XML for the call (voicemail_response), which
+        # replaces the stream: the agent is disconnected, the message left, the call ended.
+        client.calls.transfer(carrier_call_id, legs="aleg", aleg_url=callback_url("voicemail"), aleg_method="POST")
 
 
 def _application_id(uri: Any) -> str:

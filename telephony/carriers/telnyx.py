@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Mapping, Self
+from typing import Any, Callable, Final, Mapping, Self
 
 import telnyx
 from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
@@ -20,13 +20,19 @@ from ..config import DEFAULT_TELNYX_STREAM_CODEC, TELNYX_STREAM_FORMATS
 from ..text import storable
 from . import sdk
 from .base import (
+    FAX,
+    HUMAN,
+    MACHINE,
     MAX_DURATION_SECONDS,
+    UNKNOWN,
     Answer,
     CarrierAdapter,
     CarrierDialer,
     CarrierSettings,
     Hold,
     InboundCall,
+    MachineDetection,
+    MachineMessage,
     OutboundDial,
     StatusEvent,
     WebhookRequest,
@@ -144,6 +150,14 @@ class CallControlEvent:
         return self.client_state[len(HOLD_STATE_PREFIX):]
 
 
+# Answering-machine detection results (standard and premium) -> ours.
+_MACHINE_VERDICTS = {"human": HUMAN, "human_residence": HUMAN, "human_business": HUMAN, "machine": MACHINE,
+                     "fax_detected": FAX, "silence": UNKNOWN, "not_sure": UNKNOWN}
+MACHINE_VERDICT_EVENTS = ("call.machine.detection.ended", "call.machine.premium.detection.ended")
+MACHINE_GREETING_EVENTS = ("call.machine.greeting.ended", "call.machine.premium.greeting.ended")
+# A message we play on an answering machine is over: the call is hung up.
+MESSAGE_ENDED_EVENTS = ("call.speak.ended", "call.playback.ended")
+
 # Call Control hangup causes -> our terminal statuses (anything else ended normally).
 _HANGUP_STATUS = {"user_busy": "busy", "timeout": "no-answer", "no_answer": "no-answer",
                   "originator_cancel": "canceled", "call_rejected": "failed", "not_found": "failed"}
@@ -189,6 +203,20 @@ class TelnyxCallControl(_TelnyxSigned, CarrierAdapter):
             status = _HANGUP_STATUS.get(str(event.payload.get("hangup_cause") or ""), "completed")
             return StatusEvent(event.call_control_id, status, event_id=event.event_id or None,
                                duration_seconds=_seconds_between(event.payload.get("start_time"), event.occurred_at))
+        return None
+
+    def parse_machine_detection(self, request: WebhookRequest) -> MachineDetection | None:
+        event = self.parse_event(request)
+        if not event.call_control_id:
+            return None
+        result = _text(event.payload.get("result"))[:64]
+        if event.event_type in MACHINE_VERDICT_EVENTS:
+            answered_by = _MACHINE_VERDICTS.get(result, UNKNOWN)
+            return MachineDetection(event.call_control_id, answered_by, result or "unknown",
+                                    greeting_follows=answered_by == MACHINE, event_id=event.event_id or None)
+        if event.event_type in MACHINE_GREETING_EVENTS:
+            return MachineDetection(event.call_control_id, None, result or "ended", greeting_ended=True,
+                                    event_id=event.event_id or None)
         return None
 
     # -- commands ------------------------------------------------------------------------
@@ -362,8 +390,32 @@ class TelnyxDialer(_TelnyxStream, CarrierDialer):
             stream_track="inbound_track", stream_bidirectional_mode="rtp", stream_codec=codec,
             stream_bidirectional_codec=codec, stream_bidirectional_sampling_rate=sampling_rate,
             stream_bidirectional_target_legs="opposite", timeout_secs=dial.ring_timeout,
-            webhook_url=dial.callback_url("call-control"), command_id=dial.command_id)
+            webhook_url=dial.callback_url("call-control"), command_id=dial.command_id,
+            # Asynchronous AMD: the stream starts at answer; call.machine.premium.detection.ended
+            # then, for a machine, call.machine.premium.greeting.ended arrive at the same webhook.
+            answering_machine_detection=self.MACHINE_DETECTION)
         return str(response.data.call_control_id)
+
+    # Premium: the only Telnyx detection that tells a fax apart, and it reports the end of
+    # a machine's greeting (beep_detected / no_beep_detected). The standard events
+    # (call.machine.detection.ended / greeting.ended) are understood too.
+    MACHINE_DETECTION: Final = "premium"
+
+    def hang_up(self, client: Any, carrier_call_id: str) -> None:
+        client.calls.actions.hangup(carrier_call_id, command_id=f"{carrier_call_id}:hangup")
+
+    def leave_message(self, client: Any, carrier_call_id: str, message: MachineMessage,
+                      callback_url: Callable[[str], str]) -> None:
+        # The agent's stream stops first (it would talk over the message); the hang-up
+        # follows call.speak.ended / call.playback.ended (services/answering_machine.py).
+        actions = client.calls.actions
+        actions.stop_streaming(carrier_call_id, command_id=f"{carrier_call_id}:stop-stream")
+        if message.audio_url:
+            actions.start_playback(carrier_call_id, audio_url=message.audio_url,
+                                   command_id=f"{carrier_call_id}:voicemail")
+        else:
+            actions.speak(carrier_call_id, payload=message.text or "", voice=SPEAK_VOICE, language=SPEAK_LANGUAGE,
+                          command_id=f"{carrier_call_id}:voicemail")
 
     def error_status(self, exc: Exception) -> tuple[int | None, str] | None:
         if isinstance(exc, telnyx.APIStatusError):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.request_validator import RequestValidator
@@ -11,10 +11,16 @@ from twilio.twiml.voice_response import VoiceResponse
 from .. import call_states
 from . import sdk
 from .base import (
+    FAX,
+    HUMAN,
+    MACHINE,
     MAX_DURATION_SECONDS,
+    UNKNOWN,
     CarrierDialer,
     Hold,
     InboundCall,
+    MachineDetection,
+    MachineMessage,
     OutboundDial,
     StatusEvent,
     WebhookRequest,
@@ -29,6 +35,10 @@ SIGNATURE_HEADER = "X-Twilio-Signature"
 # Twilio's CallStatus words are our vocabulary; "initiated" and unknown values are
 # ignored rather than guessed.
 _STATUSES = call_states.CARRIER_REPORTED
+# AnsweredBy of asynchronous AMD -> ours. With DetectMessageEnd a machine is reported
+# once its greeting is over (machine_end_*); machine_start comes from plain "Enable".
+_ANSWERED_BY = {"human": HUMAN, "machine_start": MACHINE, "machine_end_beep": MACHINE,
+                "machine_end_silence": MACHINE, "machine_end_other": MACHINE, "fax": FAX, "unknown": UNKNOWN}
 
 
 class TwilioAdapter(XmlCarrierAdapter):
@@ -55,6 +65,23 @@ class TwilioAdapter(XmlCarrierAdapter):
         return StatusEvent(carrier_call_id=call_sid, status=status,
                            sequence=parse_int(request.field("SequenceNumber")),
                            duration_seconds=parse_int(request.field("CallDuration"), MAX_DURATION_SECONDS))
+
+    def parse_machine_detection(self, request: WebhookRequest) -> MachineDetection | None:
+        call_sid, answered_by = request.field("CallSid"), request.field("AnsweredBy").lower()
+        if not call_sid or not answered_by:
+            return None
+        return MachineDetection(carrier_call_id=call_sid, answered_by=_ANSWERED_BY.get(answered_by, UNKNOWN),
+                                detail=answered_by[:64], greeting_ended=answered_by.startswith("machine_end"))
+
+    def voicemail_response(self, message: MachineMessage) -> str:
+        """TwiML leaving ``message`` (audio or spoken text), then hanging up."""
+        response = VoiceResponse()
+        if message.audio_url:
+            response.play(message.audio_url)
+        else:
+            response.say(message.text or "")
+        response.hangup()
+        return str(response)
 
     def stream_response(self, join_url: str) -> str:
         response = VoiceResponse()
@@ -98,6 +125,7 @@ class TwilioDialer(CarrierDialer):
     name = NAME
     sdk_client = staticmethod(sdk.twilio_client)
     STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
+    MACHINE_DETECTION = "DetectMessageEnd"
 
     def account(self, credentials: Mapping[str, str]) -> str:
         return credentials["account_sid"]
@@ -110,13 +138,26 @@ class TwilioDialer(CarrierDialer):
         call = client.calls.create(to=dial.to, from_=dial.from_number,
                                    twiml=TwilioAdapter().stream_response(dial.join_url),
                                    status_callback=dial.callback_url("status"),
-                                   status_callback_event=list(self.STATUS_EVENTS), timeout=dial.ring_timeout)
+                                   status_callback_event=list(self.STATUS_EVENTS), timeout=dial.ring_timeout,
+                                   # Asynchronous AMD: the callee hears the agent at once; the
+                                   # verdict arrives later, once a machine's greeting is over.
+                                   machine_detection=self.MACHINE_DETECTION, async_amd="true",
+                                   async_amd_status_callback=dial.callback_url("amd"),
+                                   async_amd_status_callback_method="POST")
         return str(call.sid)
 
     def error_status(self, exc: Exception) -> tuple[int | None, str] | None:
         if isinstance(exc, TwilioRestException):
             return exc.status, f"{exc.msg} (code {exc.code})" if exc.code else str(exc.msg)
         return None
+
+    def hang_up(self, client: Any, carrier_call_id: str) -> None:
+        client.calls(carrier_call_id).update(status="completed")
+
+    def leave_message(self, client: Any, carrier_call_id: str, message: MachineMessage,
+                      callback_url: Callable[[str], str]) -> None:
+        # New TwiML replaces the <Connect><Stream> (the agent's stream closes) and ends the call.
+        client.calls(carrier_call_id).update(twiml=TwilioAdapter().voicemail_response(message))
 
 
 def _listed(fetch: Any) -> Any:

@@ -56,6 +56,17 @@ class Call(Base):
     # by a conditional UPDATE (WHERE credits_charged_seconds IS NULL), so a
     # repeated call.billed can never charge twice.
     credits_charged_seconds: Mapped[int | None] = mapped_column(Integer)
+    # Answering-machine detection of outbound calls (services/answering_machine.py).
+    # Who picked up: human, machine, fax or unknown (set once, by the first verdict);
+    # the carrier's own word beside it (e.g. Twilio's machine_end_beep).
+    answered_by: Mapped[str | None] = mapped_column(String(16))
+    answered_by_detail: Mapped[str | None] = mapped_column(String(64))
+    # What to do if a machine answers (hangup, leave_message, continue), fixed at dial
+    # time, and the message to leave ({"text": ...} or {"audio_url": ...}).
+    on_machine: Mapped[str | None] = mapped_column(String(16))
+    machine_message: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # What we did about the verdict: hangup, wait_beep, message, continue.
+    machine_action: Mapped[str | None] = mapped_column(String(16))
 
 
 class ProcessedWebhookEvent(Base):

@@ -47,6 +47,13 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column()
+    # Answering machines: what each call does when one answers (hangup, leave_message,
+    # continue), the message to leave, and the voicemail retry rule (its own count and
+    # delay, separate from busy / no-answer).
+    on_machine: Mapped[str] = mapped_column(String(16), default="hangup", server_default="hangup")
+    machine_message: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    voicemail_max_retries: Mapped[int] = mapped_column(Integer, default=2, server_default="2")
+    voicemail_retry_delay_seconds: Mapped[int] = mapped_column(Integer, default=14400, server_default="14400")
 
 
 class CampaignContact(Base):
@@ -103,6 +110,8 @@ class DialAttempt(Base):
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     dial_started_at: Mapped[datetime | None] = mapped_column()
     ended_at: Mapped[datetime | None] = mapped_column()
+    # Who answered its call (human, machine, fax, unknown): the call's answered_by.
+    answered_by: Mapped[str | None] = mapped_column(String(16))
 
 
 class DoNotCallEntry(Base):

@@ -154,6 +154,8 @@ class NewCall:
     recording_enabled: bool | None = None  # None: the agent's setting
     extra_body: dict[str, Any] | None = None  # further Ultravox call fields (joinTimeout, ...)
     credit_balance: int | None = None  # the agency's, when the caller read it already; else read here
+    on_machine: str | None = None  # outbound: what to do if a machine answers (telephony.answering_machine)
+    machine_message: dict[str, Any] | None = None  # outbound: the message to leave ({"text"} or {"audio_url"})
 
 
 @dataclass
@@ -292,7 +294,8 @@ def _insert(session: Session, new: NewCall, agent_id: uuid.UUID, started: Starte
         session.add(Call(id=started.call_id, agency_id=new.agency_id, agent_id=agent_id,
                          ultravox_call_id=started.ultravox_call_id, source=new.source, direction=new.direction,
                          from_number=new.from_number, to_number=new.to_number, status=call_states.CREATED,
-                         metadata_=new.stored_metadata or {}, created_at=started.created_at))
+                         metadata_=new.stored_metadata or {}, created_at=started.created_at,
+                         on_machine=new.on_machine, machine_message=new.machine_message))
         session.commit()
     except SQLAlchemyError:
         rollback_quietly(session)  # the database may be gone: the caller still gets the call

@@ -59,7 +59,8 @@ from .idempotency import first_time
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = ("call.started", "call.answered", "call.ended", "call.failed", "campaign.completed")
+EVENT_TYPES = ("call.started", "call.answered", "call.ended", "call.failed", "campaign.completed",
+               "call.answered_by")  # call.answered_by: the answering-machine verdict of an outbound call
 CALL_TERMINAL_EVENTS = frozenset({"call.ended", "call.failed"})
 DELIVER_JOB = "event.deliver"
 # Wait before attempt n+1 after attempt n failed: 8 attempts spread over about 7.7 hours.
@@ -130,6 +131,8 @@ def call_event_data(call: Call) -> dict[str, Any]:
         "created_at": call.created_at, "joined_at": call.joined_at, "ended_at": call.ended_at,
         "duration_seconds": call.duration_seconds, "billed_duration_seconds": call.billed_duration_seconds,
         "metadata": call.metadata_ or {},
+        "answered_by": call.answered_by, "answered_by_detail": call.answered_by_detail,
+        "machine_action": call.machine_action,
     }
 
 

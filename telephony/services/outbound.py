@@ -30,9 +30,10 @@ import requests
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from .. import answering_machine as amd
 from .. import call_states
 from ..carriers import sdk
-from ..carriers.base import CarrierDialer, OutboundDial
+from ..carriers.base import CarrierDialer, MachineMessage, OutboundDial
 from ..carriers.registry import get_carriers
 from ..config import get_config
 from ..credentials import get_credentials
@@ -130,6 +131,15 @@ def prepare_outbound(session: Session, agency_id: uuid.UUID, *, agent_id: str, t
     return OutboundTarget(agent=agent, from_number=number.e164, carrier=number.carrier.value, to=to_e164)
 
 
+def validate_machine_policy(on_machine: str, machine_message: dict[str, Any] | None, *, field: str) -> None:
+    """An answering-machine policy that can be carried out: leave_message needs a message."""
+    if on_machine not in amd.POLICIES:
+        raise InvalidInput(f"on_machine must be one of {', '.join(amd.POLICIES)}", field=f"{field}.on_machine")
+    if on_machine == amd.LEAVE_MESSAGE and MachineMessage.from_dict(machine_message) is None:
+        raise InvalidInput("leave_message needs a message: {\"text\": ...} or {\"audio_url\": ...}",
+                           field=f"{field}.message")
+
+
 # -- carrier accounts ------------------------------------------------------------------
 
 
@@ -211,13 +221,16 @@ def _status_and_message(carrier: str, exc: Exception) -> tuple[int | None, str]:
 
 def start_ultravox_call(session: Session, agency_id: uuid.UUID, target: OutboundTarget, *,
                         template_context: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
-                        stored_metadata: dict[str, Any] | None = None) -> StartedCall:
-    """The Ultravox half (user speaks first); the call row is recorded as `created`."""
+                        stored_metadata: dict[str, Any] | None = None, on_machine: str | None = None,
+                        machine_message: dict[str, Any] | None = None) -> StartedCall:
+    """The Ultravox half (user speaks first); the call row is recorded as `created`, with
+    its answering-machine policy (services/answering_machine.py)."""
     started = calls.start_call(session, calls.NewCall(
         agency_id=agency_id, agent=target.agent, medium=get_carriers().by_name(target.carrier).medium,
         source=CallSource(target.carrier), direction=CallDirection.outbound, first_speaker="user",
         from_number=target.from_number, to_number=target.to, template_context=template_context, metadata=metadata,
-        stored_metadata=stored_metadata, extra_body={"joinTimeout": JOIN_TIMEOUT}))
+        stored_metadata=stored_metadata, extra_body={"joinTimeout": JOIN_TIMEOUT},
+        on_machine=on_machine, machine_message=machine_message))
     if started.call_id is not None and target.carrier == "plivo":
         # Plivo fetches the answer_url (possibly more than once): it is answered from this.
         session.execute(update(Call).where(Call.id == started.call_id).values(join_url=started.join_url)
@@ -266,16 +279,22 @@ class OutboundResult:
 
 
 def make_call(session: Session, agency_id: uuid.UUID, *, agent_id: str, to: str, from_number: str | None,
-              template_context: dict[str, Any] | None, metadata: dict[str, Any] | None) -> OutboundResult:
+              template_context: dict[str, Any] | None, metadata: dict[str, Any] | None,
+              on_machine: str = amd.SINGLE_CALL_DEFAULT, machine_message: dict[str, Any] | None = None,
+              ) -> OutboundResult:
     """A single outbound call. Raises DomainError subclasses: validation, DNC, Ultravox
-    refusing (nothing recorded) and carrier errors (recorded on the call first)."""
+    refusing (nothing recorded) and carrier errors (recorded on the call first).
+    `on_machine`: what the call does if a machine answers (telephony.answering_machine);
+    leave_message needs `machine_message`."""
+    validate_machine_policy(on_machine, machine_message, field="answering_machine")
     target = prepare_outbound(session, agency_id, agent_id=agent_id, to=to, from_number=from_number)
     if is_on_list(session, agency_id, target.to):
         raise OnDoNotCallList(f"{target.to} is on the agency's do-not-call list", field="to")
     credentials = carrier_credentials(session, agency_id, target.carrier)
     try:
         started = start_ultravox_call(session, agency_id, target, template_context=template_context,
-                                      metadata=metadata, stored_metadata={"outbound": "single"})
+                                      metadata=metadata, stored_metadata={"outbound": "single"},
+                                      on_machine=on_machine, machine_message=machine_message)
     except UltravoxRateLimited as exc:
         retry = int(exc.retry_after) if exc.retry_after else DEFAULT_ULTRAVOX_RETRY_SECONDS
         raise UpstreamBusy("Ultravox is at its rate or concurrency limit; retry later", retry_after=retry) from None

@@ -37,6 +37,7 @@ from typing import Any, Mapping
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from telephony.sim import amd as amd_sim
 from telephony.sim import numbers as sim_numbers
 from telephony.sim.common import (
     Injector,
@@ -252,10 +253,12 @@ def create_app(
     injector = Injector(latency_ms=latency_ms)
     app.extensions["carriers_sim"] = state
     numbers = sim_numbers.NumbersState()  # phone numbers and applications per account (sim/numbers.py)
+    amd = amd_sim.install(app)  # answering-machine verdicts per callee number (sim/amd.py)
 
     def _reset() -> None:
         state.reset()
         numbers.reset()
+        amd.reset()
 
     install_control_api(
         app,
@@ -347,6 +350,7 @@ def create_app(
         )
         with state.lock:
             state.add(call)
+        amd.on_dial(call)
         response = jsonify(resource)
         response.status_code = 201
         return response
@@ -374,6 +378,7 @@ def create_app(
                     call.resource["status"] = new_status
                     call.resource["end_time"] = _rfc2822_now()
                 call.resource["date_updated"] = _rfc2822_now()
+                amd.on_twilio_update(call, params)
             resource = copy.deepcopy(call.resource)
         return jsonify(resource)
 
@@ -450,6 +455,7 @@ def create_app(
             )
             if key is not None:
                 state.telnyx_commands[key] = (time.monotonic() + TELNYX_DEDUPE_WINDOW_S, response_body)
+            amd.on_dial(state.calls[("telnyx", data["call_control_id"])])
         return jsonify(response_body)
 
     @app.post("/v2/calls/<call_control_id>/actions/<action>")
@@ -471,6 +477,7 @@ def create_app(
                 call.fields.update({name: body[name] for name in _TELNYX_FIELDS if name in body})
             elif action == "hangup":
                 call.status = "hangup"
+            amd.on_telnyx_action(call, action)
             if key is not None:
                 state.telnyx_commands[key] = (time.monotonic() + TELNYX_DEDUPE_WINDOW_S, result)
         return jsonify(result)
@@ -511,6 +518,7 @@ def create_app(
                         fields={name: body.get(name) for name in _PLIVO_FIELDS},
                     )
                 )
+                amd.on_dial(state.calls[("plivo", request_uuid)])
         response = jsonify(
             {
                 "api_id": str(uuid.uuid4()),
@@ -529,6 +537,7 @@ def create_app(
             call = state.touch("plivo", call_uuid)
             call.status = "completed"
             call.updates.append({"time": utc_now_iso(), "action": "hangup"})
+            amd.on_plivo_hangup(call)
         return Response(status=204)
 
     sim_numbers.install(app, numbers, twilio_auth=_twilio_authenticate, telnyx_auth=_telnyx_authenticate,

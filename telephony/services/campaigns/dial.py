@@ -106,6 +106,8 @@ class _Dial:
     carrier: str
     credentials: Mapping[str, str]
     calls_per_second: int
+    on_machine: str | None = None  # the campaign's answering-machine policy and message
+    machine_message: dict[str, Any] | None = None
 
 
 @dataclass
@@ -191,7 +193,8 @@ def _check_before_dialling(session: Session, attempt_id: uuid.UUID, attempt: Dia
     template_context = {**(campaign.template_context or {}), **(contact.template_context or {})}
     return _Dial(attempt_id=attempt_id, contact_id=contact.id, campaign_id=campaign.id,
                  agency_id=agency_id, target=target, template_context=template_context, carrier=carrier,
-                 credentials=credentials, calls_per_second=campaign.calls_per_second)
+                 credentials=credentials, calls_per_second=campaign.calls_per_second,
+                 on_machine=campaign.on_machine, machine_message=campaign.machine_message)
 
 
 def _pick_from_number(campaign: Campaign, attempt: DialAttempt) -> str:
@@ -210,7 +213,8 @@ def _create_ultravox_call(session: Session, dial: _Dial) -> _UltravoxCall | str:
     try:
         started = start_ultravox_call(session, dial.agency_id, dial.target,
                                       template_context=dial.template_context or None, metadata=ids,
-                                      stored_metadata={**ids, "attempt_id": str(dial.attempt_id)})
+                                      stored_metadata={**ids, "attempt_id": str(dial.attempt_id)},
+                                      on_machine=dial.on_machine, machine_message=dial.machine_message)
     except Exception as exc:
         return _ultravox_failed(session, dial, exc)
     if started.call_id is None:

@@ -13,11 +13,14 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from ... import answering_machine as amd
+from ...carriers.base import ANSWERED_BY
 from ...db import insert_if_absent
 from ...errors import Conflict, InvalidInput, NotFound
 from ...models import Campaign, CampaignContact, DialAttempt, PhoneNumber, utcnow
 from ..agents import find_agent
 from ..do_not_call import listed_among
+from ..outbound import validate_machine_policy
 from ..phone_numbers import normalize_e164
 from .attempts import CONTACT_CANCELLED, CONTACT_DIALING, CONTACT_QUEUED, CONTACT_STATES
 from .contacts import ImportResult, parse_contacts_csv, parse_contacts_json
@@ -32,7 +35,8 @@ def create_campaign(session: Session, agency_id: uuid.UUID, *, name: str, agent_
                     calling_window: dict[str, Any] | None, default_timezone: str, calls_per_second: int,
                     max_concurrent: int, max_concurrent_agency: int | None, retry_on: list[str],
                     max_attempts: int, retry_delay_seconds: int, template_context: dict[str, str] | None,
-                    start: bool) -> Campaign:
+                    start: bool, on_machine: str = amd.CAMPAIGN_DEFAULT, machine_message: dict[str, Any] | None = None,
+                    voicemail_max_retries: int = 2, voicemail_retry_delay_seconds: int = 4 * 3600) -> Campaign:
     agent = find_agent(session, agency_id, agent_id)
     numbers = _caller_numbers(session, agency_id, agent.id, from_numbers)
     window = CallingWindow.from_dict(calling_window, prefix="calling_window.").to_dict() if calling_window else None
@@ -42,12 +46,15 @@ def create_campaign(session: Session, agency_id: uuid.UUID, *, name: str, agent_
     unknown = sorted(set(retry_on) - set(RETRYABLE))
     if unknown:
         raise InvalidInput(f"retry_on may list {', '.join(RETRYABLE)}", field="retry_on")
+    validate_machine_policy(on_machine, machine_message, field="answering_machine")
     campaign = Campaign(agency_id=agency_id, agent_id=agent.id, name=name, status="running" if start else "paused",
                         from_numbers=numbers, start_at=start_at or utcnow(), calling_window=window,
                         default_timezone=zone, calls_per_second=calls_per_second, max_concurrent=max_concurrent,
                         max_concurrent_agency=max_concurrent_agency, retry_on=list(dict.fromkeys(retry_on)),
                         max_attempts=max_attempts, retry_delay_seconds=retry_delay_seconds,
-                        template_context=template_context or {})
+                        template_context=template_context or {}, on_machine=on_machine,
+                        machine_message=machine_message, voicemail_max_retries=voicemail_max_retries,
+                        voicemail_retry_delay_seconds=voicemail_retry_delay_seconds)
     session.add(campaign)
     session.flush()
     return campaign
@@ -156,6 +163,19 @@ def contact_counts(session: Session, campaign_id: uuid.UUID) -> dict[str, int]:
     return counts
 
 
+def answered_by_counts(session: Session, campaign_id: uuid.UUID) -> dict[str, int]:
+    """Attempts answered by humans, machines, faxes or unknown, and messages left on machines."""
+    counts = dict.fromkeys(ANSWERED_BY, 0)
+    for answered_by, count in session.execute(select(DialAttempt.answered_by, func.count())
+                                              .where(DialAttempt.campaign_id == campaign_id,
+                                                     DialAttempt.answered_by.is_not(None))
+                                              .group_by(DialAttempt.answered_by)):
+        counts[str(answered_by)] = count
+    counts["messages_left"] = session.scalar(select(func.count()).select_from(DialAttempt).where(
+        DialAttempt.campaign_id == campaign_id, DialAttempt.outcome == amd.VOICEMAIL_LEFT)) or 0
+    return counts
+
+
 def progress(session: Session, campaign: Campaign) -> dict[str, Any]:
     """Counts per contact state, attempts, and an estimated finish time: remaining
     contacts at the rate observed over the last 5 minutes (over the time since the first
@@ -186,6 +206,7 @@ def progress(session: Session, campaign: Campaign) -> dict[str, Any]:
         estimated = now
     return {"contacts": counts, "contacts_total": sum(counts.values()),
             "attempts": sum(attempts.values()), "attempts_by_state": attempts,
+            "answered_by": answered_by_counts(session, campaign.id),
             "estimated_finish_at": estimated if campaign.status != "completed" else campaign.completed_at}
 
 

@@ -3,7 +3,8 @@
 An attempt ends when its call reaches a terminal status (carrier status callbacks and
 Ultravox webhooks write `calls.status`; `settle_call` right after, `reconcile` on its
 next pass for the rest); the retry policy then re-queues the contact (busy / no-answer
-/ failed, after the delay, up to max_attempts) or closes it. `reconcile` also reaps
+/ failed, after the delay, up to max_attempts; a machine hung up on, "voicemail", by the
+campaign's own voicemail rule) or closes it. `reconcile` also reaps
 attempts stuck in a state: "claimed" for CLAIM_TIMEOUT (the carrier was never asked:
 re-queued), "dialing" without a carrier id for DIAL_TIMEOUT (the carrier may have
 dialled: "unknown", never redialled), and a placed call that never reports back frees
@@ -18,9 +19,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from ... import answering_machine as amd
 from ... import call_states
 from ...db import end_read, rows_affected, transaction
 from ...models import Agency, Call, Campaign, CampaignContact, DialAttempt, utcnow
@@ -63,17 +65,19 @@ def settle_call(session: Session, call_id: uuid.UUID) -> bool:
     """If the call of a campaign attempt has reached a terminal status, end the attempt
     and apply the retry policy. Idempotent; True if it settled something now."""
     end_read(session)
-    row = session.execute(select(DialAttempt.id, Call.status).join(Call, Call.id == DialAttempt.call_id)
+    row = session.execute(select(DialAttempt.id, Call.status, Call.answered_by, Call.machine_action)
+                          .join(Call, Call.id == DialAttempt.call_id)
                           .where(DialAttempt.call_id == call_id)).first()
     end_read(session)
     if row is None or not call_states.is_terminal(row.status):
         return False
-    return finish_attempt(session, row.id, row.status)
+    return finish_attempt(session, row.id, amd.attempt_outcome(row.status, row.answered_by, row.machine_action))
 
 
 def finish_attempt(session: Session, attempt_id: uuid.UUID, outcome: str) -> bool:
-    """End the attempt with its call's terminal status `outcome`, then apply the retry
-    policy to its contact. True if this call ended it."""
+    """End the attempt with `outcome` (its call's terminal status, or what an answering
+    machine made of it: `answering_machine.attempt_outcome`), then apply the retry policy
+    to its contact. True if this call ended it."""
     end_read(session)
     previous = session.scalar(select(DialAttempt.state).where(DialAttempt.id == attempt_id))
     end_read(session)  # SQLite: the write below opens its own transaction (no read-to-write upgrade)
@@ -98,10 +102,18 @@ def _apply_retry_policy(session: Session, attempt_id: uuid.UUID, outcome: str, *
     if contact is None or campaign is None or contact.state not in (CONTACT_DIALING, CONTACT_UNKNOWN):
         return
     contact.last_outcome = outcome
-    if outcome == call_states.COMPLETED:
+    # Each retry rule counts its own attempts: voicemails have theirs (count and delay),
+    # busy / no-answer / failed the others.
+    voicemails = session.scalar(select(func.count()).select_from(DialAttempt).where(
+        DialAttempt.contact_id == contact.id, DialAttempt.outcome == amd.VOICEMAIL)) or 0
+    may_retry = may_retry and campaign.status != "cancelled"
+    if outcome in (call_states.COMPLETED, amd.VOICEMAIL_LEFT):
         contact.state = CONTACT_COMPLETED
-    elif (may_retry and outcome in (campaign.retry_on or []) and contact.attempts < campaign.max_attempts
-          and campaign.status != "cancelled"):
+    elif outcome == amd.VOICEMAIL and may_retry and voicemails <= campaign.voicemail_max_retries:
+        contact.state = CONTACT_QUEUED
+        contact.next_attempt_at = utcnow() + timedelta(seconds=campaign.voicemail_retry_delay_seconds)
+    elif (may_retry and outcome in (campaign.retry_on or [])
+          and contact.attempts - voicemails < campaign.max_attempts):
         contact.state = CONTACT_QUEUED
         contact.next_attempt_at = utcnow() + timedelta(seconds=campaign.retry_delay_seconds)
     else:
@@ -117,12 +129,14 @@ def reconcile(session: Session, settings: DispatchSettings | None = None, *, now
              "resumed_campaigns": 0}
     end_read(session)
     finished = session.execute(
-        select(DialAttempt.id, Call.status).join(Call, Call.id == DialAttempt.call_id)
+        select(DialAttempt.id, Call.status, Call.answered_by, Call.machine_action)
+        .join(Call, Call.id == DialAttempt.call_id)
         .where(DialAttempt.state.in_(SETTLEABLE_ATTEMPT_STATES),
                Call.status.in_(sorted(call_states.TERMINAL))).limit(1000)).all()
     end_read(session)
-    for attempt_id, status in finished:
-        stats["settled"] += finish_attempt(session, attempt_id, status)
+    for attempt_id, status, answered_by, machine_action in finished:
+        stats["settled"] += finish_attempt(session, attempt_id,
+                                           amd.attempt_outcome(status, answered_by, machine_action))
     # claimed too long: the carrier was never asked (the dialer died or hangs): re-queue.
     stale = session.execute(select(DialAttempt.id, DialAttempt.contact_id).where(
         DialAttempt.state == ATTEMPT_CLAIMED, DialAttempt.state_changed_at < now - settings.claim_timeout)).all()
