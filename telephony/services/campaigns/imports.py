@@ -28,10 +28,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import queue
 import re
+import threading
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -46,12 +48,14 @@ from .contacts import ImportResult, InputRefused, LineError, stream_contacts_csv
 from .manage import MAX_CONTACTS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 IMPORT_JOB = "campaign_contacts.import"
 FORMATS = ("csv", "json")
 CHUNK_BYTES = 1024 * 1024      # one row of contact_import_chunks
 BATCH_ROWS = 1_000             # rows validated and committed together
 REJECTED_PAGE_ROWS = 1_000     # rejected rows read per query when writing them out
+READ_AHEAD_BATCHES = 2         # batches validated ahead of the one being stored
 # A bug (not bad input) fails the job; it is tried this often before the import shows as failed.
 MAX_JOB_ATTEMPTS = 5
 
@@ -218,8 +222,9 @@ def run_import(context: JobContext, payload: dict[str, Any]) -> None:
         with db.session() as session:
             _fail(session, session.get_one(ContactImport, import_id), refused)
         return
-    # Pass 2: row by row, a batch per transaction.
-    for last_line, batch in _batches(db, import_id, file_format, skip_through=resume_after):
+    # Pass 2: row by row, a batch per transaction; the next batch is validated (CPU)
+    # while this one is stored (mostly waiting for the database).
+    for last_line, batch in _read_ahead(_batches(db, import_id, file_format, skip_through=resume_after)):
         with db.session() as session:
             if not _apply_batch(session, import_id, agency_id, campaign_id, batch, resume_after, last_line):
                 log.warning("contact import %s moved on in another run; this run stops", import_id)
@@ -252,6 +257,45 @@ def _check(db: Database, import_id: uuid.UUID, file_format: str, max_rows: int) 
     except UnicodeDecodeError as exc:
         return LineError(0, None, f"the file must be UTF-8 text (byte {exc.start} of a piece is not)")
     return None
+
+
+def _read_ahead(items: Iterator[T], depth: int = READ_AHEAD_BATCHES) -> Iterator[T]:
+    """What `items` yields, produced by a thread of its own at most `depth` items ahead
+    (memory stays bounded). Its exception is raised here; leaving the loop early stops it."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> None:
+        while not stop.is_set():
+            try:
+                ready.put((kind, value), timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put("item", item)
+                if stop.is_set():
+                    return
+            put("end", None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put("error", exc)
+
+    reader = threading.Thread(target=produce, name="contact-import-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _batches(db: Database, import_id: uuid.UUID, file_format: str, *, max_rows: int = MAX_CONTACTS,
