@@ -53,9 +53,9 @@ T = TypeVar("T")
 IMPORT_JOB = "campaign_contacts.import"
 FORMATS = ("csv", "json")
 CHUNK_BYTES = 1024 * 1024      # one row of contact_import_chunks
-BATCH_ROWS = 1_000             # rows validated and committed together
+BATCH_ROWS = 5_000             # rows validated and committed together
 REJECTED_PAGE_ROWS = 1_000     # rejected rows read per query when writing them out
-READ_AHEAD_BATCHES = 2         # batches validated ahead of the one being stored
+READ_AHEAD_BATCHES = 1         # batches validated ahead of the one being stored
 # A bug (not bad input) fails the job; it is tried this often before the import shows as failed.
 MAX_JOB_ATTEMPTS = 5
 
