@@ -303,3 +303,25 @@ def test_rejected_rows_csv_defuses_spreadsheet_formulas():
     assert imports._cell("@SUM(A1)") == "'@SUM(A1)"
     assert imports._cell("+1 (212) 555-0100") == "+1 (212) 555-0100"
     assert imports._cell("-") == "-" and imports._cell(None) == ""
+
+
+def test_an_import_stops_when_its_campaign_is_cancelled_midway(app, seeded, campaign, monkeypatch):
+    monkeypatch.setattr(imports, "BATCH_ROWS", 1_000)
+    client = app.test_client()
+    started = client.post(contacts_url(campaign), data=big_csv(3_000), headers=seeded.headers(**CSV)).json
+    client.post(f"/api/v1/campaigns/{campaign['id']}/resume", headers=seeded.headers())
+    real_read_ahead = imports._read_ahead
+
+    def cancelled_once_the_first_batch_is_stored(batches):
+        for number, batch in enumerate(real_read_ahead(batches)):
+            if number == 1:
+                assert client.post(f"/api/v1/campaigns/{campaign['id']}/cancel",
+                                   headers=seeded.headers()).status_code == 200
+            yield batch
+
+    monkeypatch.setattr(imports, "_read_ahead", cancelled_once_the_first_batch_is_stored)
+    run_jobs(app)
+    stopped = client.get(f"/api/v1/campaigns/{campaign['id']}/imports/{started['id']}",
+                         headers=seeded.headers()).json
+    assert stopped["status"] == "failed" and "cancelled during the import" in stopped["error"]["message"]
+    assert stopped["imported"] == 1_000 and contact_count(app, campaign) == 1_000

@@ -226,6 +226,11 @@ def run_import(context: JobContext, payload: dict[str, Any]) -> None:
     # while this one is stored (mostly waiting for the database).
     for last_line, batch in _read_ahead(_batches(db, import_id, file_format, skip_through=resume_after)):
         with db.session() as session:
+            if session.scalar(select(Campaign.status).where(Campaign.id == campaign_id)) == "cancelled":
+                _fail(session, session.get_one(ContactImport, import_id),
+                      LineError(last_line, None, "the campaign was cancelled during the import; the contacts "
+                                                 "imported before stay (cancelled), the rest were not added"))
+                return
             if not _apply_batch(session, import_id, agency_id, campaign_id, batch, resume_after, last_line):
                 log.warning("contact import %s moved on in another run; this run stops", import_id)
                 return
