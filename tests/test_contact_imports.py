@@ -77,6 +77,7 @@ def test_a_large_csv_is_imported_in_the_background_with_progress_and_rejected_ro
     started = response.json
     assert started["status"] == "queued" and started["format"] == "csv" and started["size_bytes"] == len(body)
     assert response.headers["Location"].endswith(f"/imports/{started['id']}")
+    assert "Preference-Applied" not in response.headers   # not asked for: the size decided
     assert contact_count(app, campaign) == 0   # nothing until a worker runs it
 
     run_jobs(app)

@@ -277,8 +277,11 @@ def add_contacts(campaign_id: uuid.UUID):
     # always was (200 and the per-line report); anything larger runs in the background.
     wants_async = "respond-async" in request.headers.get("Prefer", "").lower()
     if wants_async or (request.content_length or 0) > config.max_body_bytes:
-        return _start_import(campaign_id, import_service.start_import(
+        response = _start_import(campaign_id, import_service.start_import(
             session, campaign, request.stream, file_format=RAW_FORMATS[mimetype]))
+        if wants_async:
+            response.headers["Preference-Applied"] = "respond-async"
+        return response
     if mimetype in ("text/csv", "text/plain"):
         try:
             text = request.get_data(cache=True).decode("utf-8")
@@ -318,14 +321,14 @@ def _import_out(contact_import) -> dict[str, Any]:
                                          import_id=contact_import.id)}
 
 
-def _start_import(campaign_id: uuid.UUID, contact_import):
-    session = get_session()
-    session.commit()
-    body, status = render(ImportOut, _import_out(contact_import), 202)
-    body.headers["Location"] = url_for("campaigns.get_import", campaign_id=campaign_id,
-                                       import_id=contact_import.id)
-    body.headers["Preference-Applied"] = "respond-async"
-    return body, status
+def _start_import(campaign_id: uuid.UUID, contact_import) -> Response:
+    """202 with the import just stored (the upload is committed before the answer)."""
+    get_session().commit()
+    response, _status = render(ImportOut, _import_out(contact_import), 202)
+    response.status_code = 202
+    response.headers["Location"] = url_for("campaigns.get_import", campaign_id=campaign_id,
+                                           import_id=contact_import.id)
+    return response
 
 
 @bp.get("/campaigns/<uuid:campaign_id>/imports")
