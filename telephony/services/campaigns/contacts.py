@@ -19,7 +19,8 @@ Policies:
   an empty file, a bad header, more than `max_rows` rows, broken CSV quoting. A
   silently truncated campaign is worse than a refused upload. Problems with one
   row (bad number or zone, a cell over MAX_CELL_CHARS, extra cells) are errors
-  for that line only. Nothing raises on bad input.
+  for that line only. Nothing raises on bad input (the streaming parsers at the end,
+  for background imports, raise InputRefused for a problem with the input as a whole).
 * Template variables are strings. CSV cells are taken as text (stripped); JSON
   scalars are converted: true/false -> "true"/"false", numbers -> str(number).
 """
