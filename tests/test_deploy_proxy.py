@@ -148,6 +148,9 @@ def test_contact_lists_may_be_larger_than_other_bodies_through_nginx():
         nginx_port = free_port()
         conf = service.workdir / "nginx.conf"
         conf.write_text(render_config(nginx_port, gunicorn_port, service.workdir))
+        # A body this large goes to nginx's client_body temp dir in the workdir, which its
+        # worker processes (another user when the test runs as root) must be able to reach.
+        service.workdir.chmod(0o755)
         proxy: Proc = start("nginx", [nginx, "-e", str(service.workdir / "nginx-error.log"), "-p",
                                       str(service.workdir), "-c", str(conf), "-g", "daemon off;"], {}, service.workdir)
         try:
