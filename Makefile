@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign try-inbound try-capacity clean
+.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign bench-contacts try-inbound try-capacity clean
 
 ## make help: this list (the default)
 help:
@@ -45,10 +45,11 @@ lint: $(VENV)/.dev-installed
 sim: $(VENV)/.runtime-installed
 	$(BIN)/python -m telephony.sim all
 
-## make bench: both benchmarks below, one after the other (exit 1 if either misses a target); results in docs/benchmarks.md
+## make bench: the benchmarks below, one after the other (exit 1 if any misses a target); results in docs/benchmarks.md
 bench: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.inbound; inbound=$$?; $(BIN)/python -m bench.campaign; campaign=$$?; \
-	test $$inbound -eq 0 -a $$campaign -eq 0
+	$(BIN)/python -m bench.contact_import; contacts=$$?; \
+	test $$inbound -eq 0 -a $$campaign -eq 0 -a $$contacts -eq 0
 
 ## make bench-inbound: inbound-webhook benchmark (simulators + gunicorn, PostgreSQL when reachable, else SQLite)
 bench-inbound: $(VENV)/.runtime-installed
@@ -57,6 +58,10 @@ bench-inbound: $(VENV)/.runtime-installed
 ## make bench-campaign: campaign dispatch benchmark (2,000 contacts at 20/s, 2 workers, PostgreSQL required; ~5 min)
 bench-campaign: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.campaign $(BENCH_ARGS)
+
+## make bench-contacts: contact import benchmark (100,000-row CSV through web + worker: time to done, peak RSS)
+bench-contacts: $(VENV)/.runtime-installed
+	$(BIN)/python -m bench.contact_import $(BENCH_ARGS)
 
 ## make try-inbound: one signed Twilio webhook through the real service, answer printed
 try-inbound: $(VENV)/.runtime-installed

@@ -79,5 +79,6 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     # Chunked bodies get the same limits as any other (the largest route limit here,
     # then the route's own), and are refused whole above it.
     app.wsgi_app = ChunkedBodyLimit(app.wsgi_app,  # type: ignore[method-assign]
-                                    max(config.max_body_bytes, ultravox_webhooks.MAX_WEBHOOK_BODY_BYTES))
+                                    max(config.max_body_bytes, ultravox_webhooks.MAX_WEBHOOK_BODY_BYTES),
+                                    route_limits=[(campaigns.CONTACT_IMPORT_PATH, config.contact_import_max_bytes)])
     return app

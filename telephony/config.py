@@ -32,6 +32,7 @@ GENERATED_KEY_FILE = "credentials.key"
 TELNYX_STREAM_FORMATS: Mapping[str, int] = {"L16": 16000, "PCMU": 8000, "PCMA": 8000}
 DEFAULT_TELNYX_STREAM_CODEC = "L16"
 DEFAULT_WORKER_CONCURRENCY = 8
+DEFAULT_CONTACT_IMPORT_MAX_BYTES = 25 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ class Config:
     inbound_ultravox_budget: float = 5.0
     telnyx_stream_codec: str = DEFAULT_TELNYX_STREAM_CODEC
     max_body_bytes: int = 64 * 1024
+    # POST /api/v1/campaigns/<id>/contacts only: contact lists of real size (100,000 rows).
+    contact_import_max_bytes: int = DEFAULT_CONTACT_IMPORT_MAX_BYTES
     retention_days: int = 30  # finished jobs, deliveries, processed webhook-event ids (services/retention.py)
     database_timeouts: DatabaseTimeouts = field(default_factory=DatabaseTimeouts)
     worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY  # job slots per worker process
@@ -173,6 +176,8 @@ class Config:
             production=production,
             event_endpoints_allow_private=_bool(env, "EVENT_ENDPOINTS_ALLOW_PRIVATE", default=False),
             hold_audio_url=_url(env, "HOLD_AUDIO_URL", None) if env.get("HOLD_AUDIO_URL", "").strip() else "",
+            contact_import_max_bytes=_int(env, "CONTACT_IMPORT_MAX_BYTES", DEFAULT_CONTACT_IMPORT_MAX_BYTES,
+                                          64 * 1024, 1024 ** 3),
         )
 
 

@@ -32,6 +32,7 @@ from .db import Database
 from .jobs import Handler, JobContext, claim_jobs, run_job
 from .models import Job
 from .services import enrichment, events
+from .services.campaigns import imports as contact_imports
 from .services.campaigns.loop import Dispatcher
 from .services.retention import run_purge
 from .services.stale_calls import STALE_CHECK_INTERVAL, reconcile_stale_calls
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 JOB_HANDLERS: dict[str, Handler] = {
     events.DELIVER_JOB: events.deliver,
     enrichment.ENRICH_JOB: enrichment.enrich_call,
+    contact_imports.IMPORT_JOB: contact_imports.run_import,
 }
 
 

@@ -10,6 +10,7 @@ import io
 
 from sqlalchemy import func, select
 
+from telephony import create_app
 from telephony.api.ultravox_webhooks import MAX_WEBHOOK_BODY_BYTES
 from telephony.models import CampaignContact
 from tests.outbound_helpers import create_campaign, seed_agency
@@ -33,12 +34,16 @@ def contact_count(app) -> int:
         return session.scalar(select(func.count()).select_from(CampaignContact)) or 0
 
 
-def test_a_chunked_csv_over_the_limit_is_refused_whole(sim_app):
+def test_a_chunked_csv_over_the_limit_is_refused_whole(config, tmp_path):
+    # The contact route's own limit (CONTACT_IMPORT_MAX_BYTES, 25 MB by default), set
+    # small here so that a 10,000-row file is over it.
+    sim_app = create_app(config.with_overrides(contact_import_max_bytes=128 * 1024),
+                         instance_path=str(tmp_path / "limited"))
     seeded = seed_agency(sim_app)
     client = sim_app.test_client()
     campaign = create_campaign(client, seeded, [{"phone": "+12125550123"}])
     body = contacts_csv(10_000)
-    assert len(body) > sim_app.extensions["telephony.config"].max_body_bytes
+    assert len(body) > sim_app.extensions["telephony.config"].contact_import_max_bytes
     for send in (lambda: post_chunked(client, f"/api/v1/campaigns/{campaign['id']}/contacts", body,
                                       **{"Content-Type": "text/csv"}, **seeded.headers()),
                  lambda: client.post(f"/api/v1/campaigns/{campaign['id']}/contacts", data=body,
@@ -47,6 +52,7 @@ def test_a_chunked_csv_over_the_limit_is_refused_whole(sim_app):
         assert response.status_code == 413
         assert response.json == {"error": "Request body too large", "code": "payload_too_large"}
         assert contact_count(sim_app) == 1  # the campaign's own contact; nothing of the file
+    sim_app.extensions["telephony.db"].dispose()
 
 
 def test_a_chunked_body_within_the_limit_is_read_whole(sim_app):

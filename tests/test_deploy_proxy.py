@@ -137,3 +137,39 @@ def test_a_webhook_is_answered_within_budget_through_nginx_while_200_slow_client
                 assert status is None, f"gunicorn alone answered in {seconds:.2f} s: is the front still needed?"
         finally:
             proxy.stop()
+
+
+def test_contact_lists_may_be_larger_than_other_bodies_through_nginx():
+    # The app's contact route takes up to CONTACT_IMPORT_MAX_BYTES (25 MB); nginx must let
+    # such a body through to it, and keep refusing it (unread) on every other route.
+    nginx = _nginx()
+    with running_stack("sqlite", service_env={"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "8"}) as service:
+        gunicorn_port = int(service.service_url.rsplit(":", 1)[1])
+        nginx_port = free_port()
+        conf = service.workdir / "nginx.conf"
+        conf.write_text(render_config(nginx_port, gunicorn_port, service.workdir))
+        # A body this large goes to nginx's client_body temp dir in the workdir, which its
+        # worker processes (another user when the test runs as root) must be able to reach.
+        service.workdir.chmod(0o755)
+        proxy: Proc = start("nginx", [nginx, "-e", str(service.workdir / "nginx-error.log"), "-p",
+                                      str(service.workdir), "-c", str(conf), "-g", "daemon off;"], {}, service.workdir)
+        try:
+            wait_ready(proxy, f"http://127.0.0.1:{nginx_port}/healthz", timeout=10)
+            body = b"phone\n" + b"+12125550100\n" * (2 * 1024 * 1024 // 13)   # 2 MB: over nginx's 1 MB default
+
+            def post(path: str) -> tuple[int, str]:
+                conn = http.client.HTTPConnection("127.0.0.1", nginx_port, timeout=30)
+                try:
+                    conn.request("POST", path, body=body, headers={"Content-Type": "text/csv"})
+                    response = conn.getresponse()
+                    return response.status, response.read().decode(errors="replace")
+                finally:
+                    conn.close()
+
+            # Reaches the app, which answers for itself (no credentials: 401, as JSON).
+            status, answer = post("/api/v1/campaigns/6f1c2f9e-8d7c-4b1e-9a55-0c3f1d2e4b5a/contacts")
+            assert status == 401 and '"code"' in answer, (status, answer[:300])
+            status, _answer = post("/api/v1/agents")
+            assert status == 413
+        finally:
+            proxy.stop()

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from telephony.jobs import RetryLater, claim_jobs, enqueue, run_job
 from telephony.models import Call, EventDelivery, Job, utcnow
 from telephony.services import enrichment, events
+from telephony.services.campaigns import imports as contact_imports
 from telephony.services.enrichment import schedule_enrichment
 from telephony.services.events import emit_event
 from telephony.worker import JOB_HANDLERS, Worker, job_context
@@ -110,7 +111,8 @@ def test_concurrent_claims_never_share_a_job(app, db):
 
 
 def test_the_worker_runs_every_kind_of_job_with_its_handler(app):
-    assert JOB_HANDLERS == {events.DELIVER_JOB: events.deliver, enrichment.ENRICH_JOB: enrichment.enrich_call}
+    assert JOB_HANDLERS == {events.DELIVER_JOB: events.deliver, enrichment.ENRICH_JOB: enrichment.enrich_call,
+                            contact_imports.IMPORT_JOB: contact_imports.run_import}
     worker = Worker(app)
     assert worker.handlers is JOB_HANDLERS
     assert (worker.context.db.engine, worker.context.config, worker.context.credentials) == (

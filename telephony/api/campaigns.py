@@ -4,7 +4,11 @@
   GET  /campaigns                      list (campaigns:read)
   GET  /campaigns/<id>                 settings + progress (counts per state, attempts, ETA)
   POST /campaigns/<id>/contacts        add contacts: Content-Type text/csv (a CSV file as the raw
-                                       body) or application/json {"contacts": [...]}; per-line report
+                                       body) or application/json {"contacts": [...]}; per-line report.
+                                       Larger bodies (up to CONTACT_IMPORT_MAX_BYTES), a multipart file
+                                       upload, or `Prefer: respond-async`: 202, a background import
+  GET  /campaigns/<id>/imports[/<import_id>]       background imports and their progress
+  GET  /campaigns/<id>/imports/<import_id>/rejected  its rejected rows as CSV (row, kind, field, reason)
   GET  /campaigns/<id>/contacts        list contacts (?state=&limit=&offset=)
   POST /campaigns/<id>/pause|resume|cancel
 """
@@ -14,12 +18,14 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from flask import Blueprint, request
+from flask import Blueprint, Response, request, stream_with_context, url_for
 from pydantic import Field
 
 from ..auth import current_principal, require_auth
-from ..db import get_session
+from ..config import get_config
+from ..db import get_db, get_session
 from ..errors import ApiError
+from ..services.campaigns import imports as import_service
 from ..services.campaigns import manage as campaign_service
 from ..services.campaigns.attempts import CONTACT_STATES
 from .outbound import MachineMessageIn
@@ -178,7 +184,41 @@ class ContactQuery(RequestModel):
     offset: int = Field(default=0, ge=0, le=2**63 - 1)  # the database's OFFSET is a 64-bit integer
 
 
+class ImportErrorOut(ResponseModel):
+    line: int | None
+    message: str
+
+
+class ImportOut(ResponseModel):
+    id: uuid.UUID
+    campaign_id: uuid.UUID
+    status: Literal["queued", "importing", "done", "failed"]
+    format: str
+    filename: str | None
+    size_bytes: int
+    rows: int
+    imported: int
+    rejected: int
+    rejected_by_kind: dict[str, int]
+    error: ImportErrorOut | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    rejected_rows_url: str
+
+
+class ImportList(ResponseModel):
+    imports: list[ImportOut]
+
+
 NOT_FOUND = (None, "Not found, or another agency's.")
+# The contact route's own body limit (CONTACT_IMPORT_MAX_BYTES), also for chunked bodies
+# (body_limit.py reads those before Flask does, so it needs the path).
+CONTACT_IMPORT_PATH = r"/api/v1/campaigns/[^/]+/contacts"
+RAW_FORMATS = {"text/csv": "csv", "text/plain": "csv", "application/json": "json"}
+# How browsers and tools label an uploaded file (Excel on Windows: .csv as application/vnd.ms-excel).
+FILE_FORMATS = {**RAW_FORMATS, "application/csv": "csv", "application/vnd.ms-excel": "csv"}
+FILE_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".json": "json"}
 
 
 def _out(campaign, *, with_progress: bool = False, report: dict | None = None) -> dict[str, Any]:
@@ -248,14 +288,39 @@ def get_campaign(campaign_id: uuid.UUID):
 @bp.post("/campaigns/<uuid:campaign_id>/contacts")
 @require_auth(scope="campaigns:write")
 @document(summary="Add contacts: text/csv body (header row with phone, optional timezone, name, other columns = "
-                  "template variables) or JSON {\"contacts\": [...]}", tags=["campaigns"],
+                  "template variables) or JSON {\"contacts\": [...]}. Bodies up to 64 KB answer at once (200); "
+                  "larger ones (up to CONTACT_IMPORT_MAX_BYTES, 25 MB), a multipart/form-data `file`, or "
+                  "`Prefer: respond-async` start a background import (202)", tags=["campaigns"],
           request_model=ContactsIn,
-          responses={200: (ImportReport, "Per-line report"), 400: (None, "Input refused as a whole"),
-                     404: NOT_FOUND, 409: (None, "Campaign cancelled"), 415: (None, "Unsupported content type")})
+          parameters=[{"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+                       "description": "respond-async: always import in the background (202)"}],
+          responses={200: (ImportReport, "Per-line report"), 202: (ImportOut, "Background import started"),
+                     400: (None, "Input refused as a whole"), 404: NOT_FOUND, 409: (None, "Campaign cancelled"),
+                     413: (None, "Larger than CONTACT_IMPORT_MAX_BYTES"),
+                     415: (None, "Unsupported content type")})
 def add_contacts(campaign_id: uuid.UUID):
+    config = get_config()
+    # Before anything reads the body: this route's own limit, not the API's 64 KB.
+    request.max_content_length = config.contact_import_max_bytes
     session = get_session()
     campaign = campaign_service.get_campaign(session, current_principal().agency_id, campaign_id)
     mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        upload, file_format = _uploaded_file()
+        return _start_import(campaign_id, import_service.start_import(
+            session, campaign, upload.stream, file_format=file_format, filename=upload.filename))
+    if mimetype not in RAW_FORMATS:
+        raise ApiError(415, "Send text/csv, application/json, or a file as multipart/form-data",
+                       code="unsupported_media_type")
+    # Up to the API's usual body limit, the list is imported within the request, as it
+    # always was (200 and the per-line report); anything larger runs in the background.
+    wants_async = "respond-async" in request.headers.get("Prefer", "").lower()
+    if wants_async or (request.content_length or 0) > config.max_body_bytes:
+        response = _start_import(campaign_id, import_service.start_import(
+            session, campaign, request.stream, file_format=RAW_FORMATS[mimetype]))
+        if wants_async:
+            response.headers["Preference-Applied"] = "respond-async"
+        return response
     if mimetype in ("text/csv", "text/plain"):
         try:
             text = request.get_data(cache=True).decode("utf-8")
@@ -272,6 +337,72 @@ def add_contacts(campaign_id: uuid.UUID):
         return render(ImportReport, report, 400)
     session.commit()
     return render(ImportReport, report)
+
+
+def _uploaded_file():
+    """The multipart upload's one file (field `file`, or the only file sent) and its format."""
+    files = request.files
+    upload = files.get("file") or (next(iter(files.values())) if len(files) == 1 else None)
+    if upload is None:
+        raise ApiError(400, "send the contact list as the multipart field `file`", code="invalid_input",
+                       fields={"file": "required"})
+    extension = "." + upload.filename.rsplit(".", 1)[-1].lower() if upload.filename and "." in upload.filename else ""
+    file_format = FILE_EXTENSIONS.get(extension) or FILE_FORMATS.get(upload.mimetype)
+    if file_format is None:
+        raise ApiError(415, "the file must be CSV (.csv, text/csv) or JSON (.json, application/json)",
+                       code="unsupported_media_type")
+    return upload, file_format
+
+
+def _import_out(contact_import) -> dict[str, Any]:
+    return {**import_service.describe(get_session(), contact_import),
+            "rejected_rows_url": url_for("campaigns.rejected_rows", campaign_id=contact_import.campaign_id,
+                                         import_id=contact_import.id)}
+
+
+def _start_import(campaign_id: uuid.UUID, contact_import) -> Response:
+    """202 with the import just stored (the upload is committed before the answer)."""
+    get_session().commit()
+    response, _status = render(ImportOut, _import_out(contact_import), 202)
+    response.status_code = 202
+    response.headers["Location"] = url_for("campaigns.get_import", campaign_id=campaign_id,
+                                           import_id=contact_import.id)
+    return response
+
+
+@bp.get("/campaigns/<uuid:campaign_id>/imports")
+@require_auth(scope="campaigns:read")
+@document(summary="A campaign's background contact imports, newest first (at most 100)", tags=["campaigns"],
+          responses={200: (ImportList, "Imports"), 404: NOT_FOUND})
+def list_imports(campaign_id: uuid.UUID):
+    session = get_session()
+    agency_id = current_principal().agency_id
+    campaign_service.get_campaign(session, agency_id, campaign_id)
+    found = import_service.list_imports(session, agency_id, campaign_id)
+    return render(ImportList, {"imports": [_import_out(i) for i in found]})
+
+
+@bp.get("/campaigns/<uuid:campaign_id>/imports/<uuid:import_id>")
+@require_auth(scope="campaigns:read")
+@document(summary="A background contact import: status (queued, importing, done, failed), rows, imported, "
+                  "rejected", tags=["campaigns"], responses={200: (ImportOut, "Import"), 404: NOT_FOUND})
+def get_import(campaign_id: uuid.UUID, import_id: uuid.UUID):
+    found = import_service.get_import(get_session(), current_principal().agency_id, campaign_id, import_id)
+    return render(ImportOut, _import_out(found))
+
+
+@bp.get("/campaigns/<uuid:campaign_id>/imports/<uuid:import_id>/rejected")
+@require_auth(scope="campaigns:read")
+@document(summary="The rows an import did not add, as CSV: row (CSV line, header = 1; JSON item from 0), kind "
+                  "(error, duplicate, suppressed), field, reason, phone", tags=["campaigns"],
+          responses={200: (None, "text/csv"), 404: NOT_FOUND})
+def rejected_rows(campaign_id: uuid.UUID, import_id: uuid.UUID):
+    session = get_session()
+    found = import_service.get_import(session, current_principal().agency_id, campaign_id, import_id)
+    session.rollback()  # the rows are read page by page in sessions of their own
+    rows = import_service.rejected_rows_csv(get_db(), found.id)
+    return Response(stream_with_context(rows), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="rejected-{found.id}.csv"'})
 
 
 @bp.get("/campaigns/<uuid:campaign_id>/contacts")

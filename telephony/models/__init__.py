@@ -11,6 +11,7 @@ from .access import ApiKey, PublicKey, RateLimitWindow
 from .agencies import Agency, AgencyCredential, AgentMapping, PhoneNumber, User
 from .base import Base, CallDirection, CallSource, Carrier, Role, UTCDateTime, utcnow
 from .calls import Call, ProcessedWebhookEvent
+from .contact_imports import ContactImport, ContactImportChunk, ContactImportRejection
 from .events import EventDelivery, EventEndpoint, Job
 from .outbound import Campaign, CampaignContact, DialAttempt, DoNotCallEntry, IdempotencyKey
 
@@ -28,4 +29,6 @@ __all__ = [
     "EventDelivery", "EventEndpoint", "Job",
     # outbound calls and campaigns
     "Campaign", "CampaignContact", "DialAttempt", "DoNotCallEntry", "IdempotencyKey",
+    # contact imports run in the background
+    "ContactImport", "ContactImportChunk", "ContactImportRejection",
 ]

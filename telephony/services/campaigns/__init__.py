@@ -20,5 +20,6 @@ and the modules they share or that drive them:
   loop      `Dispatcher`: the thread pool that runs claim, dial and reconcile in a worker
   manage    the API's use cases: create, add contacts, pause / resume / cancel, progress
   contacts  contact lists from CSV or JSON: parsed and validated (no database)
+  imports   large lists: the upload kept in the database, imported by a worker job in batches
   windows   calling windows, judged by each callee's local clock
 """

@@ -19,7 +19,8 @@ Policies:
   an empty file, a bad header, more than `max_rows` rows, broken CSV quoting. A
   silently truncated campaign is worse than a refused upload. Problems with one
   row (bad number or zone, a cell over MAX_CELL_CHARS, extra cells) are errors
-  for that line only. Nothing raises on bad input.
+  for that line only. Nothing raises on bad input (the streaming parsers at the end,
+  for background imports, raise InputRefused for a problem with the input as a whole).
 * Template variables are strings. CSV cells are taken as text (stripped); JSON
   scalars are converted: true/false -> "true"/"false", numbers -> str(number).
 """
@@ -27,11 +28,13 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import json
 import math
 import re
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from ...errors import InvalidInput
 from ..phone_numbers import normalize_e164
@@ -67,6 +70,7 @@ class ImportResult:
     duplicates: list[tuple[int, str]] = field(default_factory=list)   # (line, E.164)
     suppressed: list[tuple[int, str]] = field(default_factory=list)   # (line, E.164)
     rows: int = 0        # data rows / items looked at (blank CSV lines excluded)
+    contact_lines: list[int] = field(default_factory=list)  # the line of each of `contacts`
 
     @property
     def ok(self) -> bool:
@@ -119,6 +123,7 @@ class _Importer:
             self.result.duplicates.append((line, e164))
             return None
         self._seen.add(e164)
+        self.result.contact_lines.append(line)
         self.result.contacts.append(Contact(phone=e164, timezone=zone, name=(name or "").strip() or None,
                                             template_context=context))
         return None
@@ -156,31 +161,10 @@ def parse_contacts_csv(text: str, *, max_rows: int = 100_000,
         columns = _read_header(importer, header_line, header)
         if columns is None:
             return importer.result
-        width = len(columns.names)
         for line, row in rows:
             if importer.result.rows >= max_rows:
                 return importer.too_many_rows(line, max_rows)
-            if len(row) > width:
-                # Spreadsheets often add trailing empty cells; anything else is misaligned.
-                if any(cell.strip() for cell in row[width:]):
-                    importer.reject(line, None, f"row has {len(row)} cells but the header has {width}")
-                    continue
-                row = row[:width]
-            row = row + [""] * (width - len(row))   # short rows: missing cells are empty
-            too_long = next((i for i, cell in enumerate(row) if len(cell) > MAX_CELL_CHARS), None)
-            if too_long is not None:
-                label = "phone" if too_long == columns.phone_at else columns.names[too_long]
-                importer.reject(line, label, f"{label} is longer than {MAX_CELL_CHARS} characters")
-                continue
-            with_nul = next((i for i, cell in enumerate(row) if "\x00" in cell), None)
-            if with_nul is not None:  # the database cannot store a NUL character
-                label = "phone" if with_nul == columns.phone_at else columns.names[with_nul]
-                importer.reject(line, label, f"{label} contains a NUL character")
-                continue
-            importer.add(line, phone=row[columns.phone_at],
-                         timezone=row[columns.timezone_at] if columns.timezone_at is not None else None,
-                         name=row[columns.name_at] if columns.name_at is not None else None,
-                         context={columns.names[i]: row[i].strip() for i in columns.variables})
+            _add_csv_row(importer, columns, line, row)
     except csv.Error as exc:
         # An unterminated quote, text after a closing quote, or a field over
         # csv.field_size_limit(): the rest of the file can't be trusted.
@@ -188,15 +172,52 @@ def parse_contacts_csv(text: str, *, max_rows: int = 100_000,
     return importer.result
 
 
+def _add_csv_row(importer: _Importer, columns: _Columns, line: int, row: list[str]) -> None:
+    """One data row: its shape checked, then the shared validation (_Importer.add)."""
+    width = len(columns.names)
+    if len(row) > width:
+        # Spreadsheets often add trailing empty cells; anything else is misaligned.
+        if any(cell.strip() for cell in row[width:]):
+            return importer.reject(line, None, f"row has {len(row)} cells but the header has {width}")
+        row = row[:width]
+    row = row + [""] * (width - len(row))   # short rows: missing cells are empty
+    too_long = next((i for i, cell in enumerate(row) if len(cell) > MAX_CELL_CHARS), None)
+    if too_long is not None:
+        label = "phone" if too_long == columns.phone_at else columns.names[too_long]
+        return importer.reject(line, label, f"{label} is longer than {MAX_CELL_CHARS} characters")
+    with_nul = next((i for i, cell in enumerate(row) if "\x00" in cell), None)
+    if with_nul is not None:  # the database cannot store a NUL character
+        label = "phone" if with_nul == columns.phone_at else columns.names[with_nul]
+        return importer.reject(line, label, f"{label} contains a NUL character")
+    return importer.add(line, phone=row[columns.phone_at],
+                        timezone=row[columns.timezone_at] if columns.timezone_at is not None else None,
+                        name=row[columns.name_at] if columns.name_at is not None else None,
+                        context={columns.names[i]: row[i].strip() for i in columns.variables})
+
+
 def _csv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
     """(line number the record starts on, cells) for each non-blank record."""
-    first_line = next((line for line in io.StringIO(text, newline="") if line.strip()), "")
+    return _csv_records(io.StringIO(text, newline=""))
+
+
+def _csv_records(lines: Iterable[str]) -> Iterator[tuple[int, list[str]]]:
+    """_csv_rows over any source of lines that keep their line ends (a file opened
+    with newline=""), read once: a file of any length is never held whole."""
+    lines = iter(lines)
+    blank_lines = 0
+    first_line = ""
+    for line in lines:
+        if line.strip():
+            first_line = line
+            break
+        blank_lines += 1   # counted, not kept: only their number matters (line numbers)
     counts = {d: first_line.count(d) for d in (",", ";", "\t")}
     delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
     # newline="" keeps line ends for the csv module, which then handles CRLF and
     # newlines inside quoted fields itself. strict: an unterminated quote would
     # otherwise swallow the rest of the file into one cell without a word.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    source = itertools.chain(itertools.repeat("\n", blank_lines), [first_line] if first_line else [], lines)
+    reader = csv.reader(source, delimiter=delimiter, strict=True)
     previous = 0
     while True:
         try:
@@ -274,21 +295,24 @@ def parse_contacts_json(items: Any, *, max_rows: int = 100_000,
     if len(items) > max_rows:
         return importer.too_many_rows(max_rows, max_rows)
     for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            importer.reject(index, None, 'each contact must be an object such as {"phone": "+14155550100"}')
-            continue
-        unknown = sorted(str(key)[:50] for key in item if key not in _JSON_KEYS)
-        if unknown:
-            importer.reject(index, unknown[0], f"unknown field(s) {', '.join(unknown[:5])}; "
-                                               f"allowed: phone, timezone, name, template_context")
-            continue
-        context = _json_context(importer, index, item.get("template_context"))
-        if context is None:
-            importer.result.rows += 1   # _json_context reported the error
-            continue
-        importer.add(index, phone=item.get("phone"), timezone=item.get("timezone"), name=item.get("name"),
-                     context=context)
+        _add_json_item(importer, index, item)
     return importer.result
+
+
+def _add_json_item(importer: _Importer, index: int, item: Any) -> None:
+    """One JSON item: its shape checked, then the shared validation (_Importer.add)."""
+    if not isinstance(item, dict):
+        return importer.reject(index, None, 'each contact must be an object such as {"phone": "+14155550100"}')
+    unknown = sorted(str(key)[:50] for key in item if key not in _JSON_KEYS)
+    if unknown:
+        return importer.reject(index, unknown[0], f"unknown field(s) {', '.join(unknown[:5])}; "
+                                                  f"allowed: phone, timezone, name, template_context")
+    context = _json_context(importer, index, item.get("template_context"))
+    if context is None:
+        importer.result.rows += 1   # _json_context reported the error
+        return None
+    return importer.add(index, phone=item.get("phone"), timezone=item.get("timezone"), name=item.get("name"),
+                        context=context)
 
 
 def _json_context(importer: _Importer, index: int, value: Any) -> dict[str, str] | None:
@@ -328,3 +352,169 @@ def _json_context(importer: _Importer, index: int, value: Any) -> dict[str, str]
             return None
         context[key] = text
     return context
+
+
+# -- streaming: lists of any length, read once, in batches ----------------------------------------------
+#
+# The same validation as above, for files too large to hold whole (background imports,
+# services/campaigns/imports.py). A batch is an ImportResult of at most `batch_rows` rows;
+# duplicates are found within a batch only (the database finds the others), and the
+# do-not-call list is the caller's to apply. A problem with the input as a whole raises
+# InputRefused, possibly after earlier batches were yielded: read the input once with
+# check_only=True first, and only then store anything.
+
+# The largest JSON item accepted (100 template values of 1,000 characters fit easily).
+MAX_JSON_ITEM_CHARS = 1_000_000
+_JSON_READ_CHARS = 64 * 1024
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+class InputRefused(Exception):
+    """The input as a whole is refused (streaming only): store nothing of it."""
+
+    def __init__(self, error: LineError):
+        self.error = error
+        super().__init__(error.message)
+
+
+def stream_contacts_csv(stream: TextIO, *, batch_rows: int = 1_000, max_rows: int = 100_000,
+                        skip_through: int = -1, check_only: bool = False) -> Iterator[tuple[int, ImportResult]]:
+    """parse_contacts_csv for a text file opened with newline="" (a UTF-8 BOM already
+    removed), in batches: (the batch's last line, the batch). Rows on lines up to
+    `skip_through` are counted but not validated (a resumed import). With check_only,
+    rows are only counted and the input's shape checked (header, quoting, length):
+    nothing is yielded."""
+    importer = _Importer(None)
+    counted = 0
+    last_line = skip_through
+    try:
+        rows = _csv_records(stream)
+        header_line, header = next(rows, (1, None))
+        if header is None:
+            raise InputRefused(LineError(1, None, "the file is empty; the first row must be a header with a "
+                                                  "phone column"))
+        columns = _read_header(importer, header_line, header)
+        if columns is None:
+            raise InputRefused(importer.result.errors[0])
+        for line, row in rows:
+            if counted >= max_rows:
+                raise InputRefused(LineError(line, None, f"more than {max_rows} contacts; split the list and "
+                                                         "import each part separately"))
+            counted += 1
+            if check_only or line <= skip_through:
+                continue
+            _add_csv_row(importer, columns, line, row)
+            last_line = line
+            if importer.result.rows >= batch_rows:
+                yield last_line, importer.result
+                importer = _Importer(None)
+    except csv.Error as exc:
+        raise InputRefused(LineError(getattr(exc, "line", 1), None, f"unreadable CSV: {exc}")) from None
+    if importer.result.rows:
+        yield last_line, importer.result
+
+
+def stream_contacts_json(stream: TextIO, *, batch_rows: int = 1_000, max_rows: int = 100_000,
+                         skip_through: int = -1, check_only: bool = False) -> Iterator[tuple[int, ImportResult]]:
+    """parse_contacts_json for a text file holding a JSON array of contacts, or
+    {"contacts": [...]}, read a piece at a time, in batches; otherwise as
+    stream_contacts_csv (`line` is the item's index from 0)."""
+    importer = _Importer(None)
+    for index, item in _json_items(stream):
+        if index >= max_rows:
+            raise InputRefused(LineError(max_rows, None, f"more than {max_rows} contacts; split the list and "
+                                                         "import each part separately"))
+        if check_only or index <= skip_through:
+            continue
+        _add_json_item(importer, index, item)
+        if importer.result.rows >= batch_rows:
+            yield index, importer.result
+            importer = _Importer(None)
+    if importer.result.rows:
+        yield index, importer.result
+
+
+class _JsonReader:
+    """A window onto a JSON text read a piece at a time: the items of its one array are
+    decoded one by one (json's own decoder), so memory holds one piece, not the file."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.text = ""
+        self.at = 0
+        self.ended = False
+        self.decoder = json.JSONDecoder()
+
+    def more(self) -> bool:
+        """Read the next piece (dropping what was consumed); False at the end of the input."""
+        if self.ended:
+            return False
+        piece = self.stream.read(_JSON_READ_CHARS)
+        if not piece:
+            self.ended = True
+            return False
+        self.text = self.text[self.at:] + piece
+        self.at = 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space ("" at the end), not consumed."""
+        while True:
+            self.at = _JSON_SPACE.match(self.text, self.at).end()  # type: ignore[union-attr]
+            if self.at < len(self.text) or not self.more():
+                return self.text[self.at:self.at + 1]
+
+    def expect(self, char: str, line: int, what: str) -> None:
+        if self.peek() != char:
+            found = self.peek() or "the end of the input"
+            raise InputRefused(LineError(line, None, f"invalid JSON: expected {what}, found {found[:20]!r}"))
+        self.at += 1
+
+    def value(self, line: int) -> Any:
+        """The next JSON value. A value that ends where the text read so far ends may go
+        on (a number cut between two pieces): it is decoded again with more text."""
+        self.peek()  # the decoder takes no leading white space
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.text, self.at)
+            except json.JSONDecodeError as exc:
+                if len(self.text) - self.at > MAX_JSON_ITEM_CHARS:
+                    raise InputRefused(LineError(line, None, f"contact {line} is longer than "
+                                                             f"{MAX_JSON_ITEM_CHARS} characters")) from None
+                if self.more():
+                    continue
+                raise InputRefused(LineError(line, None, f"invalid JSON in contact {line}: {exc.msg}")) from None
+            if end == len(self.text) and self.more():
+                continue
+            self.at = end
+            return value
+
+
+def _json_items(stream: TextIO) -> Iterator[tuple[int, Any]]:
+    """(index, decoded item) for each item of the array; InputRefused for anything else."""
+    reader = _JsonReader(stream)
+    shape = 'the body must be a JSON array of contacts or {"contacts": [...]}'
+    wrapped = reader.peek() == "{"
+    if wrapped:
+        reader.at += 1
+        if reader.peek() != '"' or reader.value(0) != "contacts":
+            raise InputRefused(LineError(0, None, shape))
+        reader.expect(":", 0, '":"')
+    if reader.peek() != "[":
+        raise InputRefused(LineError(0, None, shape))
+    reader.at += 1
+    index = 0
+    if reader.peek() == "]":
+        reader.at += 1
+    else:
+        while True:
+            yield index, reader.value(index)
+            index += 1
+            following = reader.peek()
+            reader.expect("," if following == "," else "]", index, '"," or "]"')
+            if following != ",":
+                break
+    if wrapped:
+        reader.expect("}", index, '"}" (only "contacts" is allowed)')
+    if reader.peek():
+        raise InputRefused(LineError(index, None, "invalid JSON: text after the contacts"))
