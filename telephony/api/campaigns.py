@@ -22,7 +22,7 @@ from ..db import get_session
 from ..errors import ApiError
 from ..services.campaigns import manage as campaign_service
 from ..services.campaigns.attempts import CONTACT_STATES
-from .schema import RequestModel, ResponseModel, document, parse_body, parse_query, render
+from .schema import Body, RequestModel, ResponseModel, document, parse_body, parse_query, render
 
 bp = Blueprint("campaigns", __name__, url_prefix="/api/v1")
 
@@ -146,6 +146,10 @@ class ContactQuery(RequestModel):
 
 
 NOT_FOUND = (None, "Not found, or another agency's.")
+CSV_CONTACTS = Body("text/csv", {"type": "string", "description": "UTF-8 CSV (text/plain is read the same way): "
+                                 "a header row with `phone` (E.164), optional `timezone` (IANA) and `name`; "
+                                 "other columns become the contact's template variables",
+                                 "examples": ["phone,name,timezone\n+14155550100,Ada,America/Los_Angeles\n"]})
 
 
 def _out(campaign, *, with_progress: bool = False, report: dict | None = None) -> dict[str, Any]:
@@ -210,7 +214,7 @@ def get_campaign(campaign_id: uuid.UUID):
 @require_auth(scope="campaigns:write")
 @document(summary="Add contacts: text/csv body (header row with phone, optional timezone, name, other columns = "
                   "template variables) or JSON {\"contacts\": [...]}", tags=["campaigns"],
-          request_model=ContactsIn,
+          request_model=ContactsIn, bodies=[CSV_CONTACTS],
           responses={200: (ImportReport, "Per-line report"), 400: (None, "Input refused as a whole"),
                      404: NOT_FOUND, 409: (None, "Campaign cancelled"), 415: (None, "Unsupported content type")})
 def add_contacts(campaign_id: uuid.UUID):
@@ -237,7 +241,7 @@ def add_contacts(campaign_id: uuid.UUID):
 
 @bp.get("/campaigns/<uuid:campaign_id>/contacts")
 @require_auth(scope="campaigns:read")
-@document(summary="List a campaign's contacts", tags=["campaigns"],
+@document(summary="List a campaign's contacts", tags=["campaigns"], query_model=ContactQuery,
           responses={200: (ContactList, "Contacts"), 404: NOT_FOUND})
 def list_contacts(campaign_id: uuid.UUID):
     query = parse_query(ContactQuery)
