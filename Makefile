@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign try-inbound clean
+.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign try-inbound clean demo
 
 ## make help: this list (the default)
 help:
@@ -61,6 +61,10 @@ bench-campaign: $(VENV)/.runtime-installed
 ## make try-inbound: one signed Twilio webhook through the real service, answer printed
 try-inbound: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.try_inbound
+
+## make demo: simulators + service + worker with a seeded demo agency; prints copy-paste commands (Ctrl-C stops)
+demo: $(VENV)/.runtime-installed
+	$(BIN)/python -m telephony.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache
