@@ -132,11 +132,9 @@ def commands(settings: Settings, seeded: Seeded, token: str) -> str:
                     "To": seeded.number, "CallStatus": "ringing", "Direction": "inbound"}
     voice_url = f"{base}/webhooks/twilio/voice"
     signature = RequestValidator(seeded.twilio_auth_token).compute_signature(voice_url, inbound_form)
-    outbound = (f'{{"agent_id": "{ULTRAVOX_AGENT_ID}", "to": "{CALLEE}", "from": "{seeded.number}", '
-                f'"metadata": {{"crm_id": "demo-1"}}}}')
     return f"""\
 export API={base} API_KEY={seeded.api_key}
-export PUBLIC_KEY={seeded.public_key} UV_AGENT={ULTRAVOX_AGENT_ID}
+export PUBLIC_KEY={seeded.public_key} UV_AGENT={ULTRAVOX_AGENT_ID} NUMBER={seeded.number}
 export TOKEN={token}
 
 # 1. Someone dials {seeded.number} (Twilio): the signed webhook Twilio sends. The answer is
@@ -144,10 +142,11 @@ export TOKEN={token}
 curl -sS --fail-with-body -X POST "$API/webhooks/twilio/voice" -H 'X-Twilio-Signature: {signature}' \\
      --data {quoted(urlencode(inbound_form))}; echo
 
-# 2. An outbound call from {seeded.number} to {CALLEE} (server API key; Idempotency-Key makes a retry safe).
+# 2. An outbound call from $NUMBER to {CALLEE} (server API key; Idempotency-Key makes a retry safe).
 CALL_ID=$(curl -sS --fail-with-body -X POST "$API/api/v1/calls" -H "X-API-Key: $API_KEY" \\
      -H 'Content-Type: application/json' -H "Idempotency-Key: $(date +%s)" \\
-     -d {quoted(outbound)} | tee /dev/stderr | {json_field.format("call_id")}); echo
+     -d '{{"agent_id": "'$UV_AGENT'", "to": "{CALLEE}", "from": "'$NUMBER'", "metadata": {{"crm_id": "demo-1"}}}}' \\
+     | tee /dev/stderr | {json_field.format("call_id")}); echo
 
 # 3. That call in the history (status, carrier, metadata; the transcript once it ended).
 curl -sS --fail-with-body "$API/api/v1/calls/$CALL_ID" -H "X-API-Key: $API_KEY"; echo
