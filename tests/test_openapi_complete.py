@@ -186,6 +186,7 @@ def test_docs_serves_the_explorer_and_its_files_from_our_origin(described):
     assert page.status_code == 200 and page.mimetype == "text/html"
     html = page.get_data(as_text=True)
     assert "/openapi.json" in html
+    assert '"validatorUrl": null' in html  # no badge from validator.swagger.io
     sources = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert sources and not [s for s in sources if "//" in s], f"assets from another origin: {sources}"
     scripts = [s for s in sources if s.endswith(".js")]
