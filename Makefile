@@ -62,9 +62,9 @@ bench-campaign: $(VENV)/.runtime-installed
 try-inbound: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.try_inbound
 
-## make demo: simulators + service + worker with a seeded demo agency; prints copy-paste commands (Ctrl-C stops)
+## make demo: simulators + service + worker with a seeded demo agency; prints copy-paste commands (Ctrl-C stops; DEMO_ARGS=--help)
 demo: $(VENV)/.runtime-installed
-	$(BIN)/python -m telephony.demo
+	$(BIN)/python -m telephony.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

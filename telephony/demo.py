@@ -260,8 +260,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    load_env_file(ROOT / ".env")  # as wsgi.py does: the same PORT and CREDENTIALS_KEYS as `make run`
     args = _parser().parse_args(argv)
-    load_env_file(ROOT / ".env")  # as wsgi.py does: the same CREDENTIALS_KEYS as `make run`
     instance: Path = args.instance.resolve()
     logs = instance / "demo-logs"
     logs.mkdir(parents=True, exist_ok=True)

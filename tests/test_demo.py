@@ -7,6 +7,7 @@ stops it with SIGTERM, after which none of its ports answers.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from cryptography.fernet import Fernet
 
@@ -58,6 +60,7 @@ def _answers(port: int) -> bool:
         return False
 
 
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the printed commands use curl")
 def test_make_demo_prints_commands_that_work_and_stops_everything(tmp_path):
     ports = {"--port": _free_port(), "--ultravox-port": _free_port(), "--carriers-port": _free_port()}
     args = [sys.executable, "-m", "telephony.demo", "--instance", str(tmp_path / "instance")]
