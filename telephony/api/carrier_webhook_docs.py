@@ -58,6 +58,9 @@ FORMS: dict[str, Body] = {"twilio": _form(_TWILIO_FORM), "telnyx": _form(_TWILIO
 GENERIC_FORM = _form({})
 
 BAD_SIGNATURE = "Signature missing or not valid for the number's agency"
+# Callbacks (not the inbound answer, which is always 200) let the carrier redeliver.
+DATABASE_UNAVAILABLE = "The database could not serve the callback; the carrier redelivers (Retry-After)"
+EMPTY_JSON = Body("application/json", {"type": "object", "maxProperties": 0})
 
 
 def signature_headers(carrier: str) -> list[dict[str, Any]]:

@@ -25,7 +25,14 @@ from ..db import get_session
 from ..services import idempotency_keys, outbound_callbacks
 from ..services import outbound as outbound_service
 from ..services.carrier_webhooks import SignatureRejected
-from .carrier_webhook_docs import BAD_SIGNATURE, XML_ANSWER, request_bodies, signature_headers
+from .carrier_webhook_docs import (
+    BAD_SIGNATURE,
+    DATABASE_UNAVAILABLE,
+    EMPTY_JSON,
+    XML_ANSWER,
+    request_bodies,
+    signature_headers,
+)
 from .errors import api_error
 from .schema import RequestModel, ResponseModel, document, parse_body
 from .webhooks import webhook_request
@@ -113,7 +120,8 @@ def create_outbound_call():
 def _callback_document(carrier: str, summary: str, kind: str, ok: dict[int, tuple[Any, str]]):
     return document(summary=summary, tags=["carrier webhooks"], security=[], parameters=signature_headers(carrier),
                     bodies=request_bodies(carrier, kind),
-                    responses={**ok, 403: (None, BAD_SIGNATURE), 404: (None, "call_id is not a UUID")})
+                    responses={**ok, 403: (None, BAD_SIGNATURE), 404: (None, "call_id is not a UUID"),
+                               503: (None, DATABASE_UNAVAILABLE)})
 
 
 _APPLIED = {204: (None, "Applied, duplicate, or ignored (a call id we do not know)")}
@@ -137,7 +145,7 @@ def plivo_outbound_hangup(call_id: uuid.UUID):
 
 @bp.post("/webhooks/outbound/telnyx/call-control/<uuid:call_id>")
 @_callback_document("telnyx", "Telnyx: Call Control event of an outbound call", "call-control",
-                    {200: (None, "Handled (an empty JSON object)")})
+                    {200: (EMPTY_JSON, "Handled")})
 def telnyx_outbound_event(call_id: uuid.UUID):
     adapter, request_ = get_carriers().call_control("telnyx"), webhook_request()
     parsed = adapter.parse_event(request_)

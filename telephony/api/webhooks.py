@@ -113,8 +113,10 @@ _RESPONSES: dict[str, dict[int, tuple[Any, str]]] = {
                                                        "apology and hang-up (or the number's fallback)"),
                 403: (None, carrier_webhook_docs.BAD_SIGNATURE)},
     "status": {204: (None, "Applied, duplicate or ignored (statuses only move forward)"),
-               403: (None, carrier_webhook_docs.BAD_SIGNATURE)},
-    "call-control": {200: (None, "Handled (an empty JSON object)"), 403: (None, carrier_webhook_docs.BAD_SIGNATURE)},
+               403: (None, carrier_webhook_docs.BAD_SIGNATURE), 503: (None, carrier_webhook_docs.DATABASE_UNAVAILABLE)},
+    "call-control": {200: (carrier_webhook_docs.EMPTY_JSON, "Handled"),
+                     403: (None, carrier_webhook_docs.BAD_SIGNATURE),
+                     503: (None, carrier_webhook_docs.DATABASE_UNAVAILABLE)},
 }
 
 
