@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign bench-contacts try-inbound try-capacity clean
+.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign bench-contacts try-inbound try-capacity clean demo
 
 ## make help: this list (the default)
 help:
@@ -70,6 +70,10 @@ try-inbound: $(VENV)/.runtime-installed
 ## make try-capacity: an agency at its call limit: two callers connected, a third held, then connected
 try-capacity: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.try_capacity
+
+## make demo: simulators + service + worker with a seeded demo agency; prints copy-paste commands (Ctrl-C stops; DEMO_ARGS=--help)
+demo: $(VENV)/.runtime-installed
+	$(BIN)/python -m telephony.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

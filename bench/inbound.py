@@ -1,4 +1,4 @@
-"""Inbound-webhook benchmark: `make bench` (python -m bench.inbound).
+"""Inbound-webhook benchmark: `make bench-inbound` (python -m bench.inbound; `make bench` runs it too).
 
 Starts the Ultravox simulator and the service under gunicorn (the real gunicorn.conf.py)
 on free loopback ports with a fresh database (PostgreSQL when reachable, else SQLite;

@@ -21,6 +21,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
         campaigns,
         cors,
         do_not_call,
+        docs,
         errors,
         event_endpoints,
         hooks,
@@ -40,7 +41,8 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     from .db import Database, close_session
     from .logging import configure_logging
 
-    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
+    # No static folder: the app has no static files (the /docs explorer serves its own).
+    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True, static_folder=None)
     if config is None:
         configure_logging()  # so warnings while reading the configuration are JSON too
         config = Config.from_env(instance_path=app.instance_path)
@@ -64,6 +66,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     errors.register(app)
     app.teardown_appcontext(close_session)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(management.bp)
     app.register_blueprint(public_keys.bp)
     app.register_blueprint(web_calls.bp)

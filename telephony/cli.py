@@ -19,7 +19,7 @@ from flask.cli import AppGroup
 
 from .carriers.registry import CARRIERS
 from .config import get_config
-from .credentials import PROVIDER_FIELDS, get_credentials
+from .credentials import PROVIDER_FIELDS, CredentialError, get_credentials
 from .errors import DomainError
 from .models import Role
 
@@ -328,9 +328,14 @@ def credentials_rotate() -> None:
     """Re-encrypt every stored secret (credentials and event-endpoint signing
     secrets) under the first key of CREDENTIALS_KEYS."""
     from .services.event_endpoints import reseal_secrets
-    with _db().session() as session:
-        count = get_credentials().rotate(session)
-        endpoints = reseal_secrets(session)
+    try:
+        with _db().session() as session:  # all or nothing: a secret no key opens rolls everything back
+            count = get_credentials().rotate(session)
+            endpoints = reseal_secrets(session)
+    except CredentialError as exc:
+        _fail(f"{exc}; nothing was changed. CREDENTIALS_KEYS must list the new key first and then "
+              "every key secrets are encrypted with now (in development, without CREDENTIALS_KEYS, "
+              "that is the generated key in the instance folder's credentials.key)")
     _emit({"re_encrypted": count, "event_endpoint_secrets": endpoints})
 
 

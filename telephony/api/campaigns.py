@@ -29,7 +29,7 @@ from ..services.campaigns import imports as import_service
 from ..services.campaigns import manage as campaign_service
 from ..services.campaigns.attempts import CONTACT_STATES
 from .outbound import MachineMessageIn
-from .schema import RequestModel, ResponseModel, document, parse_body, parse_query, render
+from .schema import Body, RequestModel, ResponseModel, document, parse_body, parse_query, render
 
 bp = Blueprint("campaigns", __name__, url_prefix="/api/v1")
 
@@ -219,6 +219,14 @@ RAW_FORMATS = {"text/csv": "csv", "text/plain": "csv", "application/json": "json
 # How browsers and tools label an uploaded file (Excel on Windows: .csv as application/vnd.ms-excel).
 FILE_FORMATS = {**RAW_FORMATS, "application/csv": "csv", "application/vnd.ms-excel": "csv"}
 FILE_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".json": "json"}
+CSV_CONTACTS = Body("text/csv", {"type": "string", "description": "UTF-8 CSV (text/plain is read the same way): "
+                                 "a header row with `phone` (E.164), optional `timezone` (IANA) and `name`; "
+                                 "other columns become the contact's template variables",
+                                 "examples": ["phone,name,timezone\n+14155550100,Ada,America/Los_Angeles\n"]})
+MULTIPART_CONTACTS = Body("multipart/form-data", {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "contentMediaType": "text/csv",
+                            "description": "The list as a .csv or .json file (always imported in the background)"}}})
 
 
 def _out(campaign, *, with_progress: bool = False, report: dict | None = None) -> dict[str, Any]:
@@ -291,7 +299,7 @@ def get_campaign(campaign_id: uuid.UUID):
                   "template variables) or JSON {\"contacts\": [...]}. Bodies up to 64 KB answer at once (200); "
                   "larger ones (up to CONTACT_IMPORT_MAX_BYTES, 25 MB), a multipart/form-data `file`, or "
                   "`Prefer: respond-async` start a background import (202)", tags=["campaigns"],
-          request_model=ContactsIn,
+          request_model=ContactsIn, bodies=[CSV_CONTACTS, MULTIPART_CONTACTS],
           parameters=[{"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
                        "description": "respond-async: always import in the background (202)"}],
           responses={200: (ImportReport, "Per-line report"), 202: (ImportOut, "Background import started"),
@@ -407,7 +415,7 @@ def rejected_rows(campaign_id: uuid.UUID, import_id: uuid.UUID):
 
 @bp.get("/campaigns/<uuid:campaign_id>/contacts")
 @require_auth(scope="campaigns:read")
-@document(summary="List a campaign's contacts", tags=["campaigns"],
+@document(summary="List a campaign's contacts", tags=["campaigns"], query_model=ContactQuery,
           responses={200: (ContactList, "Contacts"), 404: NOT_FOUND})
 def list_contacts(campaign_id: uuid.UUID):
     query = parse_query(ContactQuery)

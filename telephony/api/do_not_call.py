@@ -49,7 +49,8 @@ class DncQuery(RequestModel):
 
 @bp.get("/do-not-call")
 @require_auth(scope="campaigns:read")
-@document(summary="List the do-not-call numbers", tags=["do-not-call"], responses={200: (DncList, "Entries")})
+@document(summary="List the do-not-call numbers", tags=["do-not-call"], query_model=DncQuery,
+          responses={200: (DncList, "Entries")})
 def list_dnc():
     query = parse_query(DncQuery)
     entries = dnc_service.list_entries(get_session(), current_principal().agency_id, limit=query.limit,

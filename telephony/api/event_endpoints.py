@@ -166,11 +166,7 @@ def rotate_secret(endpoint_id: uuid.UUID):
 @bp.get("/event-endpoints/<uuid:endpoint_id>/deliveries")
 @require_auth(scope="admin")
 @document(summary="Recent deliveries to an endpoint, newest first, with their attempts", tags=["event endpoints"],
-          parameters=[{"name": "status", "in": "query", "required": False,
-                       "schema": {"type": "string", "enum": ["pending", "delivered", "failed"]}},
-                      {"name": "limit", "in": "query", "required": False,
-                       "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}}],
-          responses={200: (DeliveryList, "Deliveries"), 404: NOT_FOUND})
+          query_model=DeliveryQuery, responses={200: (DeliveryList, "Deliveries"), 404: NOT_FOUND})
 def list_deliveries(endpoint_id: uuid.UUID):
     query = parse_query(DeliveryQuery)
     deliveries = endpoint_service.list_deliveries(get_session(), current_principal().agency_id, endpoint_id,

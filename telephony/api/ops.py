@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from ..db import Database, get_db
 from .openapi import build_openapi
+from .schema import Body, ResponseModel, document
 
 bp = Blueprint("ops", __name__)
 
@@ -41,7 +42,18 @@ def _select_one(db: Database) -> None:
         connection.execute(text("SELECT 1"))
 
 
+class Health(ResponseModel):
+    status: str
+
+
+class Readiness(ResponseModel):
+    status: str
+    database: str
+
+
 @bp.get("/healthz")
+@document(summary="Liveness: the process is up (nothing else is checked)", tags=["operations"], security=[],
+          responses={200: (Health, "Up")})
 def healthz():
     """The process is up. No dependency is checked, so a database outage does
     not get healthy web processes restarted in a loop."""
@@ -49,6 +61,9 @@ def healthz():
 
 
 @bp.get("/readyz")
+@document(summary="Readiness: the database answers", tags=["operations"], security=[],
+          responses={200: (Readiness, "Ready"),
+                     503: (Readiness, "The database is unreachable or does not answer within 1.5 s")})
 def readyz():
     try:
         _readiness_check(get_db()).result(timeout=READY_CHECK_SECONDS)
@@ -63,6 +78,9 @@ def readyz():
 
 
 @bp.get("/metrics")
+@document(summary="Prometheus metrics (requests by route, upstream calls), aggregated across gunicorn workers",
+          tags=["operations"], security=[],
+          responses={200: (Body(CONTENT_TYPE_LATEST.split(";")[0]), "Prometheus text exposition format")})
 def metrics():
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # gunicorn runs several worker processes; aggregate their samples.
@@ -74,6 +92,8 @@ def metrics():
 
 
 @bp.get("/openapi.json")
+@document(summary="This OpenAPI 3.1 document", tags=["operations"], security=[],
+          responses={200: (Body("application/json", {"type": "object"}), "The document")})
 def openapi():
     if "telephony.openapi" not in current_app.extensions:
         current_app.extensions["telephony.openapi"] = build_openapi(current_app)

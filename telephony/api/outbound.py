@@ -31,6 +31,14 @@ from ..errors import ApiError
 from ..services import answering_machine, idempotency_keys, outbound_callbacks
 from ..services import outbound as outbound_service
 from ..services.carrier_webhooks import SignatureRejected
+from .carrier_webhook_docs import (
+    BAD_SIGNATURE,
+    DATABASE_UNAVAILABLE,
+    EMPTY_JSON,
+    XML_ANSWER,
+    request_bodies,
+    signature_headers,
+)
 from .errors import api_error
 from .schema import RequestModel, ResponseModel, document, parse_body
 from .webhooks import webhook_request
@@ -144,7 +152,18 @@ def create_outbound_call():
 # -- carrier callbacks for outbound calls ----------------------------------------------------
 
 
+def _callback_document(carrier: str, summary: str, kind: str, ok: dict[int, tuple[Any, str]]):
+    return document(summary=summary, tags=["carrier webhooks"], security=[], parameters=signature_headers(carrier),
+                    bodies=request_bodies(carrier, kind),
+                    responses={**ok, 403: (None, BAD_SIGNATURE), 404: (None, "call_id is not a UUID"),
+                               503: (None, DATABASE_UNAVAILABLE)})
+
+
+_APPLIED = {204: (None, "Applied, duplicate, or ignored (a call id we do not know)")}
+
+
 @bp.post("/webhooks/outbound/twilio/status/<uuid:call_id>")
+@_callback_document("twilio", "Twilio: status callback of an outbound call", "status", _APPLIED)
 def twilio_outbound_status(call_id: uuid.UUID):
     outbound_callbacks.apply_callback(get_session(), "twilio", call_id, get_carriers().xml_adapter("twilio"),
                                       webhook_request())
@@ -152,6 +171,7 @@ def twilio_outbound_status(call_id: uuid.UUID):
 
 
 @bp.post("/webhooks/outbound/plivo/hangup/<uuid:call_id>")
+@_callback_document("plivo", "Plivo: hangup callback of an outbound call", "status", _APPLIED)
 def plivo_outbound_hangup(call_id: uuid.UUID):
     outbound_callbacks.apply_callback(get_session(), "plivo", call_id, get_carriers().xml_adapter("plivo"),
                                       webhook_request())
@@ -159,6 +179,8 @@ def plivo_outbound_hangup(call_id: uuid.UUID):
 
 
 @bp.post("/webhooks/outbound/telnyx/call-control/<uuid:call_id>")
+@_callback_document("telnyx", "Telnyx: Call Control event of an outbound call", "call-control",
+                    {200: (EMPTY_JSON, "Handled")})
 def telnyx_outbound_event(call_id: uuid.UUID):
     adapter, request_ = get_carriers().call_control("telnyx"), webhook_request()
     parsed = adapter.parse_event(request_)
@@ -214,6 +236,8 @@ def plivo_outbound_voicemail(call_id: uuid.UUID):
 
 
 @bp.post("/webhooks/outbound/plivo/answer/<uuid:call_id>")
+@_callback_document("plivo", "Plivo: the callee answered an outbound call (stream XML)", "status",
+                    {200: (XML_ANSWER, "The stream to the call's Ultravox call, or an apology and hang-up")})
 def plivo_outbound_answer(call_id: uuid.UUID):
     """Plivo fetches this when the callee answers, and may fetch it again: the answer is
     always the stream XML for the Ultravox call created before dialling (never a new call)."""

@@ -6,6 +6,7 @@ documents the request in /openapi.json, so the two cannot drift apart.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from flask import jsonify, request
@@ -88,16 +89,35 @@ def _reject_nul(value: Any, location: str) -> None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+@dataclass(frozen=True)
+class Body:
+    """A request or response body that is not a JSON pydantic model: CSV, form fields,
+    XML, Prometheus text. `schema` is its JSON schema as OpenAPI 3.1 writes it."""
+    media_type: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+
+Described = type[BaseModel] | Body | None
+
+
 def document(*, summary: str, tags: list[str], request_model: type[BaseModel] | None = None,
-             responses: dict[int, tuple[type[BaseModel] | None, str]] | None = None,
-             security: list[str] | None = None, parameters: list[dict] | None = None) -> Callable[[F], F]:
-    """Attach the OpenAPI description of a view; /openapi.json collects them."""
+             responses: dict[int, tuple[Described, str]] | None = None,
+             security: list[str] | None = None, parameters: list[dict] | None = None,
+             query_model: type[BaseModel] | None = None, bodies: list[Body] | None = None,
+             description: str | None = None) -> Callable[[F], F]:
+    """Attach the OpenAPI description of a view; /openapi.json collects them.
+
+    `query_model` is the model the view gives `parse_query` (its fields become the query
+    parameters); `bodies` are request bodies other than `request_model`'s JSON (a CSV
+    upload, a carrier's form post). Secured operations get their 401/403 answers, and
+    operations with path parameters their 404, without listing them here."""
 
     def decorator(view: F) -> F:
         view._openapi = {  # type: ignore[attr-defined]
             "summary": summary, "tags": tags, "request": request_model, "responses": responses or {},
             "security": security if security is not None else ["bearerAuth", "apiKeyAuth"],
-            "parameters": parameters or [],
+            "parameters": parameters or [], "query": query_model, "bodies": bodies or [],
+            "description": description,
         }
         return view
 

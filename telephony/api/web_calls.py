@@ -109,6 +109,7 @@ def _started(started: StartedCall):
 
 NOT_FOUND_AGENT = (None, "Agent not found or not the caller's agency's")
 UPSTREAM = (None, "Ultravox returned an error; `error` carries its message")
+UPSTREAM_RATE_LIMITED = (None, "Ultravox is rate-limiting the agency; see Retry-After")
 JWT_ONLY = ["bearerAuth"]
 
 
@@ -121,7 +122,8 @@ JWT_ONLY = ["bearerAuth"]
           responses={201: (CallStartedOut, "Created (call_id null + warning on partial success)"),
                      400: (None, "agent_id missing, or no Ultravox key for the agency"),
                      401: (None, "Missing or invalid token"), 403: (None, "User without an agency"),
-                     404: NOT_FOUND_AGENT, 500: (None, "Credentials cannot be read"), 502: UPSTREAM})
+                     404: NOT_FOUND_AGENT, 429: UPSTREAM_RATE_LIMITED, 500: (None, "Credentials cannot be read"),
+                     502: UPSTREAM})
 def calls_create():
     body = parse_body(CallsCreateIn)
     return _started(web_call_service.start_dashboard_test_call(get_session(), current_principal().agency_id,
@@ -138,7 +140,7 @@ def calls_create():
                                                                        "Ultravox key for the agency"),
                      401: (None, "Missing or invalid token"), 403: (None, "User without an agency"),
                      404: (None, "No such call of the agency, no recording, or Ultravox has none"),
-                     500: (None, "Credentials cannot be read")})
+                     429: UPSTREAM_RATE_LIMITED, 500: (None, "Credentials cannot be read")})
 def get_call_recording():
     query = parse_query(RecordingQuery)
     link = web_call_service.recording_link(get_session(), current_principal().agency_id, query.call_id)
@@ -228,7 +230,7 @@ def create_public_web_call():
           responses={201: (CallStartedOut, "Created; connect to join_url"),
                      400: (None, "Invalid input, or no Ultravox key for the agency"),
                      401: (None, "Missing or invalid credentials"), 403: (None, "Needs calls:write"),
-                     404: NOT_FOUND_AGENT, 502: UPSTREAM})
+                     404: NOT_FOUND_AGENT, 429: UPSTREAM_RATE_LIMITED, 502: UPSTREAM})
 def create_websocket_call():
     body = parse_body(WebSocketCallIn)
     return _started(web_call_service.start_websocket_call(

@@ -30,6 +30,8 @@ from ..config import get_config
 from ..db import get_db, get_session
 from ..services import call_status, inbound
 from ..services.carrier_webhooks import SignatureRejected
+from . import carrier_webhook_docs
+from .schema import document
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,28 @@ def _view(handler: Callable[[str], Any], carrier: str) -> Callable[[], Any]:
     return view
 
 
+_SUMMARIES = {"inbound": "{title}: a call comes in (answered with XML that streams it to the number's agent)",
+              "status": "{title}: status callback of an inbound call",
+              "call-control": "{title}: Call Control event (answered through the REST API)"}
+_RESPONSES: dict[str, dict[int, tuple[Any, str]]] = {
+    "inbound": {200: (carrier_webhook_docs.XML_ANSWER, "Always, whatever fails behind it: the stream, or an "
+                                                       "apology and hang-up (or the number's fallback)"),
+                403: (None, carrier_webhook_docs.BAD_SIGNATURE)},
+    "status": {204: (None, "Applied, duplicate or ignored (statuses only move forward)"),
+               403: (None, carrier_webhook_docs.BAD_SIGNATURE), 503: (None, carrier_webhook_docs.DATABASE_UNAVAILABLE)},
+    "call-control": {200: (carrier_webhook_docs.EMPTY_JSON, "Handled"),
+                     403: (None, carrier_webhook_docs.BAD_SIGNATURE),
+                     503: (None, carrier_webhook_docs.DATABASE_UNAVAILABLE)},
+}
+
+
+def _documented(view: Callable[[], Any], kind: str, carrier: Any) -> Callable[[], Any]:
+    return document(summary=_SUMMARIES[kind].format(title=carrier.title), tags=["carrier webhooks"], security=[],
+                    parameters=carrier_webhook_docs.signature_headers(carrier.name),
+                    bodies=carrier_webhook_docs.request_bodies(carrier.name, kind),
+                    responses=_RESPONSES[kind])(view)
+
+
 @bp.record
 def _carrier_routes(state: BlueprintSetupState) -> None:
     """POST /webhooks/<carrier>/<path> for each webhook of each carrier of the app's
@@ -111,4 +135,4 @@ def _carrier_routes(state: BlueprintSetupState) -> None:
     for carrier in get_carriers(state.app):
         for kind, path in carrier.webhook_paths().items():
             state.add_url_rule(path, path.strip("/").replace("/", "_").replace("-", "_"),
-                               _view(_HANDLERS[kind], carrier.name), methods=["POST"])
+                               _documented(_view(_HANDLERS[kind], carrier.name), kind, carrier), methods=["POST"])

@@ -1,0 +1,92 @@
+"""The events agencies receive at their endpoints, as OpenAPI 3.1 `webhooks`.
+
+services/events.py sends them (EVENT_TYPES, `call_event_data`, the Standard Webhooks
+signature); these models say what a receiver gets. tests/test_openapi_complete.py
+checks a real emitted body against them, so the two cannot drift apart.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..models.base import CallDirection, CallSource
+from ..services.events import EVENT_TYPES
+
+
+class CallEventData(BaseModel):
+    """The call as `GET /api/v1/calls/{call_id}` shows it, without summary and transcript."""
+    model_config = ConfigDict(extra="forbid")
+    call_id: uuid.UUID
+    ultravox_call_id: str | None
+    agent_id: uuid.UUID | None = Field(description="Our agent mapping id")
+    source: CallSource
+    direction: CallDirection
+    status: str
+    from_number: str | None
+    to_number: str | None
+    end_reason: str | None
+    created_at: datetime
+    joined_at: datetime | None
+    ended_at: datetime | None
+    duration_seconds: int | None
+    billed_duration_seconds: int | None
+    metadata: dict[str, Any]
+
+
+class CampaignCompletedData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    campaign_id: uuid.UUID
+    name: str
+    contacts: dict[str, int] = Field(description="Contacts per state (pending, done, failed, ...)")
+
+
+class CallEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: uuid.UUID = Field(description="The event id, also in the webhook-id header; deduplicate on it")
+    type: Literal["call.started", "call.answered", "call.ended", "call.failed"]
+    timestamp: datetime
+    data: CallEventData
+
+
+class CampaignCompletedEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: uuid.UUID = Field(description="The event id, also in the webhook-id header; deduplicate on it")
+    type: Literal["campaign.completed"]
+    timestamp: datetime
+    data: CampaignCompletedData
+
+
+EVENT_MODELS: dict[str, type[BaseModel]] = {
+    "call.started": CallEvent, "call.answered": CallEvent, "call.ended": CallEvent, "call.failed": CallEvent,
+    "campaign.completed": CampaignCompletedEvent,
+}
+assert set(EVENT_MODELS) == set(EVENT_TYPES), "every event type needs its model here"
+
+EVENT_SUMMARIES = {
+    "call.started": "A call was created and handed to Ultravox",
+    "call.answered": "The callee (or caller) joined the call",
+    "call.ended": "The call ended after it was answered (exactly one of call.ended / call.failed per call)",
+    "call.failed": "The call ended without being answered, or could not be placed",
+    "campaign.completed": "A campaign has no contact left to dial",
+}
+
+SIGNATURE_HEADERS = [
+    {"name": "webhook-id", "in": "header", "required": True, "schema": {"type": "string", "format": "uuid"},
+     "description": "The event id: the same on every attempt and every endpoint."},
+    {"name": "webhook-timestamp", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "Unix seconds of this attempt."},
+    {"name": "webhook-signature", "in": "header", "required": True, "schema": {"type": "string"},
+     "description": "`v1,<base64 HMAC-SHA256(key, \"{webhook-id}.{webhook-timestamp}.{body}\")>` where key is "
+                    "the base64-decoded part of the endpoint secret after `whsec_`; during a secret rotation, "
+                    "one per active secret, space-separated (Standard Webhooks)."},
+]
+
+DELIVERY_RESPONSES = {
+    "2XX": {"description": "Delivered."},
+    "410": {"description": "Gone: retrying stops and the endpoint is disabled (the agency can re-enable it)."},
+    "default": {"description": "Anything else (redirects included, they are never followed), a timeout or a "
+                               "connection error: retried up to 8 attempts over about 7.7 hours."},
+}
