@@ -34,6 +34,11 @@ class CallEventData(BaseModel):
     duration_seconds: int | None
     billed_duration_seconds: int | None
     metadata: dict[str, Any]
+    answered_by: Literal["human", "machine", "fax", "unknown"] | None = Field(
+        description="Outbound calls: who answered, by the carrier's answering-machine detection (null until known)")
+    answered_by_detail: str | None = Field(description="The carrier's own verdict word (e.g. machine_end_beep)")
+    machine_action: str | None = Field(
+        description="What the on_machine policy did: hangup, wait_beep, message or continue (null: nothing)")
 
 
 class CampaignCompletedData(BaseModel):
@@ -46,7 +51,7 @@ class CampaignCompletedData(BaseModel):
 class CallEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: uuid.UUID = Field(description="The event id, also in the webhook-id header; deduplicate on it")
-    type: Literal["call.started", "call.answered", "call.ended", "call.failed"]
+    type: Literal["call.started", "call.answered", "call.ended", "call.failed", "call.answered_by"]
     timestamp: datetime
     data: CallEventData
 
@@ -61,6 +66,7 @@ class CampaignCompletedEvent(BaseModel):
 
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     "call.started": CallEvent, "call.answered": CallEvent, "call.ended": CallEvent, "call.failed": CallEvent,
+    "call.answered_by": CallEvent,
     "campaign.completed": CampaignCompletedEvent,
 }
 assert set(EVENT_MODELS) == set(EVENT_TYPES), "every event type needs its model here"
@@ -71,6 +77,7 @@ EVENT_SUMMARIES = {
     "call.ended": "The call ended after it was answered (exactly one of call.ended / call.failed per call)",
     "call.failed": "The call ended without being answered, or could not be placed",
     "campaign.completed": "A campaign has no contact left to dial",
+    "call.answered_by": "An outbound call's answering-machine verdict arrived (once per call; `answered_by`)",
 }
 
 SIGNATURE_HEADERS = [
