@@ -22,7 +22,8 @@ from .schema import RequestModel, ResponseModel, document, parse_body, parse_que
 
 bp = Blueprint("event_endpoints", __name__, url_prefix="/api/v1")
 
-EventType = Literal["call.started", "call.answered", "call.ended", "call.failed", "campaign.completed"]
+EventType = Literal["call.started", "call.answered", "call.ended", "call.failed", "campaign.completed",
+                    "call.transferred"]
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 Url = Field(min_length=1, max_length=2048,

@@ -48,6 +48,7 @@ from ..logging import call_id_var
 from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
 from ..ultravox import UltravoxClient
 from ..ultravox_errors import UltravoxError, UltravoxServerError
+from . import transfer_tool
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,9 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
         metadata=call_metadata(call_id=call_id, agency_id=new.agency_id, agent=agent, source=new.source,
                                direction=new.direction, extra=new.metadata, from_number=new.from_number,
                                to_number=new.to_number, carrier_call_id=new.carrier_call_id))
+    tool = _transfer_tool(new, call_id)
+    if tool is not None:
+        body.setdefault("toolOverrides", {}).setdefault("add", []).append(tool)
     has_credit = _has_credit(session, new)
     if not claim_first:
         if not has_credit:
@@ -253,6 +257,16 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
         log.error("call %s connected as Ultravox call %s but not recorded; the Ultravox webhook ingest repairs "
                   "it from the call's metadata", call_id, started.ultravox_call_id)
     return started
+
+
+def _transfer_tool(new: NewCall, call_id: uuid.UUID) -> dict[str, Any] | None:
+    """The call's transferCall tool: carrier calls of agents with transfer targets only
+    (a web or WebSocket call has no carrier leg to redirect)."""
+    targets = new.agent.transfer_targets
+    if not targets or not transfer_tool.is_carrier_medium(new.medium):
+        return None
+    return transfer_tool.transfer_tool(call_id=call_id, targets=targets, store=get_credentials(),
+                                       public_base_url=get_config().public_base_url)
 
 
 def _has_credit(session: Session, new: NewCall) -> bool:

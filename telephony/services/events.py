@@ -59,7 +59,8 @@ from .idempotency import first_time
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = ("call.started", "call.answered", "call.ended", "call.failed", "campaign.completed")
+EVENT_TYPES = ("call.started", "call.answered", "call.ended", "call.failed", "campaign.completed",
+               "call.transferred")
 CALL_TERMINAL_EVENTS = frozenset({"call.ended", "call.failed"})
 DELIVER_JOB = "event.deliver"
 # Wait before attempt n+1 after attempt n failed: 8 attempts spread over about 7.7 hours.

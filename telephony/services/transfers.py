@@ -1,0 +1,345 @@
+"""Live call control: the agent hands the caller to a person, and gets the caller back
+when nobody takes the call.
+
+1. The agent's `transferCall` tool (services/transfer_tool.py) posts here. `invoke`
+   accepts nothing else: a token that is not the call's own is 401, a call whose
+   Ultravox id does not match (another call, another agency's call) is 404, a call that
+   is over is 409, and a destination that is not one of the agent's target names is
+   refused (422) with nothing dialled: the model chooses a name, never a number.
+2. The transfer is recorded (call_transfers) and committed before the carrier is asked,
+   so the carrier's callbacks always find it; then the live carrier call is redirected
+   to dial the target (carriers/transfers.py), and the tool answers with a sentence the
+   agent can speak.
+3. The carrier reports the person's leg (`report`): answered, busy, no-answer, declined
+   or failed. On anything but answered the caller is brought back to the agent: a new
+   Ultravox call for the same agent, continuing the conversation (`priorCallId`), told
+   that the transfer failed. It is a call row of its own (so its billing and lifecycle are
+   the ordinary ones), marked with the call it resumes.
+4. While a call has been handed off, the end of its first agent leg does not end it:
+   the carrier's status callback does (ultravox_events / call_status ask `handed_off`).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from .. import call_states
+from ..carriers.base import WebhookRequest
+from ..carriers.registry import get_carriers
+from ..carriers.transfers import (
+    ANSWERED,
+    FAILED,
+    CallTransferer,
+    LegReport,
+    PlivoTransferer,
+    TelnyxTransferer,
+    TransferDial,
+    TwilioTransferer,
+)
+from ..config import get_config
+from ..credentials import get_credentials
+from ..db import rows_affected
+from ..errors import Conflict, DomainError, InvalidInput, NotFound, Unauthorized
+from ..metrics import TRANSFERS
+from ..models import AgentMapping, Call, CallTransfer, utcnow
+from ..ultravox_errors import UltravoxError
+from . import carrier_webhooks, transfer_tool
+from .calls import call_metadata, ultravox_client_for
+from .events import emit_event
+from .outbound import CarrierError, carrier_client, carrier_credentials
+from .transfer_targets import find_target
+
+log = logging.getLogger(__name__)
+
+DIALING, IN_CONVERSATION, ENDED = "dialing", "answered", "ended"
+LIVE_STATUSES = (DIALING, IN_CONVERSATION)
+GOODBYE = "We are sorry, nobody could take your call right now. Please call again later. Goodbye."
+RESUMED_FROM_KEY = "resumed_from_call_id"
+MAX_REASON = 500
+# What the agent hears back from the tool. Cold transfers cut the agent's leg moments
+# later, so these are short.
+STARTED_RESULT = "Transferring the caller to {name} now. Say nothing more."
+NOT_STARTED_RESULT = ("The transfer to {name} could not be started. Apologise, and offer to help another way "
+                      "or to take a message.")
+FAILED_PROMPT = ("You tried to transfer the caller to {name}, but the transfer did not go through ({outcome}). "
+                 "Tell the caller briefly that nobody could take the call right now, and offer to help another "
+                 "way or to take a message.")
+
+
+class TransferRefused(DomainError):
+    status = 422
+    code = "destination_not_allowed"
+
+
+class CallOver(Conflict):
+    code = "call_ended"
+
+
+def transferer(carrier: str) -> CallTransferer:
+    """The carrier's transfer adapter (the app's registry holds its Telnyx codec)."""
+    if carrier == "twilio":
+        return TwilioTransferer()
+    if carrier == "plivo":
+        return PlivoTransferer()
+    if carrier == "telnyx":
+        return TelnyxTransferer(get_carriers().call_control("telnyx"))
+    raise InvalidInput(f"transfers are not available on {carrier}", field="carrier")
+
+
+def callback_url(transfer_id: uuid.UUID, kind: str) -> str:
+    return f"{get_config().public_base_url}/webhooks/transfers/{transfer_id}/{kind}"
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    status: int
+    result: str
+
+
+# -- 1. the tool ---------------------------------------------------------------------
+
+def invoke(session: Session, call_id: uuid.UUID, token: str | None, body: Mapping[str, Any]) -> ToolResult:
+    """The agent asked to transfer call ``call_id``. Raises Unauthorized, NotFound,
+    CallOver / Conflict, TransferRefused or InvalidInput (nothing dialled for any)."""
+    if not transfer_tool.token_valid(get_credentials(), call_id, token):
+        raise Unauthorized("invalid transfer token")
+    destination, reason, ultravox_call_id = body.get("destination"), body.get("reason"), body.get("ultravox_call_id")
+    call = session.get(Call, call_id)
+    # The token is this call's; the Ultravox id must be its too (a tool invocation
+    # replayed against another call, or another agency's, finds nothing).
+    if call is None or not isinstance(ultravox_call_id, str) or call.ultravox_call_id != ultravox_call_id:
+        raise NotFound("Call not found", field="call_id")
+    root = _carrier_call(session, call)
+    if root is None or root.carrier_call_id is None:
+        raise NotFound("Call not found", field="call_id")
+    if call_states.is_terminal(call.status) or call_states.is_terminal(root.status):
+        raise CallOver("The call has ended")
+    agent = session.scalar(select(AgentMapping).where(AgentMapping.id == call.agent_id,
+                                                      AgentMapping.agency_id == call.agency_id))
+    target = find_target(agent.transfer_targets if agent else None, destination)
+    if target is None:
+        log.warning("call %s: transfer to an unlisted destination refused", call.id)
+        TRANSFERS.labels(root.source.value, "none", "refused").inc()
+        raise TransferRefused("destination is not one of this agent's transfer targets", field="destination")
+    if session.scalar(select(exists().where(CallTransfer.call_id == root.id,
+                                            CallTransfer.status.in_(LIVE_STATUSES)))):
+        raise Conflict("a transfer of this call is already under way")
+    carrier = root.source.value
+    credentials = carrier_credentials(session, call.agency_id, carrier)
+    transfer = CallTransfer(
+        id=uuid.uuid4(), agency_id=call.agency_id, call_id=root.id, carrier=carrier, target_name=target["name"],
+        destination=target["destination"], mode=target["mode"], ring_timeout_seconds=target["ring_timeout_seconds"],
+        reason=(reason[:MAX_REASON] if isinstance(reason, str) else None), status=DIALING,
+        ultravox_call_id=ultravox_call_id, started_at=utcnow())
+    session.add(transfer)
+    session.commit()  # before the carrier is asked: its callbacks must find the row
+
+    dial = TransferDial(destination=target["destination"], caller_id=target.get("caller_id"),
+                        ring_timeout=target["ring_timeout_seconds"], command_id=str(transfer.id),
+                        callback_url=lambda kind: callback_url(transfer.id, kind))
+    try:
+        transferer(carrier).redirect(carrier_client(carrier, credentials), root.carrier_call_id, dial)
+    except (CarrierError, DomainError) as exc:
+        log.error("call %s: transfer not started: %s", root.id, exc)
+        return _not_started(session, transfer)
+    except Exception as exc:  # noqa: BLE001 - the SDKs' own errors: the call goes on with the agent
+        log.error("call %s: transfer not started: %s", root.id, type(exc).__name__)
+        return _not_started(session, transfer)
+    log.info("call %s: transfer %s to %s (%s) started", root.id, transfer.id, target["name"], target["mode"])
+    return ToolResult(200, STARTED_RESULT.format(name=target["name"]))
+
+
+def _not_started(session: Session, transfer: CallTransfer) -> ToolResult:
+    _settle(session, transfer, LegReport(final=True, outcome=FAILED))
+    session.commit()
+    return ToolResult(200, NOT_STARTED_RESULT.format(name=transfer.target_name))
+
+
+def _carrier_call(session: Session, call: Call) -> Call | None:
+    """The call that holds the carrier leg: the call itself, or, for an agent call that
+    resumed a failed transfer, the call it resumed (same agency only)."""
+    if call.carrier_call_id is not None:
+        return call
+    resumed_from = (call.metadata_ or {}).get(RESUMED_FROM_KEY)
+    try:
+        root_id = uuid.UUID(str(resumed_from))
+    except ValueError:
+        return None
+    root = session.get(Call, root_id)
+    return root if root is not None and root.agency_id == call.agency_id else None
+
+
+# -- 2. the carrier's callbacks ----------------------------------------------------------
+
+def verified_transfer(session: Session, transfer_id: uuid.UUID, request: WebhookRequest,
+                      *, call_control: bool = False) -> CallTransfer:
+    """The transfer a carrier callback is about, once its signature checks out with the
+    owning agency's credentials (SignatureRejected otherwise; NotFound if unknown)."""
+    transfer = session.get(CallTransfer, transfer_id)
+    if transfer is None:
+        raise NotFound("Transfer not found")
+    carriers = get_carriers()
+    adapter = carriers.call_control(transfer.carrier) if call_control else carriers.xml_adapter(transfer.carrier)
+    carrier_webhooks.verified_credentials(session, adapter, request, transfer.agency_id)
+    return transfer
+
+
+def dial_instructions(session: Session, transfer_id: uuid.UUID, request: WebhookRequest) -> str:
+    """Plivo asks what to dial once the call is transferred to our URL."""
+    transfer = verified_transfer(session, transfer_id, request)
+    target_dial = TransferDial(destination=transfer.destination, caller_id=_caller_id(session, transfer),
+                               ring_timeout=transfer.ring_timeout_seconds, command_id=str(transfer.id),
+                               callback_url=lambda kind: callback_url(transfer.id, kind))
+    session.rollback()
+    return transferer(transfer.carrier).dial_xml(target_dial)
+
+
+def _caller_id(session: Session, transfer: CallTransfer) -> str | None:
+    call = session.get(Call, transfer.call_id)
+    agent = session.get(AgentMapping, call.agent_id) if call and call.agent_id else None
+    target = find_target(agent.transfer_targets if agent else None, transfer.target_name)
+    return target.get("caller_id") if target else None
+
+
+def report(session: Session, transfer_id: uuid.UUID, request: WebhookRequest, *, call_control: bool = False) -> str:
+    """A carrier reports the person's leg. Returns what an XML carrier should do with the
+    caller next ("" for Telnyx, which is commanded through its REST API)."""
+    transfer = verified_transfer(session, transfer_id, request, call_control=call_control)
+    carrier = transferer(transfer.carrier)
+    leg = carrier.parse_report(request)
+    if leg is None:
+        session.rollback()
+        return ""
+    if not leg.final:
+        session.execute(update(CallTransfer).where(CallTransfer.id == transfer.id, CallTransfer.status == DIALING)
+                        .values(status=IN_CONVERSATION, answered_at=utcnow(),
+                                carrier_leg_id=leg.leg_id or transfer.carrier_leg_id))
+        session.commit()
+        return ""
+    if transfer.status == IN_CONVERSATION:  # they answered earlier: however it ends, they talked
+        leg = LegReport(final=True, outcome=ANSWERED, leg_id=leg.leg_id, talk_seconds=leg.talk_seconds)
+    elif call_control and leg.outcome == ANSWERED:  # ended "normally" but never answered
+        leg = LegReport(final=True, outcome=FAILED, leg_id=leg.leg_id)
+    settled_now = _settle(session, transfer, leg)
+    session.commit()
+    join_url: str | None = None
+    if leg.outcome != ANSWERED:
+        join_url = _resume_join_url(session, transfer) if not settled_now else _bring_back(session, transfer)
+        if call_control and settled_now and join_url:
+            _resume_telnyx(session, transfer, join_url)
+    return carrier.after_report(leg, join_url, GOODBYE)
+
+
+def _settle(session: Session, transfer: CallTransfer, leg: LegReport) -> bool:
+    """Record the outcome once (a repeated callback changes nothing); True if now.
+    Emits call.transferred and counts the outcome."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": ENDED, "outcome": leg.outcome, "ended_at": now}
+    if leg.leg_id:
+        values["carrier_leg_id"] = leg.leg_id
+    if leg.outcome == ANSWERED and transfer.answered_at is None:
+        values["answered_at"] = now
+    changed = rows_affected(session.execute(
+        update(CallTransfer).where(CallTransfer.id == transfer.id, CallTransfer.outcome.is_(None))
+        .values(**values).execution_options(synchronize_session=False)))
+    if not changed:
+        return False
+    session.refresh(transfer)
+    TRANSFERS.labels(transfer.carrier, transfer.mode, leg.outcome).inc()
+    emit_event(session, transfer.agency_id, "call.transferred", transfer_data(transfer))
+    log.info("transfer %s of call %s: %s", transfer.id, transfer.call_id, leg.outcome)
+    return True
+
+
+def transfer_data(transfer: CallTransfer) -> dict[str, Any]:
+    """A transfer as the history API and the call.transferred event show it."""
+    return {"id": transfer.id, "call_id": transfer.call_id, "target": transfer.target_name,
+            "destination": transfer.destination, "mode": transfer.mode, "reason": transfer.reason,
+            "status": transfer.status, "outcome": transfer.outcome, "carrier": transfer.carrier,
+            "carrier_leg_id": transfer.carrier_leg_id, "resumed_call_id": transfer.resumed_call_id,
+            "started_at": transfer.started_at, "answered_at": transfer.answered_at, "ended_at": transfer.ended_at}
+
+
+# -- 3. back to the agent ------------------------------------------------------------------
+
+def _bring_back(session: Session, transfer: CallTransfer) -> str | None:
+    """A new agent call continuing the conversation; its joinUrl, or None when Ultravox
+    could not start it (the caller then hears an apology, never silence)."""
+    root = session.get(Call, transfer.call_id)
+    agent = session.get(AgentMapping, root.agent_id) if root and root.agent_id else None
+    if root is None or agent is None or not transfer.ultravox_call_id:
+        return None
+    new_id = uuid.uuid4()
+    medium = get_carriers().by_name(transfer.carrier).medium
+    body: dict[str, Any] = {
+        "medium": medium,
+        "metadata": call_metadata(call_id=new_id, agency_id=root.agency_id, agent=agent, source=root.source,
+                                  direction=root.direction, from_number=root.from_number, to_number=root.to_number,
+                                  extra={RESUMED_FROM_KEY: str(root.id)}),
+        "firstSpeakerSettings": {"agent": {"prompt": FAILED_PROMPT.format(name=transfer.target_name,
+                                                                        outcome=transfer.outcome)}},
+    }
+    if agent.transfer_targets:
+        body["selectedTools"] = [transfer_tool.transfer_tool(
+            call_id=new_id, targets=agent.transfer_targets, store=get_credentials(),
+            public_base_url=get_config().public_base_url)]
+    try:
+        client = ultravox_client_for(session, root.agency_id)
+        session.rollback()
+        created = client.create_call(body, prior_call_id=transfer.ultravox_call_id)
+    except (UltravoxError, DomainError) as exc:
+        log.error("call %s: could not bring the caller back to the agent: %s", root.id, type(exc).__name__)
+        session.rollback()
+        return None
+    join_url, ultravox_call_id = created.get("joinUrl"), created.get("callId")
+    if not join_url or not ultravox_call_id:
+        return None
+    session.add(Call(id=new_id, agency_id=root.agency_id, agent_id=agent.id, ultravox_call_id=str(ultravox_call_id),
+                     source=root.source, direction=root.direction, from_number=root.from_number,
+                     to_number=root.to_number, status=call_states.CREATED, join_url=str(join_url),
+                     metadata_={RESUMED_FROM_KEY: str(root.id), "transfer_id": str(transfer.id)}))
+    session.execute(update(CallTransfer).where(CallTransfer.id == transfer.id)
+                    .values(resumed_call_id=new_id).execution_options(synchronize_session=False))
+    session.commit()
+    log.info("call %s: caller back with the agent on call %s", root.id, new_id)
+    return str(join_url)
+
+
+def _resume_join_url(session: Session, transfer: CallTransfer) -> str | None:
+    """A repeated callback after the caller was brought back: the same agent call."""
+    if transfer.resumed_call_id is None:
+        return None
+    return session.scalar(select(Call.join_url).where(Call.id == transfer.resumed_call_id))
+
+
+def _resume_telnyx(session: Session, transfer: CallTransfer, join_url: str) -> None:
+    root = session.get(Call, transfer.call_id)
+    if root is None or root.carrier_call_id is None:
+        return
+    try:
+        credentials = carrier_credentials(session, transfer.agency_id, transfer.carrier)
+        session.rollback()
+        transferer(transfer.carrier).resume(carrier_client(transfer.carrier, credentials), root.carrier_call_id,
+                                            join_url, command_id=str(transfer.id))
+    except Exception as exc:  # noqa: BLE001 - logged; the webhook is answered 200 regardless
+        log.error("call %s: could not stream the caller back to the agent: %s", root.id, type(exc).__name__)
+
+
+# -- 4. the call's end -------------------------------------------------------------------
+
+def handed_off(session: Session, call_id: uuid.UUID) -> bool:
+    """True once the call's carrier leg was handed to a transfer: its agent leg ending
+    does not end it; the carrier says when it ends."""
+    return bool(session.scalar(select(exists().where(CallTransfer.call_id == call_id))))
+
+
+def transfers_of(session: Session, agency_id: uuid.UUID, call_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = session.scalars(select(CallTransfer).where(CallTransfer.agency_id == agency_id,
+                                                      CallTransfer.call_id == call_id)
+                           .order_by(CallTransfer.started_at, CallTransfer.id))
+    return [transfer_data(row) for row in rows]
