@@ -52,7 +52,7 @@ from . import carrier_webhooks, transfer_tool
 from .calls import call_metadata, ultravox_client_for
 from .events import emit_event
 from .outbound import CarrierError, carrier_client, carrier_credentials
-from .transfer_targets import find_target
+from .transfer_targets import DEFAULT_RING_TIMEOUT, find_target
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +133,15 @@ def invoke(session: Session, call_id: uuid.UUID, token: str | None, body: Mappin
     credentials = carrier_credentials(session, call.agency_id, carrier)
     transfer = CallTransfer(
         id=uuid.uuid4(), agency_id=call.agency_id, call_id=root.id, carrier=carrier, target_name=target["name"],
-        destination=target["destination"], mode=target["mode"], ring_timeout_seconds=target["ring_timeout_seconds"],
+        destination=target["destination"], mode=target.get("mode", "cold"),
+        ring_timeout_seconds=target.get("ring_timeout_seconds", DEFAULT_RING_TIMEOUT),
         reason=(reason[:MAX_REASON] if isinstance(reason, str) else None), status=DIALING,
         ultravox_call_id=ultravox_call_id, started_at=utcnow())
     session.add(transfer)
     session.commit()  # before the carrier is asked: its callbacks must find the row
 
     dial = TransferDial(destination=target["destination"], caller_id=target.get("caller_id"),
-                        ring_timeout=target["ring_timeout_seconds"], command_id=str(transfer.id),
+                        ring_timeout=transfer.ring_timeout_seconds, command_id=str(transfer.id),
                         callback_url=lambda kind: callback_url(transfer.id, kind))
     try:
         transferer(carrier).redirect(carrier_client(carrier, credentials), root.carrier_call_id, dial)
@@ -150,7 +151,7 @@ def invoke(session: Session, call_id: uuid.UUID, token: str | None, body: Mappin
     except Exception as exc:  # noqa: BLE001 - the SDKs' own errors: the call goes on with the agent
         log.error("call %s: transfer not started: %s", root.id, type(exc).__name__)
         return _not_started(session, transfer)
-    log.info("call %s: transfer %s to %s (%s) started", root.id, transfer.id, target["name"], target["mode"])
+    log.info("call %s: transfer %s to %s (%s) started", root.id, transfer.id, transfer.target_name, transfer.mode)
     return ToolResult(200, STARTED_RESULT.format(name=target["name"]))
 
 

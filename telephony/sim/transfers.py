@@ -125,18 +125,20 @@ def _rewrite(url: str, deliver_to: str | None) -> str:
     return urlunsplit((target.scheme, target.netloc, original.path, original.query, ""))
 
 
+def _on_sim_reset(app: Flask, reset: Any) -> None:
+    """``POST /_sim/reset`` also forgets what these parts hold."""
+
+    @app.before_request
+    def _reset_too() -> None:
+        if request.method == "POST" and request.path == "/_sim/reset":
+            reset()
+
+
 def install_carrier_transfers(app: Flask, carrier_state: Any) -> TransferState:
-    """Add the transfer legs to the carriers simulator (``carrier_state`` is its state:
-    its reset also forgets the legs)."""
+    """Add the transfer legs to the carriers simulator (``carrier_state`` is its state)."""
     state = TransferState()
     app.extensions["carriers_sim_transfers"] = state
-    original_reset = carrier_state.reset
-
-    def reset_both() -> None:
-        original_reset()
-        state.reset()
-
-    carrier_state.reset = reset_both
+    _on_sim_reset(app, state.reset)
 
     @app.after_request
     def _record_redirects(response: Response) -> Response:
@@ -301,14 +303,12 @@ def _seconds(duration: Any, default: float) -> float:
 def install_tool_invoker(app: Flask, ultravox_state: Any) -> None:
     invocations: list[dict[str, Any]] = []
     lock = threading.Lock()
-    original_reset = ultravox_state.reset
 
-    def reset_both() -> None:
-        original_reset()
+    def forget() -> None:
         with lock:
             invocations.clear()
 
-    ultravox_state.reset = reset_both
+    _on_sim_reset(app, forget)
 
     @app.post("/_sim/calls/<call_id>/tools/<tool_name>")
     def invoke_tool(call_id: str, tool_name: str) -> Response:

@@ -1,0 +1,141 @@
+"""End to end against the simulators, over real HTTP on loopback: a carrier call comes
+in through its signed webhook, the Ultravox simulator invokes the call's transferCall tool
+exactly as Ultravox does, the carrier simulator plays the person's leg out with the
+outcome set for the target and sends the carrier's signed callbacks; the caller ends up
+with the person, or back with the agent."""
+from __future__ import annotations
+
+import pytest
+import requests
+
+from telephony.sim.common import serve_in_thread
+
+from .transfer_support import (
+    SALES,
+    configure_legs,
+    get_call,
+    invoke_tool,
+    legs,
+    resumed_calls,
+    settle,
+    start_inbound_call,
+    transfers_of,
+)
+
+CARRIERS = ("twilio", "telnyx", "plivo")
+# simulator outcome -> what we record
+OUTCOMES = {"answer": "answered", "busy": "busy", "no-answer": "no-answer", "fail": "failed"}
+
+
+@pytest.fixture
+def served(sim_app):
+    with serve_in_thread(sim_app) as server:
+        yield server.base_url
+
+
+def _sim_call(ultravox_sim, ultravox_call_id: str) -> dict:
+    return requests.get(f"{ultravox_sim.base_url}/_sim/calls/{ultravox_call_id}", timeout=5).json()
+
+
+def _carrier_call(carrier_sim, carrier: str, call_id: str) -> dict:
+    """The carrier simulator's record of the call; empty when nothing ever touched it."""
+    every = requests.get(f"{carrier_sim.base_url}/_sim/calls", params={"carrier": carrier}, timeout=5).json()
+    return next((call for call in every["calls"] if call["id"] == call_id), {"updates": []})
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+@pytest.mark.parametrize("outcome", list(OUTCOMES))
+def test_cold_transfer(sim_app, ultravox_sim, carrier_sim, served, carrier, outcome):
+    live = start_inbound_call(sim_app, carrier)
+    configure_legs(carrier_sim, {SALES: outcome})
+
+    invoked = invoke_tool(ultravox_sim, live.ultravox_call_id, served, destination="sales",
+                          reason="Jane wants a quote for 40 chairs")
+    assert invoked["status"] == 200 and "sales" in invoked["result"]["result"]
+    [leg] = legs(carrier_sim)
+    assert (leg["carrier"], leg["call_id"]) == (carrier, live.carrier_call_id)
+    [transfer] = transfers_of(sim_app, live.call_id)
+    assert (transfer.target_name, transfer.mode, transfer.status) == ("sales", "cold", "dialing")
+    assert transfer.reason == "Jane wants a quote for 40 chairs"
+
+    [played] = settle(carrier_sim, served)
+    assert played["destination"] == SALES
+    assert all(reply["status"] == 200 for reply in played["replies"]), played["replies"]
+    [transfer] = transfers_of(sim_app, live.call_id)
+    assert transfer.outcome == OUTCOMES[outcome] and transfer.status == "ended" and transfer.ended_at
+    assert transfer.carrier_leg_id == played["leg_id"]
+    last_reply = played["replies"][-1]["body"]
+
+    if outcome == "answer":
+        assert transfer.answered_at is not None and transfer.resumed_call_id is None
+        assert resumed_calls(sim_app, live.call_id) == []
+        if carrier != "telnyx":
+            assert "Hangup" in last_reply
+        return
+
+    # Nobody took the call: the caller is back with the same agent, told why.
+    [resumed] = resumed_calls(sim_app, live.call_id)
+    assert transfer.resumed_call_id == resumed.id and resumed.agent_id == live.agent_id
+    new_call = _sim_call(ultravox_sim, resumed.ultravox_call_id)["call"]
+    assert new_call["metadata"]["telephony.call_id"] == str(resumed.id)
+    assert "did not go through" in new_call["firstSpeakerSettings"]["agent"]["prompt"]
+    if carrier == "telnyx":
+        actions = _carrier_call(carrier_sim, "telnyx", live.carrier_call_id)["updates"]
+        resume = [a for a in actions if a.get("action") == "streaming_start"]
+        assert [a["params"]["stream_url"] for a in resume] == [resumed.join_url]
+    else:
+        assert resumed.join_url and resumed.join_url in last_reply
+    # The brought-back agent can transfer again: it has the tool, with its own token.
+    again = invoke_tool(ultravox_sim, resumed.ultravox_call_id, served, destination="support", reason="retry")
+    assert again["status"] == 200
+    assert len(legs(carrier_sim)) == 2
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_off_list_destination_is_refused_and_nothing_is_dialled(sim_app, ultravox_sim, carrier_sim, served,
+                                                                carrier):
+    live = start_inbound_call(sim_app, carrier)
+    for destination in ("+19005550100", "sales ", "SALES", "sip:attacker@example.com"):
+        invoked = invoke_tool(ultravox_sim, live.ultravox_call_id, served, destination=destination, reason="x")
+        assert invoked["status"] == 422
+    assert legs(carrier_sim) == [] and transfers_of(sim_app, live.call_id) == []
+    assert _carrier_call(carrier_sim, carrier, live.carrier_call_id)["updates"] == []
+
+
+def test_a_call_is_over_once_the_carrier_says_so_not_when_the_agent_leg_ends(sim_app, ultravox_sim, carrier_sim,
+                                                                             served):
+    """Twilio, person answers: the agent's Ultravox leg ends at the redirect, while the
+    caller is still talking to the person; the call ends with the carrier's callback."""
+    from tests.inbound_helpers import TwilioCase
+    from tests.lifecycle_support import WEBHOOK_SECRET, set_ultravox_credentials
+
+    live = start_inbound_call(sim_app, "twilio")
+    set_ultravox_credentials(sim_app, sim_app.extensions["telephony.db"], live.agency_id)
+    requests.post(f"{ultravox_sim.base_url}/_sim/config", timeout=5, json={
+        "webhook_url": f"{served}/webhooks/ultravox/{live.agency_id}", "webhook_secret": WEBHOOK_SECRET,
+    }).raise_for_status()
+    configure_legs(carrier_sim)
+    assert invoke_tool(ultravox_sim, live.ultravox_call_id, served, destination="sales", reason="r")["status"] == 200
+    requests.post(f"{ultravox_sim.base_url}/_sim/calls/{live.ultravox_call_id}/join", timeout=5).raise_for_status()
+    requests.post(f"{ultravox_sim.base_url}/_sim/calls/{live.ultravox_call_id}/end", timeout=5,
+                  json={"endReason": "hangup", "billedDuration": "30s"}).raise_for_status()
+    _wait(lambda: get_call(sim_app, live.call_id).summary is not None)
+    call = get_call(sim_app, live.call_id)
+    assert call.status != "completed" and call.ended_at is None  # the person is still on the line
+
+    case = TwilioCase()
+    response = case.post(sim_app.test_client(), case.status_path,
+                         case.status_form(live.carrier_call_id, "completed", sequence=9, duration=95))
+    assert response.status_code == 204
+    call = get_call(sim_app, live.call_id)
+    assert call.status == "completed" and call.ended_at is not None and call.duration_seconds == 95
+
+
+def _wait(predicate, timeout_s: float = 10.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
