@@ -155,6 +155,9 @@ class NewCall:
     recording_enabled: bool | None = None  # None: the agent's setting
     extra_body: dict[str, Any] | None = None  # further Ultravox call fields (joinTimeout, ...)
     credit_balance: int | None = None  # the agency's, when the caller read it already; else read here
+    # Continue the conversation of this Ultravox call (a direct call with priorCallId, which
+    # reuses its settings and history; services/transfers.py brings a caller back this way).
+    prior_ultravox_call_id: str | None = None
 
 
 @dataclass
@@ -211,7 +214,9 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
                                direction=new.direction, extra=new.metadata, from_number=new.from_number,
                                to_number=new.to_number, carrier_call_id=new.carrier_call_id))
     tool = _transfer_tool(new, call_id)
-    if tool is not None:
+    if tool is not None and new.prior_ultravox_call_id:  # a direct call selects its tools
+        body.setdefault("selectedTools", []).append(tool)
+    elif tool is not None:  # an agent call adds to the agent's own
         body.setdefault("toolOverrides", {}).setdefault("add", []).append(tool)
     has_credit = _has_credit(session, new)
     if not claim_first:
@@ -220,7 +225,7 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
             raise InsufficientCredits()
         client = ultravox_client_for(session, new.agency_id)
         session.rollback()
-        started = _create(client, ultravox_agent_id, body, call_id, timeout)
+        started = _create(client, ultravox_agent_id, body, call_id, timeout, prior=new.prior_ultravox_call_id)
         _insert(session, new, agent_id, started)
         return started
 
@@ -277,8 +282,11 @@ def _has_credit(session: Session, new: NewCall) -> bool:
 
 
 def _create(client: UltravoxClient, ultravox_agent_id: str, body: dict[str, Any], call_id: uuid.UUID,
-            timeout: float | tuple[float, float] | None) -> StartedCall:
-    created = client.create_agent_call(ultravox_agent_id, body, timeout=timeout)
+            timeout: float | tuple[float, float] | None, *, prior: str | None = None) -> StartedCall:
+    if prior:
+        created = client.create_call(body, prior_call_id=prior, timeout=timeout)
+    else:
+        created = client.create_agent_call(ultravox_agent_id, body, timeout=timeout)
     ultravox_call_id, join_url = created.get("callId"), created.get("joinUrl")
     if not ultravox_call_id or not join_url:
         raise UltravoxServerError("create_agent_call", "the call has no joinUrl or callId")

@@ -43,13 +43,13 @@ from ..carriers.transfers import (
 )
 from ..config import get_config
 from ..credentials import get_credentials
-from ..db import rows_affected
+from ..db import rollback_quietly, rows_affected
 from ..errors import Conflict, DomainError, InvalidInput, NotFound, Unauthorized
 from ..metrics import TRANSFERS
 from ..models import AgentMapping, Call, CallTransfer, utcnow
 from ..ultravox_errors import UltravoxError
 from . import carrier_webhooks, transfer_tool
-from .calls import call_metadata, ultravox_client_for
+from .calls import NewCall, start_call
 from .events import emit_event
 from .outbound import CarrierError, carrier_client, carrier_credentials
 from .transfer_targets import DEFAULT_RING_TIMEOUT, find_target
@@ -269,46 +269,34 @@ def transfer_data(transfer: CallTransfer) -> dict[str, Any]:
 # -- 3. back to the agent ------------------------------------------------------------------
 
 def _bring_back(session: Session, transfer: CallTransfer) -> str | None:
-    """A new agent call continuing the conversation; its joinUrl, or None when Ultravox
-    could not start it (the caller then hears an apology, never silence)."""
+    """A new agent call continuing the conversation; its joinUrl, or None when it could
+    not be started (the caller then hears an apology, never silence)."""
     root = session.get(Call, transfer.call_id)
     agent = session.get(AgentMapping, root.agent_id) if root and root.agent_id else None
     if root is None or agent is None or not transfer.ultravox_call_id:
         return None
-    new_id = uuid.uuid4()
-    medium = get_carriers().by_name(transfer.carrier).medium
-    body: dict[str, Any] = {
-        "medium": medium,
-        "metadata": call_metadata(call_id=new_id, agency_id=root.agency_id, agent=agent, source=root.source,
-                                  direction=root.direction, from_number=root.from_number, to_number=root.to_number,
-                                  extra={RESUMED_FROM_KEY: str(root.id)}),
-        "firstSpeakerSettings": {"agent": {"prompt": FAILED_PROMPT.format(name=transfer.target_name,
-                                                                        outcome=transfer.outcome)}},
-    }
-    if agent.transfer_targets:
-        body["selectedTools"] = [transfer_tool.transfer_tool(
-            call_id=new_id, targets=agent.transfer_targets, store=get_credentials(),
-            public_base_url=get_config().public_base_url)]
+    marks = {RESUMED_FROM_KEY: str(root.id), "transfer_id": str(transfer.id)}
+    prompt = FAILED_PROMPT.format(name=transfer.target_name, outcome=transfer.outcome)
+    new_call = NewCall(
+        agency_id=root.agency_id, agent=agent, medium=get_carriers().by_name(transfer.carrier).medium,
+        source=root.source, direction=root.direction, from_number=root.from_number, to_number=root.to_number,
+        metadata=marks, stored_metadata=marks, prior_ultravox_call_id=transfer.ultravox_call_id,
+        extra_body={"firstSpeakerSettings": {"agent": {"prompt": prompt}}})
+    transfer_id = transfer.id
     try:
-        client = ultravox_client_for(session, root.agency_id)
-        session.rollback()
-        created = client.create_call(body, prior_call_id=transfer.ultravox_call_id)
+        started = start_call(session, new_call)
     except (UltravoxError, DomainError) as exc:
         log.error("call %s: could not bring the caller back to the agent: %s", root.id, type(exc).__name__)
-        session.rollback()
+        rollback_quietly(session)
         return None
-    join_url, ultravox_call_id = created.get("joinUrl"), created.get("callId")
-    if not join_url or not ultravox_call_id:
-        return None
-    session.add(Call(id=new_id, agency_id=root.agency_id, agent_id=agent.id, ultravox_call_id=str(ultravox_call_id),
-                     source=root.source, direction=root.direction, from_number=root.from_number,
-                     to_number=root.to_number, status=call_states.CREATED, join_url=str(join_url),
-                     metadata_={RESUMED_FROM_KEY: str(root.id), "transfer_id": str(transfer.id)}))
-    session.execute(update(CallTransfer).where(CallTransfer.id == transfer.id)
-                    .values(resumed_call_id=new_id).execution_options(synchronize_session=False))
-    session.commit()
-    log.info("call %s: caller back with the agent on call %s", root.id, new_id)
-    return str(join_url)
+    if started.call_id is not None:
+        session.execute(update(Call).where(Call.id == started.call_id).values(join_url=started.join_url)
+                        .execution_options(synchronize_session=False))
+        session.execute(update(CallTransfer).where(CallTransfer.id == transfer_id)
+                        .values(resumed_call_id=started.call_id).execution_options(synchronize_session=False))
+        session.commit()
+    log.info("call %s: caller back with the agent on call %s", root.id, started.call_id)
+    return started.join_url
 
 
 def _resume_join_url(session: Session, transfer: CallTransfer) -> str | None:
