@@ -14,7 +14,6 @@ from telephony.models import AgentMapping, Call, CallDirection, CallSource, Call
 from telephony.services.calls import NewCall, start_call
 from telephony.services.transfer_tool import TOKEN_HEADER, call_token, token_valid
 from tests.inbound_helpers import (
-    AGENT_UV_ID,
     PUBLIC_BASE,
     TWILIO_SID,
     UltravoxMock,
