@@ -139,3 +139,42 @@ def _wait(predicate, timeout_s: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not reached in time")
+
+
+@pytest.mark.private_event_endpoints
+def test_the_outcome_is_an_agency_event_and_a_metric(sim_app, ultravox_sim, carrier_sim, served, receiver):
+    import json
+
+    from sqlalchemy import select
+
+    from telephony.metrics import TRANSFERS
+    from telephony.models import EventDelivery
+
+    live = start_inbound_call(sim_app, "plivo")
+    client = sim_app.test_client()
+    from telephony.auth import mint_token
+    from telephony.models import Role
+    from telephony.services.agencies import add_user
+    from tests.conftest import JWT_SECRET
+    with sim_app.extensions["telephony.db"].session() as session:
+        add_user(session, auth_subject=f"admin-{live.call_id}", agency_id=live.agency_id, role=Role.admin)
+    admin = {"Authorization": f"Bearer {mint_token(JWT_SECRET, f'admin-{live.call_id}')}"}
+    created = client.post("/api/v1/event-endpoints", headers=admin,
+                          json={"url": receiver.url, "events": ["call.transferred"]})
+    assert created.status_code == 201, created.json
+    configure_legs(carrier_sim, {SALES: "no-answer"})
+    before = TRANSFERS.labels("plivo", "cold", "no-answer")._value.get()
+
+    invoke_tool(ultravox_sim, live.ultravox_call_id, served, destination="sales", reason="wants a refund")
+    settle(carrier_sim, served)
+
+    assert TRANSFERS.labels("plivo", "cold", "no-answer")._value.get() == before + 1
+    with sim_app.extensions["telephony.db"].session() as session:
+        [delivery] = session.scalars(select(EventDelivery).where(EventDelivery.event_type == "call.transferred"))
+        event = json.loads(delivery.payload)
+    assert event["type"] == "call.transferred"
+    data = event["data"]
+    assert (data["call_id"], data["target"], data["mode"], data["outcome"]) == (
+        str(live.call_id), "sales", "cold", "no-answer")
+    assert data["reason"] == "wants a refund" and data["carrier_leg_id"] and data["resumed_call_id"]
+    assert b"telephony_call_transfers_total" in client.get("/metrics").data

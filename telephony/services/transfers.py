@@ -156,8 +156,9 @@ def invoke(session: Session, call_id: uuid.UUID, token: str | None, body: Mappin
 
 
 def _not_started(session: Session, transfer: CallTransfer) -> ToolResult:
-    _settle(session, transfer, LegReport(final=True, outcome=FAILED))
-    session.commit()
+    if _settle(session, transfer, LegReport(final=True, outcome=FAILED)):
+        session.commit()
+        _announce(session, transfer.id)
     return ToolResult(200, NOT_STARTED_RESULT.format(name=transfer.target_name))
 
 
@@ -226,6 +227,7 @@ def report(session: Session, transfer_id: uuid.UUID, request: WebhookRequest, *,
         leg = LegReport(final=True, outcome=ANSWERED, leg_id=leg.leg_id, talk_seconds=leg.talk_seconds)
     elif call_control and leg.outcome == ANSWERED:  # ended "normally" but never answered
         leg = LegReport(final=True, outcome=FAILED, leg_id=leg.leg_id)
+    transfer_id = transfer.id
     settled_now = _settle(session, transfer, leg)
     session.commit()
     join_url: str | None = None
@@ -233,6 +235,8 @@ def report(session: Session, transfer_id: uuid.UUID, request: WebhookRequest, *,
         join_url = _resume_join_url(session, transfer) if not settled_now else _bring_back(session, transfer)
         if call_control and settled_now and join_url:
             _resume_telnyx(session, transfer, join_url)
+    if settled_now:
+        _announce(session, transfer_id)
     return carrier.after_report(leg, join_url, GOODBYE)
 
 
@@ -251,10 +255,19 @@ def _settle(session: Session, transfer: CallTransfer, leg: LegReport) -> bool:
     if not changed:
         return False
     session.refresh(transfer)
-    TRANSFERS.labels(transfer.carrier, transfer.mode, leg.outcome).inc()
-    emit_event(session, transfer.agency_id, "call.transferred", transfer_data(transfer))
     log.info("transfer %s of call %s: %s", transfer.id, transfer.call_id, leg.outcome)
     return True
+
+
+def _announce(session: Session, transfer_id: uuid.UUID) -> None:
+    """The settled transfer as the agency event call.transferred (with the call that took
+    the caller back, if any) and in the metrics; committed."""
+    transfer = session.get(CallTransfer, transfer_id, populate_existing=True)
+    if transfer is None or transfer.outcome is None:
+        return
+    TRANSFERS.labels(transfer.carrier, transfer.mode, transfer.outcome).inc()
+    emit_event(session, transfer.agency_id, "call.transferred", transfer_data(transfer))
+    session.commit()
 
 
 def transfer_data(transfer: CallTransfer) -> dict[str, Any]:
