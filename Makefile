@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign try-inbound clean
+.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign bench-transfer try-inbound clean
 
 ## make help: this list (the default)
 help:
@@ -45,14 +45,19 @@ lint: $(VENV)/.dev-installed
 sim: $(VENV)/.runtime-installed
 	$(BIN)/python -m telephony.sim all
 
-## make bench: both benchmarks below, one after the other (exit 1 if either misses a target); results in docs/benchmarks.md
+## make bench: the benchmarks below, one after the other (exit 1 if any misses a target); results in docs/benchmarks.md
 bench: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.inbound; inbound=$$?; $(BIN)/python -m bench.campaign; campaign=$$?; \
-	test $$inbound -eq 0 -a $$campaign -eq 0
+	$(BIN)/python -m bench.transfer; transfer=$$?; \
+	test $$inbound -eq 0 -a $$campaign -eq 0 -a $$transfer -eq 0
 
 ## make bench-inbound: inbound-webhook benchmark (simulators + gunicorn, PostgreSQL when reachable, else SQLite)
 bench-inbound: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.inbound $(BENCH_ARGS)
+
+## make bench-transfer: tool call -> carrier redirect of a cold transfer (simulators + gunicorn; p99 <= 300 ms)
+bench-transfer: $(VENV)/.runtime-installed
+	$(BIN)/python -m bench.transfer $(BENCH_ARGS)
 
 ## make bench-campaign: campaign dispatch benchmark (2,000 contacts at 20/s, 2 workers, PostgreSQL required; ~5 min)
 bench-campaign: $(VENV)/.runtime-installed

@@ -111,8 +111,10 @@ def invoke(session: Session, call_id: uuid.UUID, token: str | None, body: Mappin
     destination, reason, ultravox_call_id = body.get("destination"), body.get("reason"), body.get("ultravox_call_id")
     call = session.get(Call, call_id)
     # The token is this call's; the Ultravox id must be its too (a tool invocation
-    # replayed against another call, or another agency's, finds nothing).
-    if call is None or not isinstance(ultravox_call_id, str) or call.ultravox_call_id != ultravox_call_id:
+    # replayed against another call, or another agency's, finds nothing). An inbound
+    # call's Ultravox id is written just after the carrier got its answer: until then it
+    # must at least be no other call's.
+    if call is None or not isinstance(ultravox_call_id, str) or not _is_its_leg(session, call, ultravox_call_id):
         raise NotFound("Call not found", field="call_id")
     root = _carrier_call(session, call)
     if root is None or root.carrier_call_id is None:
@@ -153,6 +155,12 @@ def invoke(session: Session, call_id: uuid.UUID, token: str | None, body: Mappin
         return _not_started(session, transfer)
     log.info("call %s: transfer %s to %s (%s) started", root.id, transfer.id, transfer.target_name, transfer.mode)
     return ToolResult(200, STARTED_RESULT.format(name=target["name"]))
+
+
+def _is_its_leg(session: Session, call: Call, ultravox_call_id: str) -> bool:
+    if call.ultravox_call_id is not None:
+        return call.ultravox_call_id == ultravox_call_id
+    return not session.scalar(select(exists().where(Call.ultravox_call_id == ultravox_call_id, Call.id != call.id)))
 
 
 def _not_started(session: Session, transfer: CallTransfer) -> ToolResult:

@@ -352,8 +352,9 @@ def install_tool_invoker(app: Flask, ultravox_state: Any) -> None:
                 place(dynamic.get("location", ""), dynamic["name"], parameters[dynamic["name"]])
         for name, value in (tool.get("parameterOverrides") or {}).items():
             json_body[name] = value
-        started = time.perf_counter()
         record: dict[str, Any] = {"time": utc_now_iso(), "callId": call_id, "tool": tool_name, "url": url}
+        started = time.perf_counter()
+        record["sent"] = time.time()  # epoch, comparable with the carrier simulator's "received"
         try:
             response = requests.request(method, _rewrite(url, body.get("deliver_to")), headers=headers,
                                         params=query or None, json=json_body if method != "GET" else None,
