@@ -178,3 +178,56 @@ def test_the_outcome_is_an_agency_event_and_a_metric(sim_app, ultravox_sim, carr
         str(live.call_id), "sales", "cold", "no-answer")
     assert data["reason"] == "wants a refund" and data["carrier_leg_id"] and data["resumed_call_id"]
     assert b"telephony_call_transfers_total" in client.get("/metrics").data
+
+
+WARM_OUTCOMES = {**OUTCOMES, "decline": "declined"}
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+@pytest.mark.parametrize("outcome", list(WARM_OUTCOMES))
+def test_warm_transfer(sim_app, ultravox_sim, carrier_sim, served, carrier, outcome):
+    """The caller waits on hold while the person is called; the person hears the agent's
+    summary and accepts with the key it names (or does not); back to the agent otherwise."""
+    from .transfer_support import TARGETS
+    warm = [{**TARGETS[0], "mode": "warm", "accept_digit": "1"}, TARGETS[1]]
+    live = start_inbound_call(sim_app, carrier, targets=warm)
+    configure_legs(carrier_sim, {SALES: outcome})
+
+    invoked = invoke_tool(ultravox_sim, live.ultravox_call_id, served, destination="sales",
+                          reason="Jane wants a quote for 40 chairs")
+    assert invoked["status"] == 200, invoked
+    [person] = [leg for leg in legs(carrier_sim) if leg["kind"] == "warm"]
+    assert person["destination"] == SALES
+    [transfer] = transfers_of(sim_app, live.call_id)
+    assert (transfer.mode, transfer.status, transfer.carrier_leg_id) == ("warm", "dialing", person["leg_id"])
+
+    played = settle(carrier_sim, served)
+    assert all(reply["status"] in (200, 204) for leg in played for reply in leg["replies"]), played
+    [transfer] = transfers_of(sim_app, live.call_id)
+    assert transfer.outcome == WARM_OUTCOMES[outcome] and transfer.status == "ended"
+    [warm_leg] = [leg for leg in played if leg["kind"] == "warm"]
+    if outcome in ("answer", "decline") and carrier != "telnyx":
+        whisper = warm_leg["replies"][0]["body"]
+        assert "Jane wants a quote for 40 chairs" in whisper and "Press 1" in whisper
+
+    if outcome == "answer":
+        assert transfer.answered_at is not None and resumed_calls(sim_app, live.call_id) == []
+        if carrier == "telnyx":
+            actions = _carrier_call(carrier_sim, "telnyx", live.carrier_call_id)["updates"]
+            assert [a["params"].get("call_control_id") for a in actions if a["action"] == "bridge"] == [
+                person["leg_id"]]
+        else:
+            assert transfer.id.hex[:8] in warm_leg["replies"][1]["body"]  # joined the caller's conference
+        return
+
+    [resumed] = resumed_calls(sim_app, live.call_id)
+    assert transfer.resumed_call_id == resumed.id
+    if carrier == "twilio":
+        updates = _carrier_call(carrier_sim, "twilio", live.carrier_call_id)["updates"]
+        assert resumed.join_url in updates[-1]["params"]["Twiml"]
+    elif carrier == "plivo":
+        [back] = settle(carrier_sim, served)  # Plivo fetches the URL the call was moved to
+        assert back["kind"] == "fetch" and resumed.join_url in back["replies"][0]["body"]
+    else:
+        actions = _carrier_call(carrier_sim, "telnyx", live.carrier_call_id)["updates"]
+        assert [a["params"]["stream_url"] for a in actions if a["action"] == "streaming_start"] == [resumed.join_url]

@@ -5,6 +5,12 @@ callbacks about the person's leg (docs/call-control.md).
   POST /webhooks/transfers/<transfer_id>/dial        Plivo: what to dial (XML)
   POST /webhooks/transfers/<transfer_id>/dial-result Twilio, Plivo: how the person's leg ended (XML)
   POST /webhooks/transfers/<transfer_id>/events      Telnyx: Call Control events of the person's leg
+  Warm transfers (Twilio, Plivo):
+  POST /webhooks/transfers/<transfer_id>/hold          Plivo: the caller waits in the conference (XML)
+  POST /webhooks/transfers/<transfer_id>/whisper       the person answered: the whisper and key gather (XML)
+  POST /webhooks/transfers/<transfer_id>/whisper-result  the key: join the conference, or decline (XML)
+  POST /webhooks/transfers/<transfer_id>/leg-status    the person's leg ended
+  POST /webhooks/transfers/<transfer_id>/resume        Plivo: the caller back to the agent (XML)
 
 The schemas of an agent's transfer targets (the agents API) are here too. HTTP in, HTTP
 out: the use case is services/transfers.py.
@@ -100,6 +106,33 @@ def plivo_dial(transfer_id: uuid.UUID):
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/dial-result")
 def dial_result(transfer_id: uuid.UUID):
     return Response(transfers.report(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
+
+
+@bp.post("/webhooks/transfers/<uuid:transfer_id>/hold")
+def plivo_hold(transfer_id: uuid.UUID):
+    return Response(transfers.hold_instructions(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
+
+
+@bp.post("/webhooks/transfers/<uuid:transfer_id>/whisper")
+def whisper(transfer_id: uuid.UUID):
+    return Response(transfers.whisper(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
+
+
+@bp.post("/webhooks/transfers/<uuid:transfer_id>/whisper-result")
+def whisper_result(transfer_id: uuid.UUID):
+    return Response(transfers.whisper_result(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
+
+
+@bp.post("/webhooks/transfers/<uuid:transfer_id>/leg-status")
+def leg_status(transfer_id: uuid.UUID):
+    transfers.leg_status(get_session(), transfer_id, webhook_request())
+    return "", 204
+
+
+@bp.post("/webhooks/transfers/<uuid:transfer_id>/resume")
+def plivo_resume(transfer_id: uuid.UUID):
+    return Response(transfers.resume_instructions(get_session(), transfer_id, webhook_request()),
+                    mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/events")

@@ -33,6 +33,7 @@ from ..carriers.base import WebhookRequest
 from ..carriers.registry import get_carriers
 from ..carriers.transfers import (
     ANSWERED,
+    DECLINED,
     FAILED,
     CallTransferer,
     LegReport,
@@ -40,6 +41,7 @@ from ..carriers.transfers import (
     TelnyxTransferer,
     TransferDial,
     TwilioTransferer,
+    WarmDial,
 )
 from ..config import get_config
 from ..credentials import get_credentials
@@ -142,11 +144,15 @@ def invoke(session: Session, call_id: uuid.UUID, token: str | None, body: Mappin
     session.add(transfer)
     session.commit()  # before the carrier is asked: its callbacks must find the row
 
-    dial = TransferDial(destination=target["destination"], caller_id=target.get("caller_id"),
-                        ring_timeout=transfer.ring_timeout_seconds, command_id=str(transfer.id),
-                        callback_url=lambda kind: callback_url(transfer.id, kind))
+    transfer_id = transfer.id
     try:
-        transferer(carrier).redirect(carrier_client(carrier, credentials), root.carrier_call_id, dial)
+        if transfer.mode == "warm":
+            _hold_and_dial(session, transfer, root, target, credentials)
+        else:
+            dial = TransferDial(destination=target["destination"], caller_id=target.get("caller_id"),
+                                ring_timeout=transfer.ring_timeout_seconds, command_id=str(transfer_id),
+                                callback_url=lambda kind: callback_url(transfer_id, kind))
+            transferer(carrier).redirect(carrier_client(carrier, credentials), root.carrier_call_id, dial)
     except (CarrierError, DomainError) as exc:
         log.error("call %s: transfer not started: %s", root.id, exc)
         return _not_started(session, transfer)
@@ -220,6 +226,9 @@ def report(session: Session, transfer_id: uuid.UUID, request: WebhookRequest, *,
     """A carrier reports the person's leg. Returns what an XML carrier should do with the
     caller next ("" for Telnyx, which is commanded through its REST API)."""
     transfer = verified_transfer(session, transfer_id, request, call_control=call_control)
+    if call_control and transfer.mode == "warm":
+        telnyx_warm_event(session, transfer, request)
+        return ""
     carrier = transferer(transfer.carrier)
     leg = carrier.parse_report(request)
     if leg is None:
@@ -285,6 +294,180 @@ def transfer_data(transfer: CallTransfer) -> dict[str, Any]:
             "status": transfer.status, "outcome": transfer.outcome, "carrier": transfer.carrier,
             "carrier_leg_id": transfer.carrier_leg_id, "resumed_call_id": transfer.resumed_call_id,
             "started_at": transfer.started_at, "answered_at": transfer.answered_at, "ended_at": transfer.ended_at}
+
+
+# -- warm transfers ---------------------------------------------------------------------
+
+WHISPER = "This is a call transfer from the AI assistant. {reason} Press {digit} to take the call."
+WHISPER_NO_PROMPT = "This is a call transfer from the AI assistant. {reason} Connecting you now."
+
+
+def _room(transfer_id: uuid.UUID) -> str:
+    return f"transfer-{transfer_id}"
+
+
+def _hold_and_dial(session: Session, transfer: CallTransfer, root: Call, target: dict[str, Any],
+                   credentials: Mapping[str, str]) -> None:
+    """The caller on hold, the person's phone ringing; the leg id recorded."""
+    our_number = root.to_number if root.direction.value == "inbound" else root.from_number
+    transfer_id = transfer.id
+    dial = WarmDial(destination=transfer.destination, from_number=target.get("caller_id") or our_number or "",
+                    ring_timeout=transfer.ring_timeout_seconds, room=_room(transfer_id), command_id=str(transfer_id),
+                    callback_url=lambda kind: callback_url(transfer_id, kind))
+    leg_id = transferer(transfer.carrier).hold_and_dial(carrier_client(transfer.carrier, credentials),
+                                                        root.carrier_call_id or "", dial, credentials=credentials)
+    session.execute(update(CallTransfer).where(CallTransfer.id == transfer_id, CallTransfer.carrier_leg_id.is_(None))
+                    .values(carrier_leg_id=leg_id).execution_options(synchronize_session=False))
+    session.commit()
+
+
+def _target_of(session: Session, transfer: CallTransfer) -> dict[str, Any]:
+    call = session.get(Call, transfer.call_id)
+    agent = session.get(AgentMapping, call.agent_id) if call and call.agent_id else None
+    return find_target(agent.transfer_targets if agent else None, transfer.target_name) or {}
+
+
+def _whisper_text(transfer: CallTransfer, accept_digit: str | None) -> str:
+    reason = (transfer.reason or "").strip()
+    reason = reason if reason.endswith((".", "!", "?")) or not reason else reason + "."
+    template = WHISPER if accept_digit else WHISPER_NO_PROMPT
+    return template.format(reason=reason or "The caller asked for you.", digit=accept_digit)
+
+
+def hold_instructions(session: Session, transfer_id: uuid.UUID, request: WebhookRequest) -> str:
+    """Plivo: the caller's call was transferred here: wait in the transfer's conference."""
+    transfer = verified_transfer(session, transfer_id, request)
+    session.rollback()
+    return PlivoTransferer().hold_xml(_room(transfer.id))
+
+
+def whisper(session: Session, transfer_id: uuid.UUID, request: WebhookRequest) -> str:
+    """The person answered (Twilio, Plivo): the whisper, and the key that accepts."""
+    transfer = verified_transfer(session, transfer_id, request)
+    carrier = transferer(transfer.carrier)
+    if transfer.status != DIALING:
+        session.rollback()
+        return carrier.goodbye_xml()
+    accept_digit = _target_of(session, transfer).get("accept_digit", "1")
+    if accept_digit is None:
+        _accepted(session, transfer)
+    text = _whisper_text(transfer, accept_digit)
+    session.rollback()
+    return carrier.whisper_xml(text, accept_digit, callback_url(transfer.id, "whisper-result"), _room(transfer.id))
+
+
+def whisper_result(session: Session, transfer_id: uuid.UUID, request: WebhookRequest) -> str:
+    """The key the person pressed (Twilio, Plivo): join the caller, or decline."""
+    transfer = verified_transfer(session, transfer_id, request)
+    carrier = transferer(transfer.carrier)
+    accept_digit = _target_of(session, transfer).get("accept_digit", "1")
+    if transfer.status == DIALING and carrier.parse_digits(request) == accept_digit:
+        _accepted(session, transfer)
+        return carrier.join_xml(_room(transfer.id))
+    _declined(session, transfer)
+    return carrier.goodbye_xml()
+
+
+def leg_status(session: Session, transfer_id: uuid.UUID, request: WebhookRequest) -> None:
+    """The person's leg ended (Twilio status callback, Plivo hangup URL)."""
+    transfer = verified_transfer(session, transfer_id, request)
+    leg = transferer(transfer.carrier).parse_leg_status(request)
+    if leg is None:
+        session.rollback()
+        return
+    if leg.outcome == ANSWERED and transfer.status != IN_CONVERSATION:
+        leg = LegReport(final=True, outcome=DECLINED, leg_id=leg.leg_id)  # answered, never accepted
+    _finish_warm(session, transfer, leg)
+
+
+def resume_instructions(session: Session, transfer_id: uuid.UUID, request: WebhookRequest) -> str:
+    """Plivo: the caller's call was transferred back here: stream to the new agent call."""
+    transfer = verified_transfer(session, transfer_id, request)
+    carrier = transferer(transfer.carrier)
+    join_url = _resume_join_url(session, transfer)
+    session.rollback()
+    return carrier.after_report(LegReport(final=True, outcome=FAILED), join_url, GOODBYE)
+
+
+def _accepted(session: Session, transfer: CallTransfer) -> None:
+    session.execute(update(CallTransfer).where(CallTransfer.id == transfer.id, CallTransfer.status == DIALING)
+                    .values(status=IN_CONVERSATION, answered_at=utcnow())
+                    .execution_options(synchronize_session=False))
+    session.commit()
+
+
+def _declined(session: Session, transfer: CallTransfer) -> None:
+    _finish_warm(session, transfer, LegReport(final=True, outcome=DECLINED))
+
+
+def _finish_warm(session: Session, transfer: CallTransfer, leg: LegReport) -> None:
+    """Settle once; when nobody took the call, take the caller off hold, back to the agent."""
+    transfer_id = transfer.id
+    settled_now = _settle(session, transfer, leg)
+    session.commit()
+    if not settled_now:
+        return
+    if leg.outcome != ANSWERED:
+        join_url = _bring_back(session, transfer)
+        _resume_live(session, transfer_id, join_url)
+    _announce(session, transfer_id)
+
+
+def _resume_live(session: Session, transfer_id: uuid.UUID, join_url: str | None) -> None:
+    transfer = session.get(CallTransfer, transfer_id)
+    root = session.get(Call, transfer.call_id) if transfer else None
+    if transfer is None or root is None or root.carrier_call_id is None:
+        return
+    carrier = transferer(transfer.carrier)
+    try:
+        credentials = carrier_credentials(session, transfer.agency_id, transfer.carrier)
+        session.rollback()
+        client = carrier_client(transfer.carrier, credentials)
+        if join_url:
+            carrier.resume_live(client, root.carrier_call_id, join_url, command_id=str(transfer_id),
+                                resume_url=callback_url(transfer_id, "resume"))
+        else:
+            log.error("call %s: nobody took the call and the agent could not be reached", root.id)
+    except Exception as exc:  # noqa: BLE001 - logged; the carrier's webhook is answered regardless
+        log.error("call %s: could not take the caller off hold: %s", root.id, type(exc).__name__)
+
+
+def telnyx_warm_event(session: Session, transfer: CallTransfer, request: WebhookRequest) -> None:
+    """Telnyx warm transfer: the person's leg answered (whisper + gather), pressed a key
+    (bridge or decline) or hung up (the outcome)."""
+    carrier = transferer("telnyx")
+    assert isinstance(carrier, TelnyxTransferer)
+    event_type, leg_id, digits = carrier.parse_event(request)
+    transfer_id = transfer.id
+    if event_type == "call.hangup":
+        leg = carrier.parse_report(request)
+        if leg is not None:
+            outcome = ANSWERED if transfer.status == IN_CONVERSATION else (
+                DECLINED if leg.outcome == ANSWERED else leg.outcome)
+            _finish_warm(session, transfer, LegReport(final=True, outcome=outcome, leg_id=leg_id or None))
+        return
+    if event_type not in ("call.answered", "call.gather.ended") or transfer.status != DIALING:
+        session.rollback()
+        return
+    root = session.get(Call, transfer.call_id)
+    accept_digit = _target_of(session, transfer).get("accept_digit", "1")
+    credentials = carrier_credentials(session, transfer.agency_id, "telnyx")
+    text = _whisper_text(transfer, accept_digit)
+    session.rollback()
+    client = carrier_client("telnyx", credentials)
+    try:
+        if event_type == "call.answered" and accept_digit:
+            carrier.whisper(client, leg_id, text, accept_digit, command_id=str(transfer_id))
+            return
+        if (event_type == "call.answered" and not accept_digit) or digits == accept_digit:
+            carrier.bridge(client, (root.carrier_call_id if root else None) or "", leg_id, command_id=str(transfer_id))
+            _accepted(session, transfer)
+            return
+        carrier.hang_up_leg(client, leg_id, command_id=str(transfer_id))
+    except Exception as exc:  # noqa: BLE001 - the leg's hangup settles it; logged
+        log.error("transfer %s: telnyx command failed: %s", transfer_id, type(exc).__name__)
+        return
+    _declined(session, transfer)
 
 
 # -- 3. back to the agent ------------------------------------------------------------------

@@ -31,6 +31,7 @@ import copy
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import threading
 import time
@@ -47,19 +48,25 @@ from twilio.request_validator import RequestValidator
 
 from telephony.sim.common import SimError, basic_auth, json_object_body, utc_now_iso
 
-OUTCOMES = ("answer", "busy", "no-answer", "fail")
+OUTCOMES = ("answer", "busy", "no-answer", "fail", "decline")
+WHISPER_PATH = "/whisper"  # the person's leg of a warm transfer answers with our whisper URL
+PRESS_RE = re.compile(r"Press (\S)\b")
 CALLBACK_TIMEOUT_S = 10.0
 # Outcome -> what each carrier reports about the person's leg.
-_TWILIO_STATUS = {"answer": "completed", "busy": "busy", "no-answer": "no-answer", "fail": "failed"}
-_PLIVO_STATUS = {"answer": "completed", "busy": "busy", "no-answer": "no-answer", "fail": "failed"}
-_TELNYX_CAUSE = {"answer": "normal_clearing", "busy": "user_busy", "no-answer": "timeout", "fail": "unspecified"}
+_TWILIO_STATUS = {"answer": "completed", "busy": "busy", "no-answer": "no-answer", "fail": "failed",
+                  "decline": "completed"}
+_PLIVO_STATUS = _TWILIO_STATUS
+_TELNYX_CAUSE = {"answer": "normal_clearing", "busy": "user_busy", "no-answer": "timeout", "fail": "unspecified",
+                 "decline": "normal_clearing"}
 
 
 @dataclass
 class TransferLeg:
     carrier: str
-    call_id: str  # the caller's call
+    call_id: str  # the caller's call; for a warm leg, the person's leg itself
     received: float  # time.time() when the redirect request arrived
+    kind: str = "dial"  # dial (cold: the caller's call dials), warm (the person's own leg), fetch (Plivo XML)
+    status_url: str = ""  # warm: the person's leg's status callback / hangup URL
     destination: str = ""
     action_url: str = ""  # Twilio/Plivo Dial action; Telnyx webhook_url
     aleg_url: str = ""  # Plivo only
@@ -71,7 +78,7 @@ class TransferLeg:
     replies: list[dict[str, Any]] = field(default_factory=list)
 
     def view(self) -> dict[str, Any]:
-        return {"carrier": self.carrier, "call_id": self.call_id, "received": self.received,
+        return {"carrier": self.carrier, "call_id": self.call_id, "received": self.received, "kind": self.kind,
                 "destination": self.destination, "action_url": self.action_url, "aleg_url": self.aleg_url,
                 "leg_id": self.leg_id, "settled": self.settled, "outcome": self.outcome,
                 "replies": copy.deepcopy(self.replies)}
@@ -154,6 +161,36 @@ def install_carrier_transfers(app: Flask, carrier_state: Any) -> TransferState:
                 with state.lock:
                     state.legs.append(TransferLeg("twilio", call_id, time.time(), destination=destination,
                                                   action_url=action, account=credentials[0], token=credentials[1]))
+        elif path.startswith("/2010-04-01/Accounts/") and path.endswith("/Calls.json") \
+                and WHISPER_PATH in request.form.get("Url", ""):
+            credentials = basic_auth()
+            created = response.get_json(silent=True) or {}
+            if credentials:
+                with state.lock:
+                    state.legs.append(TransferLeg(
+                        "twilio", str(created.get("sid", "")), time.time(), kind="warm",
+                        destination=request.form.get("To", ""), action_url=request.form.get("Url", ""),
+                        status_url=request.form.get("StatusCallback", ""), account=credentials[0],
+                        token=credentials[1], leg_id=str(created.get("sid", ""))))
+        elif path.startswith("/v1/Account/") and path.endswith("/Call/"):
+            body = request.get_json(silent=True) or {}
+            credentials = basic_auth()
+            created = response.get_json(silent=True) or {}
+            if WHISPER_PATH in str(body.get("answer_url", "")) and credentials:
+                leg_id = str(created.get("request_uuid", ""))
+                with state.lock:
+                    state.legs.append(TransferLeg(
+                        "plivo", leg_id, time.time(), kind="warm", destination="+" + str(body.get("to", "")),
+                        action_url=str(body["answer_url"]), status_url=str(body.get("hangup_url", "")),
+                        account=credentials[0], token=credentials[1], leg_id=leg_id))
+        elif path == "/v2/calls" and "/webhooks/transfers/" in str((request.get_json(silent=True) or {})
+                                                                  .get("webhook_url", "")):
+            body = request.get_json(silent=True) or {}
+            leg_id = str(((response.get_json(silent=True) or {}).get("data") or {}).get("call_control_id", ""))
+            with state.lock:
+                state.legs.append(TransferLeg("telnyx", leg_id, time.time(), kind="warm",
+                                              destination=str(body.get("to", "")),
+                                              action_url=str(body["webhook_url"]), leg_id=leg_id))
         elif path.startswith("/v2/calls/") and path.endswith("/actions/transfer"):
             body = request.get_json(silent=True) or {}
             call_id = path.split("/")[3]
@@ -179,7 +216,8 @@ def install_carrier_transfers(app: Flask, carrier_state: Any) -> TransferState:
             call.updates.append({"time": utc_now_iso(), "action": "transfer", "params": copy.deepcopy(body)})
         with state.lock:
             state.legs.append(TransferLeg("plivo", call_uuid, time.time(), aleg_url=str(body["aleg_url"]),
-                                          account=auth_id, token=credentials[1], leg_id=str(uuid.uuid4())))
+                                          account=auth_id, token=credentials[1], leg_id=str(uuid.uuid4()),
+                                          kind="dial" if str(body["aleg_url"]).endswith("/dial") else "fetch"))
         response = jsonify({"api_id": str(uuid.uuid4()), "message": "call transferred"})
         response.status_code = 202
         return response
@@ -215,7 +253,10 @@ def install_carrier_transfers(app: Flask, carrier_state: Any) -> TransferState:
         with requests.Session() as http:
             http.trust_env = False
             for leg in pending:
-                _play(http, leg, deliver_to, key, outcomes)
+                if leg.kind == "warm":
+                    _play_warm(http, leg, deliver_to, key, outcomes, carrier_state)
+                else:
+                    _play(http, leg, deliver_to, key, outcomes)
         with state.lock:
             return jsonify({"legs": [leg.view() for leg in pending]})
 
@@ -235,6 +276,8 @@ def _play(http: requests.Session, leg: TransferLeg, deliver_to: str | None, key:
     elif leg.carrier == "plivo":
         fetch = {"CallUUID": leg.call_id, "Event": "Transfer", "CallStatus": "in-progress", "Direction": "inbound"}
         reply = _post_form(http, leg, leg.aleg_url, fetch, deliver_to, _plivo_headers(leg.token, leg.aleg_url, fetch))
+        if leg.kind == "fetch":  # the caller's call was moved to a URL (hold, back to the agent): done
+            return
         # Plivo learns what to dial from the XML it fetches: the outcome follows that.
         leg.destination, leg.action_url = _dial_of(reply)
         outcome = leg.outcome = outcomes.get(leg.destination, "answer")
@@ -249,6 +292,54 @@ def _play(http: requests.Session, leg: TransferLeg, deliver_to: str | None, key:
         if outcome == "answer":
             _post_event(http, leg, "call.answered", {}, deliver_to, key)
         _post_event(http, leg, "call.hangup", {"hangup_cause": _TELNYX_CAUSE[outcome]}, deliver_to, key)
+
+
+def _play_warm(http: requests.Session, leg: TransferLeg, deliver_to: str | None, key: Ed25519PrivateKey | None,
+               outcomes: dict[str, str], carrier_state: Any) -> None:
+    """The person's own leg of a warm transfer: ring, answer, hear the whisper, press the
+    key it names (answer) or not (decline), hang up; or busy / no answer / failure."""
+    outcome = leg.outcome = outcomes.get(leg.destination, "answer")
+    answered = outcome in ("answer", "decline")
+    if leg.carrier == "telnyx":
+        if answered:
+            _post_event(http, leg, "call.answered", {}, deliver_to, key)
+            with carrier_state.lock:
+                call = carrier_state.calls.get(("telnyx", leg.leg_id))
+                gathers = [u for u in (call.updates if call else []) if u.get("action") == "gather_using_speak"]
+            spoken = str(gathers[-1]["params"].get("payload", "")) if gathers else ""
+            pressed = PRESS_RE.search(spoken)
+            digits = pressed.group(1) if pressed and outcome == "answer" else ""
+            if gathers:
+                _post_event(http, leg, "call.gather.ended", {"digits": digits, "status": "valid" if digits
+                                                             else "timeout"}, deliver_to, key)
+        _post_event(http, leg, "call.hangup", {"hangup_cause": _TELNYX_CAUSE[outcome]}, deliver_to, key)
+        return
+    sign = (lambda url, form: {"X-Twilio-Signature": _twilio_signature(leg.token, url, form)}) \
+        if leg.carrier == "twilio" else (lambda url, form: _plivo_headers(leg.token, url, form))
+    id_field = "CallSid" if leg.carrier == "twilio" else "CallUUID"
+    if answered:
+        form = {id_field: leg.leg_id, "CallStatus": "in-progress", "Direction": "outbound-api", "To": leg.destination}
+        whisper = _post_form(http, leg, leg.action_url, form, deliver_to, sign(leg.action_url, form))
+        gather = _gather_of(whisper)
+        pressed = PRESS_RE.search(whisper)
+        if gather and pressed and outcome == "answer":
+            digits = {**form, "Digits": pressed.group(1)}
+            _post_form(http, leg, gather, digits, deliver_to, sign(gather, digits))
+    status = {id_field: leg.leg_id, "CallStatus": _TWILIO_STATUS[outcome], "Direction": "outbound-api"}
+    if answered:
+        status["CallDuration" if leg.carrier == "twilio" else "Duration"] = "42"
+    _post_form(http, leg, leg.status_url, status, deliver_to, sign(leg.status_url, status))
+
+
+def _gather_of(xml_text: str) -> str:
+    """The action URL of a <Gather> (TwiML) or <GetDigits> (Plivo XML); "" if none."""
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError:
+        return ""
+    found = root.find(".//Gather")
+    found = found if found is not None else root.find(".//GetDigits")
+    return found.get("action", "") if found is not None else ""
 
 
 def _post_form(http: requests.Session, leg: TransferLeg, url: str, form: dict[str, str], deliver_to: str | None,
