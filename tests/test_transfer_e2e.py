@@ -231,3 +231,26 @@ def test_warm_transfer(sim_app, ultravox_sim, carrier_sim, served, carrier, outc
     else:
         actions = _carrier_call(carrier_sim, "telnyx", live.carrier_call_id)["updates"]
         assert [a["params"]["stream_url"] for a in actions if a["action"] == "streaming_start"] == [resumed.join_url]
+
+
+def test_a_repeated_carrier_callback_brings_the_caller_back_once(sim_app, ultravox_sim, carrier_sim, served):
+    """Carriers re-send callbacks: the same answer (the same agent call), one outcome."""
+    from urllib.parse import urlencode
+
+    from tests.inbound_helpers import PUBLIC_BASE, twilio_signature
+
+    live = start_inbound_call(sim_app, "twilio")
+    configure_legs(carrier_sim, {SALES: "busy"})
+    invoke_tool(ultravox_sim, live.ultravox_call_id, served, destination="sales", reason="r")
+    [played] = settle(carrier_sim, served)
+    [transfer] = transfers_of(sim_app, live.call_id)
+    path = f"/webhooks/transfers/{transfer.id}/dial-result"
+    form = {"AccountSid": "AC" + "c" * 32, "CallSid": live.carrier_call_id, "CallStatus": "in-progress",
+            "DialCallSid": played["leg_id"], "DialCallStatus": "busy", "Direction": "inbound"}
+    again = sim_app.test_client().post(path, data=urlencode(form), content_type="application/x-www-form-urlencoded",
+                                       headers={"X-Twilio-Signature": twilio_signature(PUBLIC_BASE + path, form)})
+    assert again.status_code == 200
+    assert again.get_data(as_text=True) == played["replies"][-1]["body"]  # the same stream answer
+    assert len(resumed_calls(sim_app, live.call_id)) == 1
+    [transfer] = transfers_of(sim_app, live.call_id)
+    assert transfer.outcome == "busy"

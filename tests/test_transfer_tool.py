@@ -279,3 +279,37 @@ def test_the_call_detail_shows_its_transfers_and_history_filters_them(app, make_
     assert client.get("/api/v1/calls?transferred=false", headers=headers).json["calls"] == []
     stranger = make_tenant("Stranger")
     assert client.get(f"/api/v1/calls/{call_id}", headers=stranger.member()).status_code == 404
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "plivo"])
+def test_outbound_carrier_calls_get_the_tool_too(app, carrier):
+    seeded = seed(app, carrier=carrier)
+    set_targets(app, seeded.agent_id, TARGETS)
+    mock = UltravoxMock()
+    with responses.RequestsMock() as rsps:
+        mock.answer_with(rsps)
+        with app.app_context(), app.extensions["telephony.db"].session() as session:
+            start_call(session, NewCall(agency_id=seeded.agency_id, agent=session.get(AgentMapping, seeded.agent_id),
+                                        medium={carrier: {}}, source=CallSource(carrier),
+                                        direction=CallDirection.outbound, first_speaker="user",
+                                        to_number="+12125550123"))
+    [body] = mock.bodies
+    assert [tool["temporaryTool"]["modelToolName"] for tool in body["toolOverrides"]["add"]] == ["transferCall"]
+
+
+def test_an_inbound_call_whose_ultravox_id_is_not_recorded_yet(app):
+    """The claim-first path writes the Ultravox id just after the carrier's answer: a tool
+    call in between is this call's if that id is no other call's."""
+    call_id, other_uv, _ = _live_call(app)
+    with app.extensions["telephony.db"].session() as session:
+        pending = Call(agency_id=session.get(Call, call_id).agency_id, agent_id=session.get(Call, call_id).agent_id,
+                       source=CallSource.twilio, direction=CallDirection.inbound, status="ringing",
+                       carrier_call_id="CA" + uuid.uuid4().hex)
+        session.add(pending)
+        session.flush()
+        pending_id, carrier_id = pending.id, pending.carrier_call_id
+    assert _invoke(app, pending_id, other_uv, token=_token(app, pending_id)).status_code == 404
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.POST, f"{TWILIO_CALL}/{carrier_id}.json", status=200,
+                 json={"sid": carrier_id, "status": "in-progress"})
+        assert _invoke(app, pending_id, str(uuid.uuid4()), token=_token(app, pending_id)).status_code == 200
