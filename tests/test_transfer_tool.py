@@ -313,3 +313,24 @@ def test_an_inbound_call_whose_ultravox_id_is_not_recorded_yet(app):
         rsps.add(responses.POST, f"{TWILIO_CALL}/{carrier_id}.json", status=200,
                  json={"sid": carrier_id, "status": "in-progress"})
         assert _invoke(app, pending_id, str(uuid.uuid4()), token=_token(app, pending_id)).status_code == 200
+
+
+def test_a_warm_transfer_whose_person_cannot_be_dialled_takes_the_caller_off_hold(app):
+    call_id, uv_id, _ = _live_call(app)
+    with app.extensions["telephony.db"].session() as session:
+        agent = session.get(AgentMapping, session.get(Call, call_id).agent_id)
+        agent.transfer_targets = [{**agent.transfer_targets[0], "mode": "warm"}]
+    sid = _carrier_call_id(app, call_id)
+    with responses.RequestsMock() as rsps:
+        update = rsps.add(responses.POST, f"{TWILIO_CALL}/{sid}.json", status=200, json={"sid": sid})
+        rsps.add(responses.POST, f"{TWILIO_CALL}.json", status=500, json={"code": 20500, "message": "down"})
+        rsps.add(responses.POST, "https://api.ultravox.ai/api/calls", status=201, json={
+            "callId": str(uuid.uuid4()), "joinUrl": "wss://uv.example/calls/back/join",
+            "created": "2026-12-01T10:00:00Z"})
+        response = _invoke(app, call_id, uv_id, token=_token(app, call_id))
+        twimls = [dict(p.split("=", 1) for p in call.request.body.split("&"))["Twiml"] for call in rsps.calls
+                  if call.request.url.endswith(f"{sid}.json")]
+    assert response.status_code == 200 and "could not be started" in response.json["result"]
+    assert update.call_count == 2 and "Conference" in twimls[0] and "uv.example" in twimls[1]
+    [transfer] = _transfers(app)
+    assert (transfer.mode, transfer.outcome) == ("warm", "failed") and transfer.resumed_call_id is not None

@@ -115,8 +115,12 @@ class CallTransferer(ABC):
 
     # -- warm -------------------------------------------------------------------------
 
-    def hold_and_dial(self, client: Any, carrier_call_id: str, dial: WarmDial, *, credentials: Any) -> str:
-        """Put the caller on hold and dial the person; returns the person's leg id."""
+    def hold(self, client: Any, carrier_call_id: str, dial: WarmDial) -> None:
+        """Put the caller on hold (the agent's leg ends)."""
+        raise NotImplementedError(f"{self.name}: no warm transfer")
+
+    def dial_person(self, client: Any, dial: WarmDial, *, credentials: Any) -> str:
+        """Dial the person; returns their leg's id."""
         raise NotImplementedError(f"{self.name}: no warm transfer")
 
     def whisper_xml(self, whisper: str, accept_digit: str | None, result_url: str, room: str) -> str:
@@ -182,13 +186,15 @@ class TwilioTransferer(CallTransferer):
     _LEG_STATUS = {"busy": BUSY, "no-answer": NO_ANSWER, "failed": FAILED, "canceled": FAILED,
                    "completed": ANSWERED}
 
-    def hold_and_dial(self, client: Any, carrier_call_id: str, dial: WarmDial, *, credentials: Any) -> str:
+    def hold(self, client: Any, carrier_call_id: str, dial: WarmDial) -> None:
         hold = VoiceResponse()
         # The caller waits alone (Twilio's hold music) until the person joins; the room
         # ends when the caller leaves.
         hold.dial().conference(dial.room, start_conference_on_enter=False, end_conference_on_exit=True,
                                beep=False)
         client.calls(carrier_call_id).update(twiml=str(hold))
+
+    def dial_person(self, client: Any, dial: WarmDial, *, credentials: Any) -> str:
         leg = client.calls.create(to=dial.destination, from_=dial.from_number, url=dial.callback_url("whisper"),
                                   method="POST", status_callback=dial.callback_url("leg-status"),
                                   status_callback_method="POST", timeout=dial.ring_timeout)
@@ -261,8 +267,10 @@ class PlivoTransferer(CallTransferer):
     _LEG_STATUS = {"busy": BUSY, "no-answer": NO_ANSWER, "timeout": NO_ANSWER, "failed": FAILED,
                    "cancel": FAILED, "completed": ANSWERED}
 
-    def hold_and_dial(self, client: Any, carrier_call_id: str, dial: WarmDial, *, credentials: Any) -> str:
+    def hold(self, client: Any, carrier_call_id: str, dial: WarmDial) -> None:
         client.calls.update(carrier_call_id, legs="aleg", aleg_url=dial.callback_url("hold"), aleg_method="POST")
+
+    def dial_person(self, client: Any, dial: WarmDial, *, credentials: Any) -> str:
         created = client.calls.create(from_=dial.from_number.lstrip("+"), to_=dial.destination.lstrip("+"),
                                       answer_url=dial.callback_url("whisper"), answer_method="POST",
                                       hangup_url=dial.callback_url("leg-status"), hangup_method="POST",
@@ -348,7 +356,7 @@ class TelnyxTransferer(CallTransferer):
             stream_bidirectional_target_legs="opposite", stream_bidirectional_sampling_rate=sampling_rate,
             command_id=f"{command_id}:resume")
 
-    def hold_and_dial(self, client: Any, carrier_call_id: str, dial: WarmDial, *, credentials: Any) -> str:
+    def hold(self, client: Any, carrier_call_id: str, dial: WarmDial) -> None:
         actions = client.calls.actions
         try:
             actions.stop_streaming(carrier_call_id, command_id=f"{dial.command_id}:stream-stop")
@@ -356,6 +364,8 @@ class TelnyxTransferer(CallTransferer):
             log.warning("telnyx call %s: could not stop the agent's stream", carrier_call_id)
         actions.speak(carrier_call_id, payload=HOLD_MESSAGE, voice="female", language="en-US",
                       command_id=f"{dial.command_id}:hold")
+
+    def dial_person(self, client: Any, dial: WarmDial, *, credentials: Any) -> str:
         created = client.calls.dial(connection_id=credentials["connection_id"], to=dial.destination,
                                     from_=dial.from_number, timeout_secs=dial.ring_timeout,
                                     webhook_url=dial.callback_url("events"), command_id=f"{dial.command_id}:dial")

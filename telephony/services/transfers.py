@@ -82,6 +82,11 @@ class CallOver(Conflict):
     code = "call_ended"
 
 
+class CallerOnHoldReturned(Exception):
+    """A warm transfer failed after the caller was put on hold; they were taken back to
+    the agent already (the transfer is settled)."""
+
+
 def transferer(carrier: str) -> CallTransferer:
     """The carrier's transfer adapter (the app's registry holds its Telnyx codec)."""
     if carrier == "twilio":
@@ -153,6 +158,8 @@ def invoke(session: Session, call_id: uuid.UUID, token: str | None, body: Mappin
                                 ring_timeout=transfer.ring_timeout_seconds, command_id=str(transfer_id),
                                 callback_url=lambda kind: callback_url(transfer_id, kind))
             transferer(carrier).redirect(carrier_client(carrier, credentials), root.carrier_call_id, dial)
+    except CallerOnHoldReturned:
+        return ToolResult(200, NOT_STARTED_RESULT.format(name=target["name"]))
     except (CarrierError, DomainError) as exc:
         log.error("call %s: transfer not started: %s", root.id, exc)
         return _not_started(session, transfer)
@@ -314,8 +321,14 @@ def _hold_and_dial(session: Session, transfer: CallTransfer, root: Call, target:
     dial = WarmDial(destination=transfer.destination, from_number=target.get("caller_id") or our_number or "",
                     ring_timeout=transfer.ring_timeout_seconds, room=_room(transfer_id), command_id=str(transfer_id),
                     callback_url=lambda kind: callback_url(transfer_id, kind))
-    leg_id = transferer(transfer.carrier).hold_and_dial(carrier_client(transfer.carrier, credentials),
-                                                        root.carrier_call_id or "", dial, credentials=credentials)
+    carrier, client = transferer(transfer.carrier), carrier_client(transfer.carrier, credentials)
+    carrier.hold(client, root.carrier_call_id or "", dial)  # fails: the caller is still with the agent
+    try:
+        leg_id = carrier.dial_person(client, dial, credentials=credentials)
+    except Exception as exc:  # noqa: BLE001 - the caller is on hold: take them back to the agent
+        log.error("call %s: the person could not be dialled: %s", root.id, type(exc).__name__)
+        _finish_warm(session, transfer, LegReport(final=True, outcome=FAILED))
+        raise CallerOnHoldReturned() from None
     session.execute(update(CallTransfer).where(CallTransfer.id == transfer_id, CallTransfer.carrier_leg_id.is_(None))
                     .values(carrier_leg_id=leg_id).execution_options(synchronize_session=False))
     session.commit()
