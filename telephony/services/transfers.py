@@ -63,6 +63,9 @@ LIVE_STATUSES = (DIALING, IN_CONVERSATION)
 GOODBYE = "We are sorry, nobody could take your call right now. Please call again later. Goodbye."
 RESUMED_FROM_KEY = "resumed_from_call_id"
 MAX_REASON = 500
+# Seconds per carrier request: the tool must answer within its Ultravox timeout
+# (transfer_tool.TOOL_TIMEOUT, 8 s), and a warm transfer makes two requests.
+CARRIER_TIMEOUT = 3.0
 # What the agent hears back from the tool. Cold transfers cut the agent's leg moments
 # later, so these are short.
 STARTED_RESULT = "Transferring the caller to {name} now. Say nothing more."
@@ -157,7 +160,8 @@ def invoke(session: Session, call_id: uuid.UUID, token: str | None, body: Mappin
             dial = TransferDial(destination=target["destination"], caller_id=target.get("caller_id"),
                                 ring_timeout=transfer.ring_timeout_seconds, command_id=str(transfer_id),
                                 callback_url=lambda kind: callback_url(transfer_id, kind))
-            transferer(carrier).redirect(carrier_client(carrier, credentials), root.carrier_call_id, dial)
+            client = carrier_client(carrier, credentials, timeout=CARRIER_TIMEOUT)
+            transferer(carrier).redirect(client, root.carrier_call_id, dial)
     except CallerOnHoldReturned:
         return ToolResult(200, NOT_STARTED_RESULT.format(name=target["name"]))
     except (CarrierError, DomainError) as exc:
@@ -321,7 +325,8 @@ def _hold_and_dial(session: Session, transfer: CallTransfer, root: Call, target:
     dial = WarmDial(destination=transfer.destination, from_number=target.get("caller_id") or our_number or "",
                     ring_timeout=transfer.ring_timeout_seconds, room=_room(transfer_id), command_id=str(transfer_id),
                     callback_url=lambda kind: callback_url(transfer_id, kind))
-    carrier, client = transferer(transfer.carrier), carrier_client(transfer.carrier, credentials)
+    carrier = transferer(transfer.carrier)
+    client = carrier_client(transfer.carrier, credentials, timeout=CARRIER_TIMEOUT)
     carrier.hold(client, root.carrier_call_id or "", dial)  # fails: the caller is still with the agent
     try:
         leg_id = carrier.dial_person(client, dial, credentials=credentials)
@@ -435,7 +440,7 @@ def _resume_live(session: Session, transfer_id: uuid.UUID, join_url: str | None)
     try:
         credentials = carrier_credentials(session, transfer.agency_id, transfer.carrier)
         session.rollback()
-        client = carrier_client(transfer.carrier, credentials)
+        client = carrier_client(transfer.carrier, credentials, timeout=CARRIER_TIMEOUT)
         if join_url:
             carrier.resume_live(client, root.carrier_call_id, join_url, command_id=str(transfer_id),
                                 resume_url=callback_url(transfer_id, "resume"))
@@ -467,7 +472,7 @@ def telnyx_warm_event(session: Session, transfer: CallTransfer, request: Webhook
     credentials = carrier_credentials(session, transfer.agency_id, "telnyx")
     text = _whisper_text(transfer, accept_digit)
     session.rollback()
-    client = carrier_client("telnyx", credentials)
+    client = carrier_client("telnyx", credentials, timeout=CARRIER_TIMEOUT)
     try:
         if event_type == "call.answered" and accept_digit:
             carrier.whisper(client, leg_id, text, accept_digit, command_id=str(transfer_id))
@@ -530,8 +535,8 @@ def _resume_telnyx(session: Session, transfer: CallTransfer, join_url: str) -> N
     try:
         credentials = carrier_credentials(session, transfer.agency_id, transfer.carrier)
         session.rollback()
-        transferer(transfer.carrier).resume(carrier_client(transfer.carrier, credentials), root.carrier_call_id,
-                                            join_url, command_id=str(transfer.id))
+        client = carrier_client(transfer.carrier, credentials, timeout=CARRIER_TIMEOUT)
+        transferer(transfer.carrier).resume(client, root.carrier_call_id, join_url, command_id=str(transfer.id))
     except Exception as exc:  # noqa: BLE001 - logged; the webhook is answered 200 regardless
         log.error("call %s: could not stream the caller back to the agent: %s", root.id, type(exc).__name__)
 
