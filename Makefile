@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
 
-.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign bench-contacts try-inbound try-capacity clean demo
+.PHONY: help run test lint migrate sim bench bench-inbound bench-campaign bench-contacts bench-transfer try-inbound try-capacity clean demo
 
 ## make help: this list (the default)
 help:
@@ -49,11 +49,16 @@ sim: $(VENV)/.runtime-installed
 bench: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.inbound; inbound=$$?; $(BIN)/python -m bench.campaign; campaign=$$?; \
 	$(BIN)/python -m bench.contact_import; contacts=$$?; \
-	test $$inbound -eq 0 -a $$campaign -eq 0 -a $$contacts -eq 0
+	$(BIN)/python -m bench.transfer; transfer=$$?; \
+	test $$inbound -eq 0 -a $$campaign -eq 0 -a $$contacts -eq 0 -a $$transfer -eq 0
 
 ## make bench-inbound: inbound-webhook benchmark (simulators + gunicorn, PostgreSQL when reachable, else SQLite)
 bench-inbound: $(VENV)/.runtime-installed
 	$(BIN)/python -m bench.inbound $(BENCH_ARGS)
+
+## make bench-transfer: tool call -> carrier redirect of a cold transfer (simulators + gunicorn; p99 <= 300 ms)
+bench-transfer: $(VENV)/.runtime-installed
+	$(BIN)/python -m bench.transfer $(BENCH_ARGS)
 
 ## make bench-campaign: campaign dispatch benchmark (2,000 contacts at 20/s, 2 workers, PostgreSQL required; ~5 min)
 bench-campaign: $(VENV)/.runtime-installed

@@ -185,7 +185,7 @@ class Stack:
 
 @contextmanager
 def running_stack(database: str, *, keep_workdir: bool = False, fallback: str | None = None,
-                  service_env: dict[str, str] | None = None) -> Iterator[Stack]:
+                  service_env: dict[str, str] | None = None, ready_timeout: float = 30.0) -> Iterator[Stack]:
     """Ultravox simulator + a fresh database + the service under gunicorn, configured by the
     real gunicorn.conf.py (as `make run` and the Procfile start it), on free loopback ports."""
     workdir = Path(tempfile.mkdtemp(prefix="telephony-bench-"))
@@ -211,7 +211,7 @@ def running_stack(database: str, *, keep_workdir: bool = False, fallback: str | 
             }, workdir)
             procs.append(web)
             service_url = f"http://127.0.0.1:{web_port}"
-            wait_ready(web, f"{service_url}/healthz")
+            wait_ready(web, f"{service_url}/healthz", timeout=ready_timeout)
             yield Stack(database=database, database_url=database_url, service_url=service_url,
                         ultravox_url=ultravox_url, workdir=workdir, web_pid=web.popen.pid)
             for proc in reversed(procs):  # stop before the database is dropped

@@ -29,6 +29,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
         ops,
         outbound,
         public_keys,
+        transfers,
         ultravox_webhooks,
         web_calls,
         webhooks,
@@ -77,6 +78,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.register_blueprint(outbound.bp)
     app.register_blueprint(campaigns.bp)
     app.register_blueprint(do_not_call.bp)
+    app.register_blueprint(transfers.bp)
     cors.register(app, config.cors_origins)
     cli.register(app)
     # Chunked bodies get the same limits as any other (the largest route limit here,

@@ -199,6 +199,26 @@ def agent_remove(agent_id: str, agency_id: str) -> None:
         delete_agent(session, _uuid(agency_id, "--agency"), _uuid(agent_id, "AGENT_ID"))
         _emit({"id": agent_id, "removed": True})
 
+@agent_cli.command("targets")
+@click.option("--agency", "agency_id", required=True)
+@click.option("--agent", "agent_id", required=True, help="Agent mapping id (ours).")
+@click.option("--set", "replace", is_flag=True,
+              help="Replace the targets with the JSON list read from standard input ([] removes them).")
+def agent_targets(agency_id: str, agent_id: str, replace: bool) -> None:
+    """Show (or with --set, replace) the agent's transfer targets (docs/call-control.md)."""
+    from .services.agents import get_agent, update_agent
+    with _db().session() as session:
+        agency, agent_uuid = _uuid(agency_id, "--agency"), _uuid(agent_id, "--agent")
+        if replace:
+            try:
+                targets = json.loads(sys.stdin.read())
+            except ValueError:
+                _fail("standard input must be a JSON list of targets")
+            agent = update_agent(session, agency, agent_uuid, transfer_targets=targets)
+        else:
+            agent = get_agent(session, agency, agent_uuid)
+        _emit({"id": agent.id, "transfer_targets": agent.transfer_targets})
+
 
 @number_cli.command("add")
 @click.argument("e164")

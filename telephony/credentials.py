@@ -11,6 +11,8 @@ removed afterwards.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
 from dataclasses import dataclass
@@ -111,6 +113,7 @@ class CredentialStore:
         if not keys:
             raise ValueError("at least one encryption key is required")
         self._fernet = MultiFernet([Fernet(key) for key in keys])
+        self._keys = tuple(keys)
         self._providers: dict[str, tuple[str, ...]] = {name: tuple(fields) for name, fields in providers.items()}
 
     @property
@@ -226,6 +229,20 @@ class CredentialStore:
 
     def unseal(self, agency_id: uuid.UUID, purpose: str, token: str) -> str:
         return self._open(agency_id, f"sealed:{purpose}", token)
+
+    def mac(self, purpose: str, value: str) -> str:
+        """A hex HMAC-SHA256 of ``value`` under a key derived from the newest key for
+        ``purpose`` (e.g. a per-call tool token): nothing to store, nothing to decrypt."""
+        return self._macs(purpose, value)[0]
+
+    def mac_matches(self, purpose: str, value: str, mac: str) -> bool:
+        """True if ``mac`` is ``value``'s MAC under any configured key (so rotation does
+        not break values issued under the previous key), compared in constant time."""
+        return any(hmac.compare_digest(expected, mac) for expected in self._macs(purpose, value))
+
+    def _macs(self, purpose: str, value: str) -> list[str]:
+        return [hmac.new(hashlib.sha256(f"mac:{purpose}\0{key}".encode()).digest(), value.encode(),
+                         hashlib.sha256).hexdigest() for key in self._keys]
 
     def reseal(self, token: str) -> str:
         """The same sealed value re-encrypted under the newest key (key rotation)."""

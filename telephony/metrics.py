@@ -29,6 +29,13 @@ UPSTREAM_LATENCY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
 
+TRANSFERS = Counter(
+    "telephony_call_transfers_total",
+    "Transfers of live calls to a person, by carrier, mode (cold, warm; none when refused) and outcome: "
+    "answered, busy, no-answer, declined, failed, refused.",
+    ["carrier", "mode", "outcome"],
+)
+
 
 class UpstreamCall:
     """Mutable outcome holder for `track_upstream`; set `.outcome` before leaving."""

@@ -48,12 +48,40 @@ class CampaignCompletedData(BaseModel):
     contacts: dict[str, int] = Field(description="Contacts per state (pending, done, failed, ...)")
 
 
+class CallTransferredData(BaseModel):
+    """One transfer of a live call to a person (services/transfers.py), as `transfers` in
+    `GET /api/v1/calls/{call_id}` shows it."""
+    model_config = ConfigDict(extra="forbid")
+    id: uuid.UUID
+    call_id: uuid.UUID
+    target: str = Field(description="The transfer target's name")
+    destination: str = Field(description="E.164 number or SIP URI dialled")
+    mode: Literal["cold", "warm"]
+    reason: str | None = Field(description="What the agent said the caller needs")
+    status: str
+    outcome: str | None = Field(description="answered, busy, no-answer, declined or failed")
+    carrier: str
+    carrier_leg_id: str | None = Field(description="The carrier's id of the person's leg")
+    resumed_call_id: uuid.UUID | None = Field(description="The call that took the caller back to the agent")
+    started_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime | None
+
+
 class CallEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: uuid.UUID = Field(description="The event id, also in the webhook-id header; deduplicate on it")
     type: Literal["call.started", "call.answered", "call.ended", "call.failed", "call.answered_by"]
     timestamp: datetime
     data: CallEventData
+
+
+class CallTransferredEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: uuid.UUID = Field(description="The event id, also in the webhook-id header; deduplicate on it")
+    type: Literal["call.transferred"]
+    timestamp: datetime
+    data: CallTransferredData
 
 
 class CampaignCompletedEvent(BaseModel):
@@ -66,7 +94,7 @@ class CampaignCompletedEvent(BaseModel):
 
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     "call.started": CallEvent, "call.answered": CallEvent, "call.ended": CallEvent, "call.failed": CallEvent,
-    "call.answered_by": CallEvent,
+    "call.answered_by": CallEvent, "call.transferred": CallTransferredEvent,
     "campaign.completed": CampaignCompletedEvent,
 }
 assert set(EVENT_MODELS) == set(EVENT_TYPES), "every event type needs its model here"
@@ -77,6 +105,7 @@ EVENT_SUMMARIES = {
     "call.ended": "The call ended after it was answered (exactly one of call.ended / call.failed per call)",
     "call.failed": "The call ended without being answered, or could not be placed",
     "campaign.completed": "A campaign has no contact left to dial",
+    "call.transferred": "A transfer of a live call to a person ended (answered, or the caller is back with the agent)",
     "call.answered_by": "An outbound call's answering-machine verdict arrived (once per call; `answered_by`)",
 }
 

@@ -17,6 +17,7 @@ from ..auth import current_principal, require_auth
 from ..db import get_session
 from ..models import Call, CallDirection, CallSource
 from ..services import call_history
+from ..services import transfers as transfer_service
 from .schema import RequestModel, ResponseModel, document, parse_query
 
 bp = Blueprint("calls", __name__, url_prefix="/api/v1")
@@ -33,6 +34,7 @@ class CallListQuery(RequestModel):
     status: CallStatus | None = None
     created_from: datetime | None = Field(default=None, description="Inclusive; ISO-8601 date or time, UTC if naive")
     created_to: datetime | None = Field(default=None, description="Exclusive; ISO-8601 date or time, UTC if naive")
+    transferred: bool | None = Field(default=None, description="Only calls handed (or not) to a person")
     cursor: str | None = Field(default=None, max_length=512, description="next_cursor of the previous page")
     limit: int = Field(default=50, ge=1, le=100)
 
@@ -66,8 +68,25 @@ class CallOut(ResponseModel):
     def _from_row(cls, value: Any) -> Any:
         # SQLAlchemy reserves `metadata` on models: the column's attribute is `metadata_`.
         if isinstance(value, Call):
-            return {name: getattr(value, "metadata_" if name == "metadata" else name) for name in cls.model_fields}
+            return {name: getattr(value, "metadata_" if name == "metadata" else name) for name in cls.model_fields
+                    if name != "transfers"}  # not a column: the view adds them
         return value
+
+
+class TransferOut(ResponseModel):
+    id: uuid.UUID
+    target: str
+    destination: str
+    mode: str
+    reason: str | None
+    status: str = Field(description="dialing, answered (in conversation) or ended")
+    outcome: str | None = Field(description="answered, busy, no-answer, declined or failed; null while dialing")
+    carrier: str
+    carrier_leg_id: str | None = Field(description="The carrier's id of the person's leg")
+    resumed_call_id: uuid.UUID | None = Field(description="The agent call that took the caller back, if any")
+    started_at: datetime
+    answered_at: datetime | None
+    ended_at: datetime | None
 
 
 class CallDetailOut(CallOut):
@@ -75,6 +94,7 @@ class CallDetailOut(CallOut):
     transcript: list[dict[str, Any]] | None = Field(
         description="Ultravox message objects (role, text, medium, ...); null until the call is enriched")
     enriched_at: datetime | None
+    transfers: list[TransferOut] = Field(default=[], description="Transfers to a person, oldest first")
 
 
 class CallPageOut(ResponseModel):
@@ -91,6 +111,7 @@ _QUERY_PARAMETERS = [
         ("status", {"type": "string", "enum": list(CallStatus.__args__)}),  # type: ignore[attr-defined]
         ("created_from", {"type": "string", "format": "date-time"}),
         ("created_to", {"type": "string", "format": "date-time"}),
+        ("transferred", {"type": "boolean"}),
         ("cursor", {"type": "string"}),
         ("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}),
     )
@@ -105,7 +126,7 @@ def list_calls():
     query = parse_query(CallListQuery)
     filters = call_history.CallFilters(agent_id=query.agent_id, direction=query.direction, source=query.source,
                                        status=query.status, created_from=query.created_from,
-                                       created_to=query.created_to)
+                                       created_to=query.created_to, transferred=query.transferred)
     page = call_history.list_calls(get_session(), current_principal().agency_id, filters, limit=query.limit,
                                    cursor=query.cursor)
     return jsonify(CallPageOut.model_validate(page).model_dump(mode="json"))
@@ -116,5 +137,8 @@ def list_calls():
 @document(summary="One call with its summary and transcript", tags=["calls"],
           responses={200: (CallDetailOut, "The call"), 404: (None, "Not found, or another agency's.")})
 def get_call(call_id: uuid.UUID):
-    call = call_history.get_call(get_session(), current_principal().agency_id, call_id)
-    return jsonify(CallDetailOut.model_validate(call).model_dump(mode="json"))
+    session, agency_id = get_session(), current_principal().agency_id
+    detail = CallDetailOut.model_validate(call_history.get_call(session, agency_id, call_id))
+    transfers = transfer_service.transfers_of(session, agency_id, call_id)
+    detail.transfers = [TransferOut.model_validate(transfer) for transfer in transfers]
+    return jsonify(detail.model_dump(mode="json"))

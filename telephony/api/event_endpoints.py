@@ -23,7 +23,7 @@ from .schema import RequestModel, ResponseModel, document, parse_body, parse_que
 bp = Blueprint("event_endpoints", __name__, url_prefix="/api/v1")
 
 EventType = Literal["call.started", "call.answered", "call.ended", "call.failed", "campaign.completed",
-                    "call.answered_by"]
+                    "call.answered_by", "call.transferred"]
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 Url = Field(min_length=1, max_length=2048,

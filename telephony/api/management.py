@@ -25,6 +25,7 @@ from ..services import capacity as capacity_service
 from ..services import number_setup
 from ..services import phone_numbers as number_service
 from .schema import RequestModel, ResponseModel, document, parse_body, render
+from .transfers import TransferTargetIn, TransferTargetOut
 
 bp = Blueprint("management", __name__, url_prefix="/api/v1")
 
@@ -45,12 +46,14 @@ class AgentIn(RequestModel):
     name: str = Field(min_length=1, max_length=200)
     ultravox_agent_id: str = UltravoxId
     recording_enabled: bool = False
+    transfer_targets: list[TransferTargetIn] = Field(default_factory=list, max_length=20)
 
 
 class AgentPatch(RequestModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     ultravox_agent_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     recording_enabled: bool | None = None
+    transfer_targets: list[TransferTargetIn] | None = Field(default=None, max_length=20)  # replaces; [] removes
 
 
 class AgentOut(ResponseModel):
@@ -59,6 +62,7 @@ class AgentOut(ResponseModel):
     ultravox_agent_id: str
     recording_enabled: bool
     created_at: datetime
+    transfer_targets: list[TransferTargetOut] = []
 
 
 class AgentList(ResponseModel):

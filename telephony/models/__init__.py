@@ -14,6 +14,7 @@ from .calls import Call, ProcessedWebhookEvent
 from .contact_imports import ContactImport, ContactImportChunk, ContactImportRejection
 from .events import EventDelivery, EventEndpoint, Job
 from .outbound import Campaign, CampaignContact, DialAttempt, DoNotCallEntry, IdempotencyKey
+from .transfers import CallTransfer
 
 __all__ = [
     # shared
@@ -31,4 +32,6 @@ __all__ = [
     "Campaign", "CampaignContact", "DialAttempt", "DoNotCallEntry", "IdempotencyKey",
     # contact imports run in the background
     "ContactImport", "ContactImportChunk", "ContactImportRejection",
+    # live call control
+    "CallTransfer",
 ]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, Carrier, Role, _enum, utcnow
+from .base import Base, Carrier, JSONType, Role, _enum, utcnow
 
 
 class Agency(Base):
@@ -51,6 +52,10 @@ class AgentMapping(Base):
     ultravox_agent_id: Mapped[str] = mapped_column(String(64))
     recording_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where the agent may hand a carrier call to a person (services/transfer_targets.py
+    # validates them). A column of the agent, not a table: the inbound webhook reads the
+    # agent in its one route query, and the targets ride along at no extra round trip.
+    transfer_targets: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
 
 
 class PhoneNumber(Base):

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import Conflict, NotFound
 from ..models import AgentMapping
+from .transfer_targets import validate_targets
 
 
 def list_agents(session: Session, agency_id: uuid.UUID) -> list[AgentMapping]:
@@ -42,9 +43,10 @@ def find_agent(session: Session, agency_id: uuid.UUID, ref: str) -> AgentMapping
 
 
 def create_agent(session: Session, agency_id: uuid.UUID, *, name: str, ultravox_agent_id: str,
-                 recording_enabled: bool = False) -> AgentMapping:
+                 recording_enabled: bool = False, transfer_targets: list | None = None) -> AgentMapping:
     agent = AgentMapping(agency_id=agency_id, name=name, ultravox_agent_id=ultravox_agent_id,
-                         recording_enabled=recording_enabled)
+                         recording_enabled=recording_enabled,
+                         transfer_targets=validate_targets(transfer_targets or []))
     session.add(agent)
     _flush_unique(session)
     return agent
@@ -52,6 +54,8 @@ def create_agent(session: Session, agency_id: uuid.UUID, *, name: str, ultravox_
 
 def update_agent(session: Session, agency_id: uuid.UUID, agent_id: uuid.UUID, **changes) -> AgentMapping:
     agent = get_agent(session, agency_id, agent_id)
+    if "transfer_targets" in changes:  # replaced whole; [] removes them all
+        changes["transfer_targets"] = validate_targets(changes["transfer_targets"])
     for name, value in changes.items():
         setattr(agent, name, value)
     _flush_unique(session)

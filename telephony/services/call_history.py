@@ -17,11 +17,11 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session, defer
 
 from ..errors import InvalidInput, NotFound
-from ..models import Call, CallDirection, CallSource
+from ..models import Call, CallDirection, CallSource, CallTransfer
 
 _CHECKSUM_BYTES = 8
 
@@ -34,6 +34,7 @@ class CallFilters:
     status: str | None = None
     created_from: datetime | None = None  # inclusive
     created_to: datetime | None = None    # exclusive
+    transferred: bool | None = None       # handed (or not) to a person at least once
 
     def fingerprint(self) -> str:
         canonical = json.dumps({k: str(v) if v is not None else None for k, v in asdict(self).items()},
@@ -62,6 +63,9 @@ def list_calls(session: Session, agency_id: uuid.UUID, filters: CallFilters, *, 
         query = query.where(Call.created_at >= _utc(filters.created_from, "created_from"))
     if filters.created_to is not None:
         query = query.where(Call.created_at < _utc(filters.created_to, "created_to"))
+    if filters.transferred is not None:
+        handed = exists().where(CallTransfer.call_id == Call.id)
+        query = query.where(handed if filters.transferred else ~handed)
     if cursor:
         created_at, call_id = decode_cursor(cursor, filters)
         query = query.where(or_(Call.created_at < created_at,

@@ -21,6 +21,7 @@ from ..db import end_reads_before_writing, rows_affected
 from ..models import Call, utcnow
 from .carrier_webhooks import verified_call
 from .events import emit_call_event
+from .transfers import handed_off
 
 log = logging.getLogger(__name__)
 
@@ -71,4 +72,10 @@ def apply_event(session: Session, call_id: uuid.UUID, event: StatusEvent) -> boo
         if call is None:  # cannot happen: this transaction just updated (and so locked) the row
             raise LookupError(f"call {call_id} vanished after its status update")
         emit_call_event(session, call, "call.failed")
+    elif changed and event.status == call_states.COMPLETED and handed_off(session, call_id):
+        # A call handed to a person ends when the carrier says so, not with its agent leg
+        # (ultravox_events leaves it open): this is its end.
+        call = session.get(Call, call_id, populate_existing=True)
+        if call is not None:
+            emit_call_event(session, call, "call.ended")
     return changed

@@ -48,6 +48,7 @@ from ..logging import call_id_var
 from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
 from ..ultravox import UltravoxClient
 from ..ultravox_errors import UltravoxError, UltravoxServerError
+from . import transfer_tool
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,9 @@ class NewCall:
     credit_balance: int | None = None  # the agency's, when the caller read it already; else read here
     on_machine: str | None = None  # outbound: what to do if a machine answers (telephony.answering_machine)
     machine_message: dict[str, Any] | None = None  # outbound: the message to leave ({"text"} or {"audio_url"})
+    # Continue the conversation of this Ultravox call (a direct call with priorCallId, which
+    # reuses its settings and history; services/transfers.py brings a caller back this way).
+    prior_ultravox_call_id: str | None = None
 
 
 @dataclass
@@ -211,6 +215,11 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
         metadata=call_metadata(call_id=call_id, agency_id=new.agency_id, agent=agent, source=new.source,
                                direction=new.direction, extra=new.metadata, from_number=new.from_number,
                                to_number=new.to_number, carrier_call_id=new.carrier_call_id))
+    tool = _transfer_tool(new, call_id)
+    if tool is not None and new.prior_ultravox_call_id:  # a direct call selects its tools
+        body.setdefault("selectedTools", []).append(tool)
+    elif tool is not None:  # an agent call adds to the agent's own
+        body.setdefault("toolOverrides", {}).setdefault("add", []).append(tool)
     has_credit = _has_credit(session, new)
     if not claim_first:
         if not has_credit:
@@ -218,7 +227,7 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
             raise InsufficientCredits()
         client = ultravox_client_for(session, new.agency_id)
         session.rollback()
-        started = _create(client, ultravox_agent_id, body, call_id, timeout)
+        started = _create(client, ultravox_agent_id, body, call_id, timeout, prior=new.prior_ultravox_call_id)
         _insert(session, new, agent_id, started)
         return started
 
@@ -269,6 +278,14 @@ def release_claim(session: Session, call_id: uuid.UUID) -> None:
     except SQLAlchemyError:
         log.exception("call %s: could not give back its claim", call_id)
         rollback_quietly(session)
+def _transfer_tool(new: NewCall, call_id: uuid.UUID) -> dict[str, Any] | None:
+    """The call's transferCall tool: carrier calls of agents with transfer targets only
+    (a web or WebSocket call has no carrier leg to redirect)."""
+    targets = new.agent.transfer_targets
+    if not targets or not transfer_tool.is_carrier_medium(new.medium):
+        return None
+    return transfer_tool.transfer_tool(call_id=call_id, targets=targets, store=get_credentials(),
+                                       public_base_url=get_config().public_base_url)
 
 
 def _has_credit(session: Session, new: NewCall) -> bool:
@@ -279,8 +296,11 @@ def _has_credit(session: Session, new: NewCall) -> bool:
 
 
 def _create(client: UltravoxClient, ultravox_agent_id: str, body: dict[str, Any], call_id: uuid.UUID,
-            timeout: float | tuple[float, float] | None) -> StartedCall:
-    created = client.create_agent_call(ultravox_agent_id, body, timeout=timeout)
+            timeout: float | tuple[float, float] | None, *, prior: str | None = None) -> StartedCall:
+    if prior:
+        created = client.create_call(body, prior_call_id=prior, timeout=timeout)
+    else:
+        created = client.create_agent_call(ultravox_agent_id, body, timeout=timeout)
     ultravox_call_id, join_url = created.get("callId"), created.get("joinUrl")
     if not ultravox_call_id or not join_url:
         raise UltravoxServerError("create_agent_call", "the call has no joinUrl or callId")

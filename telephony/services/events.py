@@ -59,8 +59,9 @@ from .idempotency import first_time
 
 log = logging.getLogger(__name__)
 
+# call.answered_by: the answering-machine verdict of an outbound call; call.transferred: a transfer's outcome.
 EVENT_TYPES = ("call.started", "call.answered", "call.ended", "call.failed", "campaign.completed",
-               "call.answered_by")  # call.answered_by: the answering-machine verdict of an outbound call
+               "call.answered_by", "call.transferred")
 CALL_TERMINAL_EVENTS = frozenset({"call.ended", "call.failed"})
 DELIVER_JOB = "event.deliver"
 # Wait before attempt n+1 after attempt n failed: 8 attempts spread over about 7.7 hours.

@@ -130,7 +130,8 @@ def find_route(session: Session, carrier: str, e164: str) -> Route | None:
     agent = None
     if row.agent_id is not None:
         agent = AgentMapping(id=row.agent_id, agency_id=row.agency_id, name=row.agent_name,
-                             ultravox_agent_id=row.ultravox_agent_id, recording_enabled=row.agent_recording)
+                             ultravox_agent_id=row.ultravox_agent_id, recording_enabled=row.agent_recording,
+                             transfer_targets=row.transfer_targets or [])
     return Route(agency_id=row.agency_id, e164=row.e164, fallback_number=row.fallback_number,
                  recording_enabled=row.recording_enabled, credit_balance=row.credit_balance, agent=agent,
                  max_concurrent_calls=row.max_concurrent_calls, inbound_wait_seconds=row.inbound_wait_seconds)
@@ -145,7 +146,7 @@ _ROUTE_QUERY = (
     select(_numbers.c.agency_id, _numbers.c.e164, _numbers.c.fallback_number, _numbers.c.recording_enabled,
            _agencies.c.credit_balance, _agencies.c.max_concurrent_calls, _agencies.c.inbound_wait_seconds,
            _agents.c.id.label("agent_id"), _agents.c.name.label("agent_name"), _agents.c.ultravox_agent_id,
-           _agents.c.recording_enabled.label("agent_recording"),
+           _agents.c.recording_enabled.label("agent_recording"), _agents.c.transfer_targets,
            _secrets.c.name.label("credential_name"), _secrets.c.ciphertext)
     .select_from(_numbers)
     .join(_agencies, _agencies.c.id == _numbers.c.agency_id)

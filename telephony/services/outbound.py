@@ -170,12 +170,14 @@ def callback_url(carrier: str, kind: str, call_id: uuid.UUID) -> str:
     return f"{get_config().public_base_url}/webhooks/outbound/{carrier}/{kind}/{call_id}"
 
 
-def carrier_client(carrier: str, credentials: Mapping[str, str]) -> Any:
+def carrier_client(carrier: str, credentials: Mapping[str, str], *, timeout: float | None = None) -> Any:
     """The official SDK client for the agency's carrier account (kept per account, so its
-    connection is reused). Raises CarrierRejected for an unsupported carrier."""
+    connection is reused). Raises CarrierRejected for an unsupported carrier. ``timeout``:
+    seconds per request, when the caller has a tighter budget than UPSTREAM_READ_TIMEOUT."""
     carrier_dialer = _dialer(carrier)
     config = get_config()
-    api_base, timeout = get_carriers().by_name(carrier).api_base(config), config.upstream_read_timeout
+    api_base = get_carriers().by_name(carrier).api_base(config)
+    timeout = config.upstream_read_timeout if timeout is None else timeout
     return sdk.cached_client(carrier, (*carrier_dialer.secrets(credentials), api_base, str(timeout)),
                              lambda: carrier_dialer.new_client(credentials, api_base=api_base, timeout=timeout))
 

@@ -46,6 +46,7 @@ from ..text import storable
 from .enrichment import schedule_enrichment
 from .events import emit_call_event
 from .idempotency import first_time
+from .transfers import handed_off
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", CallSource, CallDirection)
@@ -134,7 +135,8 @@ def ingest(session: Session, *, body: bytes, signature: str | None, timestamp: s
         emit_call_event(session, call, "call.started")
     if event == "call.billed":
         _charge_credits(session, call, snapshot)
-    apply_snapshot(session, call, snapshot)
+    apply_snapshot(session, call, snapshot,
+                   agent_leg_only=bool(snapshot.get("ended")) and handed_off(session, call.id))
     session.flush()
     log.info("ultravox %s applied; call is %s", event, call.status,
              extra={"ultravox_call_id": ultravox_call_id, "repaired": repaired})
@@ -325,9 +327,13 @@ def _source_and_direction(metadata: dict[str, Any], snapshot: dict[str, Any]) ->
 
 # -- applying --------------------------------------------------------------------------
 
-def apply_snapshot(session: Session, call: Call, snapshot: dict[str, Any]) -> None:
+def apply_snapshot(session: Session, call: Call, snapshot: dict[str, Any], *, agent_leg_only: bool = False) -> None:
     """Fill in what the Ultravox call object says. Every event carries the whole
-    call, so a late or reordered event can only add, never undo."""
+    call, so a late or reordered event can only add, never undo.
+
+    ``agent_leg_only``: the call was handed to a person (services/transfers.py), so its
+    Ultravox leg ending is not the call ending: the caller may still be talking. Only the
+    leg's summary is kept; the carrier's status callback ends the call."""
     joined = _time(snapshot.get("joined"))
     ended = _time(snapshot.get("ended"))
     if joined is not None:
@@ -336,6 +342,11 @@ def apply_snapshot(session: Session, call: Call, snapshot: dict[str, Any]) -> No
         _advance(call, call_states.IN_PROGRESS)
         emit_call_event(session, call, "call.answered")
     if ended is None:
+        return
+    if agent_leg_only:
+        for attribute, key in (("summary", "summary"), ("short_summary", "shortSummary")):
+            if isinstance(snapshot.get(key), str):
+                setattr(call, attribute, snapshot[key])
         return
     if call.ended_at is None:
         call.ended_at = ended

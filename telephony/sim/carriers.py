@@ -48,6 +48,7 @@ from telephony.sim.common import (
     json_object_body,
     utc_now_iso,
 )
+from telephony.sim.transfers import install_carrier_transfers
 
 TWILIO_PREFIX = "/2010-04-01/"
 TELNYX_PREFIX = "/v2/"
@@ -552,4 +553,5 @@ def create_app(
             calls = [c.to_json() for c in state.calls.values() if carrier in (None, c.carrier)]
         return jsonify({"calls": calls})
 
+    install_carrier_transfers(app, state)  # transfer legs: telephony/sim/transfers.py
     return app

@@ -51,6 +51,7 @@ from telephony.sim.common import (
     json_object_body,
     utc_now_iso,
 )
+from telephony.sim.transfers import install_tool_invoker
 
 RecordingMode = Literal["redirect", "direct"]
 RECORDING_MODES: tuple[str, ...] = ("redirect", "direct")
@@ -755,4 +756,5 @@ def create_app(
             return Response("AccessDenied", status=403, mimetype="text/plain")
         return _wav_response()
 
+    install_tool_invoker(app, state)  # invoking a call's HTTP tools: telephony/sim/transfers.py
     return app
