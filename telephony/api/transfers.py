@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Literal
+from typing import Literal, Mapping
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, Field
@@ -29,7 +29,15 @@ from ..db import get_session
 from ..errors import ApiError
 from ..services import transfers
 from ..services.transfer_tool import TOKEN_HEADER
-from .schema import RequestModel, ResponseModel, document
+from .carrier_webhook_docs import (
+    BAD_SIGNATURE,
+    DATABASE_UNAVAILABLE,
+    EMPTY_JSON,
+    XML_ANSWER,
+    request_bodies,
+    signature_headers,
+)
+from .schema import Described, RequestModel, ResponseModel, document
 from .webhooks import webhook_request
 
 log = logging.getLogger(__name__)
@@ -98,44 +106,75 @@ def transfer_tool(call_id: uuid.UUID):
 
 # -- the carriers' callbacks ------------------------------------------------------------------
 
+def _leg_document(summary: str, carriers: tuple[str, ...], ok: Mapping[int, tuple[Described, str]]):
+    """OpenAPI of a callback about the person's leg: signed like the carrier's other
+    webhooks (checked with the owning agency's credentials), one carrier dialect each."""
+    kind = "call-control" if carriers == ("telnyx",) else "status"
+    headers = [dict(header, required=len(carriers) == 1) for carrier in carriers
+               for header in signature_headers(carrier)]
+    return document(summary=summary, tags=["call control"], security=[], parameters=headers,
+                    bodies=request_bodies(carriers[0], kind),
+                    responses={**ok, 403: (None, BAD_SIGNATURE), 404: (None, "No such transfer"),
+                               503: (None, DATABASE_UNAVAILABLE)})
+
+
+_XML: dict[int, tuple[Described, str]] = {200: (XML_ANSWER, "The carrier's next instructions (XML)")}
+
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/dial")
+@_leg_document("Plivo: what to dial for a transfer (XML)", ("plivo",),
+               _XML)
 def plivo_dial(transfer_id: uuid.UUID):
     return Response(transfers.dial_instructions(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/dial-result")
+@_leg_document("Twilio, Plivo: how the person's leg of a transfer ended (the caller's next XML)", ("twilio", "plivo"),
+               _XML)
 def dial_result(transfer_id: uuid.UUID):
     return Response(transfers.report(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/hold")
+@_leg_document("Plivo: the caller waits in the warm transfer's conference (XML)", ("plivo",),
+               _XML)
 def plivo_hold(transfer_id: uuid.UUID):
     return Response(transfers.hold_instructions(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/whisper")
+@_leg_document("Twilio, Plivo: the person answered a warm transfer: whisper and key prompt (XML)",
+               ("twilio", "plivo"),
+               _XML)
 def whisper(transfer_id: uuid.UUID):
     return Response(transfers.whisper(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/whisper-result")
+@_leg_document("Twilio, Plivo: the person's key: join the conference or decline (XML)", ("twilio", "plivo"),
+               _XML)
 def whisper_result(transfer_id: uuid.UUID):
     return Response(transfers.whisper_result(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/leg-status")
+@_leg_document("Twilio, Plivo: the person's leg of a warm transfer ended", ("twilio", "plivo"),
+               {204: (None, "Applied, or a duplicate")})
 def leg_status(transfer_id: uuid.UUID):
     transfers.leg_status(get_session(), transfer_id, webhook_request())
     return "", 204
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/resume")
+@_leg_document("Plivo: the caller back to the agent after a failed transfer (XML)", ("plivo",),
+               _XML)
 def plivo_resume(transfer_id: uuid.UUID):
     return Response(transfers.resume_instructions(get_session(), transfer_id, webhook_request()),
                     mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/events")
+@_leg_document("Telnyx: Call Control events of the person's leg of a transfer", ("telnyx",),
+               {200: (EMPTY_JSON, "Handled")})
 def telnyx_events(transfer_id: uuid.UUID):
     transfers.report(get_session(), transfer_id, webhook_request(), call_control=True)
     return jsonify({}), 200

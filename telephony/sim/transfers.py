@@ -209,6 +209,9 @@ def install_carrier_transfers(app: Flask, carrier_state: Any) -> TransferState:
             body = json_object_body()
         except ValueError as exc:
             raise SimError(400, {"api_id": str(uuid.uuid4()), "error": str(exc)}) from exc
+        amd = app.extensions.get("carriers_sim_amd")
+        if "/webhooks/transfers/" not in str(body.get("aleg_url", "")) and amd is not None and amd.plivo_transfer:
+            return amd.plivo_transfer(auth_id, call_uuid)  # not a live transfer: a voicemail (sim/amd.py)
         if body.get("legs") not in ("aleg", "bleg", "both") or not body.get("aleg_url"):
             raise SimError(400, {"api_id": str(uuid.uuid4()), "error": "legs and aleg_url are required"})
         with carrier_state.lock:
