@@ -82,6 +82,10 @@ class Config:
     # Local development only: event endpoints may be http:// and point anywhere (loopback,
     # private networks). Off, they must be https:// to hosts that resolve only to public addresses.
     event_endpoints_allow_private: bool = False
+    # A worker process serves its own /metrics here (0: it does not; its samples reach the
+    # web's /metrics through PROMETHEUS_MULTIPROC_DIR on one host). See docs/deploy.md.
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -169,6 +173,8 @@ class Config:
             cors_origins=_origins(env, "CORS_ORIGINS"),
             production=production,
             event_endpoints_allow_private=_bool(env, "EVENT_ENDPOINTS_ALLOW_PRIVATE", default=False),
+            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, 0, 65535),
+            worker_metrics_host=env.get("WORKER_METRICS_HOST", "").strip() or "127.0.0.1",
         )
 
 

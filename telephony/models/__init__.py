@@ -13,6 +13,7 @@ from .base import Base, CallDirection, CallSource, Carrier, Role, UTCDateTime, u
 from .calls import Call, ProcessedWebhookEvent
 from .events import EventDelivery, EventEndpoint, Job
 from .outbound import Campaign, CampaignContact, DialAttempt, DoNotCallEntry, IdempotencyKey
+from .workers import WorkerHeartbeat
 
 __all__ = [
     # shared
@@ -28,4 +29,6 @@ __all__ = [
     "EventDelivery", "EventEndpoint", "Job",
     # outbound calls and campaigns
     "Campaign", "CampaignContact", "DialAttempt", "DoNotCallEntry", "IdempotencyKey",
+    # worker processes
+    "WorkerHeartbeat",
 ]

@@ -54,6 +54,7 @@ from urllib3.util import connection as urllib3_connection
 from ..capped_http import WatchedHTTPSConnection, capped_post, watch_socket
 from ..credentials import CredentialStore
 from ..jobs import JobContext, RetryLater, enqueue
+from ..metrics import EVENT_DELIVERIES, EVENT_DELIVERY_DURATION
 from ..models import Call, EventDelivery, EventEndpoint, utcnow
 from .idempotency import first_time
 
@@ -342,9 +343,12 @@ def deliver(context: JobContext, payload: dict[str, Any]) -> None:
     if prepared is None:
         return
     # No database connection is held while the receiver takes its time.
+    started = time.perf_counter()
     attempt = _send(prepared, allow_private=context.config.event_endpoints_allow_private)
+    EVENT_DELIVERY_DURATION.observe(time.perf_counter() - started)
     with context.db.session() as session:
         delay = _record(session, delivery_id, attempt)
+    EVENT_DELIVERIES.labels("delivered" if attempt.ok else "retry" if delay is not None else "failed").inc()
     if delay is not None:
         raise RetryLater(delay, f"delivery {delivery_id} failed: {attempt.error}")
 
