@@ -315,6 +315,20 @@ def worker_run(poll_interval: float) -> None:
     main_loop(current_app._get_current_object(), poll_interval=poll_interval)  # type: ignore[attr-defined]
 
 
+@worker_cli.command("check")
+@click.option("--this-host", is_flag=True, help="Only workers of this host (a container's own health check).")
+def worker_check(this_host: bool) -> None:
+    """Exit 0 if a worker beat within the last minute (1 otherwise); prints the count."""
+    import socket
+
+    from .services.worker_heartbeats import count_alive
+    with _db().session() as session:
+        alive = count_alive(session, hostname=socket.gethostname() if this_host else None)
+    _emit({"workers_alive": alive})
+    if not alive:
+        raise SystemExit(1)
+
+
 @maintenance_cli.command("purge")
 def maintenance_purge() -> None:
     """Delete expired bookkeeping rows now (each worker does it hourly); prints the counts."""
@@ -344,3 +358,24 @@ def _domain_errors_as_click(callback):
             raise click.ClickException(exc.message) from None
     wrapper.domain_errors_as_click = True
     return wrapper
+
+
+def main() -> None:
+    """The `telephony` command (pyproject.toml's console script): every `flask --app wsgi`
+    command without the flags, e.g. `telephony db upgrade`, `telephony worker run`.
+    Settings come from the environment and a `.env` file in the current directory (the
+    environment wins); a bad setting stops it with one line naming the variable."""
+    from flask.cli import FlaskGroup
+
+    from . import create_app
+    from .config import ConfigError
+
+    def app_from_environment() -> Flask:
+        try:
+            return create_app()
+        except ConfigError as error:
+            click.echo(f"configuration error: {error}", err=True)
+            raise SystemExit(2) from None
+
+    FlaskGroup(create_app=app_from_environment, help="The telephony service's management commands.").main(
+        prog_name="telephony")

@@ -86,6 +86,10 @@ class Config:
     # web's /metrics through PROMETHEUS_MULTIPROC_DIR on one host). See docs/deploy.md.
     worker_metrics_port: int = 0
     worker_metrics_host: str = "127.0.0.1"
+    # PostgreSQL connections one process may open: kept open (pool) + opened when those
+    # are busy (overflow). Every process has its own pool; docs/deploy.md adds them up.
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -175,6 +179,8 @@ class Config:
             event_endpoints_allow_private=_bool(env, "EVENT_ENDPOINTS_ALLOW_PRIVATE", default=False),
             worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, 0, 65535),
             worker_metrics_host=env.get("WORKER_METRICS_HOST", "").strip() or "127.0.0.1",
+            db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1, 1000),
+            db_max_overflow=_int(env, "DB_MAX_OVERFLOW", 20, 0, 1000),
         )
 
 

@@ -51,8 +51,10 @@ def forget(db: Database, worker_id: str) -> None:
         session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.id == worker_id))
 
 
-def count_alive(session: Session, *, now: datetime | None = None) -> int:
-    """The worker processes that beat within ALIVE_WITHIN."""
+def count_alive(session: Session, *, hostname: str | None = None, now: datetime | None = None) -> int:
+    """The worker processes (of `hostname`, if given) that beat within ALIVE_WITHIN."""
     now = now or utcnow()
-    return session.scalar(select(func.count()).select_from(WorkerHeartbeat)
-                          .where(WorkerHeartbeat.last_seen_at >= now - ALIVE_WITHIN)) or 0
+    alive = select(func.count()).select_from(WorkerHeartbeat).where(WorkerHeartbeat.last_seen_at >= now - ALIVE_WITHIN)
+    if hostname is not None:
+        alive = alive.where(WorkerHeartbeat.hostname == hostname[:255])
+    return session.scalar(alive) or 0
