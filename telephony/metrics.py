@@ -106,7 +106,8 @@ EVENT_DELIVERIES = Counter(
     ["outcome"],
 )
 EVENT_DELIVERY_DURATION = Histogram(
-    "telephony_event_delivery_duration_seconds", "Time of one delivery attempt to an agency endpoint.",
+    "telephony_event_delivery_duration_seconds", "Time of one delivery attempt to an agency endpoint, by outcome.",
+    ["outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 15),
 )
 CAMPAIGN_DIALS = Counter(
@@ -122,6 +123,8 @@ CAMPAIGN_OUTCOMES = Counter(
     ["outcome"],
 )
 CARRIER_UPSTREAMS = ("twilio", "telnyx", "plivo")  # `upstream` label values of the carriers' REST calls
+# Every metric here has labels: a process writes into PROMETHEUS_MULTIPROC_DIR only once it
+# counts something, so short-lived commands (a health check, the migration) leave no files.
 
 
 def count_campaign_reaped(stats: dict) -> None:

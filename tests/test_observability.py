@@ -266,6 +266,10 @@ def test_a_worker_process_samples_reach_the_web_metrics_through_the_shared_direc
         from telephony import create_app
         print(create_app(instance_path=%r).test_client().get("/metrics").get_data(as_text=True))
     """ % str(tmp_path / "instance"))
+    # A process that counts nothing (a health check, the migration) leaves no file behind.
+    subprocess.run([sys.executable, "-c", "from telephony import create_app; create_app(instance_path=%r)"
+                    % str(tmp_path / "instance")], env=env, check=True, cwd=ROOT, timeout=120)
+    assert os.listdir(shared) == []
     subprocess.run([sys.executable, "-c", worker_side], env=env, check=True, cwd=ROOT, timeout=60)
     scraped = subprocess.run([sys.executable, "-c", web_side], env=env, check=True, cwd=ROOT, timeout=120,
                              capture_output=True, text=True).stdout.splitlines()

@@ -345,10 +345,12 @@ def deliver(context: JobContext, payload: dict[str, Any]) -> None:
     # No database connection is held while the receiver takes its time.
     started = time.perf_counter()
     attempt = _send(prepared, allow_private=context.config.event_endpoints_allow_private)
-    EVENT_DELIVERY_DURATION.observe(time.perf_counter() - started)
+    took = time.perf_counter() - started
     with context.db.session() as session:
         delay = _record(session, delivery_id, attempt)
-    EVENT_DELIVERIES.labels("delivered" if attempt.ok else "retry" if delay is not None else "failed").inc()
+    outcome = "delivered" if attempt.ok else "retry" if delay is not None else "failed"
+    EVENT_DELIVERIES.labels(outcome).inc()
+    EVENT_DELIVERY_DURATION.labels(outcome).observe(took)
     if delay is not None:
         raise RetryLater(delay, f"delivery {delivery_id} failed: {attempt.error}")
 
