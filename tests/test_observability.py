@@ -287,3 +287,22 @@ def test_process_identifiers_differ_across_hosts_with_the_same_pid(monkeypatch):
     web = process_identifier(1)
     monkeypatch.setattr(socket, "gethostname", lambda: "worker_1")
     assert web != process_identifier(1) and "_" not in web
+
+
+# -- the Grafana dashboard of the deployment kit -----------------------------------------------------
+
+
+def test_the_dashboard_only_charts_metrics_the_service_exports(client):
+    import json
+    import re
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "telephony.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", name) for expr in exprs
+            for name in re.findall(r"\btelephony_[a-z_]+", expr)}
+    exported = {re.sub(r"_(total|bucket|count|sum)$", "", line.split()[2]) for line in metric_lines(client)
+                if line.startswith("# TYPE ")}
+    assert used and used <= exported, sorted(used - exported)
+    # Every family this change added is on the dashboard.
+    assert {"telephony_jobs", "telephony_jobs_due", "telephony_jobs_oldest_due_age_seconds", "telephony_workers_alive",
+            "telephony_event_deliveries", "telephony_campaign_dials", "telephony_campaign_attempt_outcomes",
+            "telephony_upstream_requests", "telephony_upstream_request_duration_seconds"} <= used
