@@ -20,6 +20,7 @@ import socket
 import time
 from contextlib import contextmanager
 from typing import Iterator
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Histogram, multiprocess, start_http_server, values
 
@@ -141,16 +142,19 @@ def count_job(kind: str, status: str | None, seconds: float) -> None:
     JOB_DURATION.labels(kind).observe(seconds)
 
 
-def export_worker_metrics(port: int, host: str) -> None:
-    """How a worker process's samples leave it: its own /metrics on `port` if set, else
-    through the shared PROMETHEUS_MULTIPROC_DIR (the web's /metrics). Neither: a warning,
-    since nothing it counts would be seen."""
+def export_worker_metrics(port: int, host: str) -> WSGIServer | None:
+    """How a worker process's samples leave it: its own /metrics on `port` if set (the
+    server, which runs in a daemon thread, is returned), else through the shared
+    PROMETHEUS_MULTIPROC_DIR (the web's /metrics). Neither: a warning, since nothing it
+    counts would be seen."""
     if port:
-        start_http_server(port, addr=host)
+        server, _thread = start_http_server(port, addr=host)
         log.info("worker metrics on http://%s:%d/metrics", host, port)
-    elif not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return server
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         log.warning("worker metrics are not exported: set PROMETHEUS_MULTIPROC_DIR to the directory the web "
                     "processes use (same host), or WORKER_METRICS_PORT")
+    return None
 
 
 def metrics_process_exited(pid: int | None = None) -> None:

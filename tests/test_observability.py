@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from telephony import create_app
 from telephony.carriers import sdk
 from telephony.carriers.http_metrics import operation_name
 from telephony.jobs import enqueue
-from telephony.metrics import process_identifier
+from telephony.metrics import JOBS, export_worker_metrics, process_identifier
 from telephony.models import DialAttempt, Job, WorkerHeartbeat, utcnow
 from telephony.services import worker_heartbeats
 from telephony.services.campaigns.loop import Dispatcher
@@ -280,6 +281,23 @@ def test_a_worker_process_samples_reach_the_web_metrics_through_the_shared_direc
     host = socket.gethostname().replace("_", "-")
     assert os.listdir(shared) and all(name.startswith(f"counter_{host}-") or name.startswith(f"histogram_{host}-")
                                       for name in os.listdir(shared))
+
+
+def test_a_worker_on_another_host_serves_its_own_metrics_on_its_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    JOBS.labels("test.own-port", "done").inc()
+    server = export_worker_metrics(port, "127.0.0.1")
+    assert server is not None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            body = answer.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 'telephony_jobs_total{kind="test.own-port",outcome="done"}' in body
+    assert export_worker_metrics(0, "127.0.0.1") is None  # off by default
 
 
 def test_process_identifiers_differ_across_hosts_with_the_same_pid(monkeypatch):

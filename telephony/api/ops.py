@@ -40,6 +40,9 @@ _ready_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
 # database wait on that same check instead of queueing more behind it.
 _checks_in_progress: "weakref.WeakKeyDictionary[Database, Future[int]]" = weakref.WeakKeyDictionary()
 _checks_lock = threading.Lock()
+# The queue figures of /metrics are read on a thread of their own, so a scrape that waits
+# on a hung database never delays a readiness probe.
+_metrics_queries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-db")
 
 
 def _readiness_check(db: Database) -> "Future[int]":
@@ -134,7 +137,7 @@ class _DatabaseGauges:
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("telephony_database_up", "1 when the database answered this scrape's queries.")
         try:
-            queue, workers = _ready_checks.submit(_queue_and_workers, self.db).result(timeout=READY_CHECK_SECONDS)
+            queue, workers = _metrics_queries.submit(_queue_and_workers, self.db).result(timeout=READY_CHECK_SECONDS)
         except Exception as exc:  # timed out or failed: the scrape still answers
             current_app.logger.warning("metrics: queue figures unavailable: %s", exc.__class__.__name__)
             up.add_metric([], 0)
