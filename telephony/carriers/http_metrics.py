@@ -3,8 +3,9 @@
 The official SDKs are called from many places (dialling, hang-ups, webhook answers,
 number look-ups); rather than wrap each call site, the HTTP layer each SDK lets us
 inject is wrapped once, so no request is missed: a `requests` adapter for Twilio and
-Plivo (mounted on their sessions) and an `httpx` transport for Telnyx (sdk.py builds
-the clients with them). Each request is counted in
+Plivo (mounted on their sessions, here) and an `httpx` transport for Telnyx
+(httpx_metrics.py, apart so that it is imported only with the Telnyx SDK); sdk.py builds
+the clients with them. Each request is counted in
 `telephony_upstream_requests_total{upstream=<carrier>, operation, outcome}` and timed
 (to the answer's headers) in `telephony_upstream_request_duration_seconds`, the
 families Ultravox calls use too.
@@ -19,7 +20,6 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -73,33 +73,7 @@ class MeteredAdapter(HTTPAdapter):
             return response
 
 
-class MeteredTransport(httpx.HTTPTransport):
-    """An httpx transport that counts and times every request it sends for `carrier`."""
-
-    def __init__(self, carrier: str, **kwargs: Any) -> None:
-        self.carrier = carrier
-        super().__init__(**kwargs)
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        with track_upstream(self.carrier, operation_name(request.method, str(request.url))) as call:
-            try:
-                response = super().handle_request(request)
-            except httpx.TimeoutException:
-                call.outcome = "timeout"
-                raise
-            call.outcome = outcome_of_status(response.status_code)
-            return response
-
-
 def metered_requests_adapter(carrier: str, *, pool_maxsize: int) -> HTTPAdapter:
     """The adapter sdk.py mounts on a requests-based SDK's sessions (Twilio, Plivo):
     never re-sends (max_retries=0), pools `pool_maxsize` connections, counts each request."""
     return MeteredAdapter(carrier, max_retries=0, pool_maxsize=pool_maxsize)
-
-
-def metered_httpx_transport(carrier: str, *, max_connections: int) -> httpx.HTTPTransport:
-    """The transport sdk.py gives an httpx-based SDK's client (Telnyx): never re-sends
-    (retries=0), at most `max_connections` connections, counts each request."""
-    return MeteredTransport(carrier, retries=0,
-                            limits=httpx.Limits(max_connections=max_connections,
-                                                max_keepalive_connections=max_connections))

@@ -27,7 +27,8 @@ from twilio.rest import Client as TwilioClient
 
 # The real hosts, which are also the settings' defaults: written once, in config.py.
 from ..config import DEFAULT_PLIVO_API_BASE, DEFAULT_TELNYX_API_BASE, DEFAULT_TWILIO_API_BASE
-from .http_metrics import metered_httpx_transport, metered_requests_adapter
+from .http_metrics import metered_requests_adapter
+from .httpx_metrics import metered_httpx_transport
 
 # Enough pooled connections for concurrent use of one client from a thread pool.
 _POOL_SIZE = 32
