@@ -101,7 +101,7 @@ def test_compose_commands_are_the_procfile_processes_and_real_cli_commands(cli_a
     assert services["web"]["command"] == shlex.split(procfile["web"])
     assert services["web"]["command"] == re.search(r'^CMD (\[.*\])$', DOCKERFILE, re.M).group(1).strip("[]") \
         .replace('"', "").split(", ")
-    # `telephony X` is `flask --app wsgi X` (pyproject.toml's console script, cli.main).
+    # `telephony X` is `flask --app wsgi X` (pyproject.toml's console script, console.main).
     assert shlex.split(procfile["worker"])[3:] == services["worker"]["command"][1:]
     assert shlex.split(procfile["release"])[3:] == services["migrate"]["command"][1:]
     for name in ("migrate", "worker"):

@@ -4,7 +4,7 @@
   its range accepts (what `make` installs is what the package says it needs);
 - requirements.lock pins exactly what requirements.txt pins, each with its hashes (the
   Docker image installs the lock with --require-hashes);
-- the `telephony` console command is cli.main and answers with the app's commands;
+- the `telephony` console command is console.main and answers with the app's commands;
 - tzdata is there, so zoneinfo finds time zones without the system's database.
 """
 from __future__ import annotations
@@ -52,8 +52,8 @@ def test_the_lock_pins_what_requirements_txt_pins_with_hashes():
 
 
 def test_the_console_command_is_the_app_cli():
-    assert PYPROJECT["project"]["scripts"] == {"telephony": "telephony.cli:main"}
-    shown = subprocess.run([sys.executable, "-c", "import sys; from telephony.cli import main; sys.argv[0] = "
+    assert PYPROJECT["project"]["scripts"] == {"telephony": "telephony.console:main"}
+    shown = subprocess.run([sys.executable, "-c", "import sys; from telephony.console import main; sys.argv[0] = "
                             "'telephony'; main()", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                            env={"PATH": "/usr/bin:/bin", "DATABASE_URL": "sqlite://", "HOME": str(ROOT)})
     assert shown.returncode == 0, shown.stderr
@@ -63,7 +63,7 @@ def test_the_console_command_is_the_app_cli():
 
 
 def test_a_bad_setting_stops_the_console_command_with_one_line():
-    failed = subprocess.run([sys.executable, "-c", "import sys; from telephony.cli import main; sys.argv[0] = "
+    failed = subprocess.run([sys.executable, "-c", "import sys; from telephony.console import main; sys.argv[0] = "
                              "'telephony'; main()", "worker", "check"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120, env={"PATH": "/usr/bin:/bin", "PORT": "eighty", "HOME": str(ROOT)})
     assert failed.returncode == 2
