@@ -324,3 +324,19 @@ def test_the_dashboard_only_charts_metrics_the_service_exports(client):
     assert {"telephony_jobs", "telephony_jobs_due", "telephony_jobs_oldest_due_age_seconds", "telephony_workers_alive",
             "telephony_event_deliveries", "telephony_campaign_dials", "telephony_campaign_attempt_outcomes",
             "telephony_upstream_requests", "telephony_upstream_request_duration_seconds"} <= used
+
+
+def test_the_web_is_ready_without_the_heartbeat_table(app, client, monkeypatch):
+    """New code before its migration (a rolling deploy): readiness is about the database
+    answering, so the web stays ready; the workers' check cannot tell, and says so."""
+    from sqlalchemy.exc import ProgrammingError
+
+    from telephony.api import ops
+
+    def missing_table(_session, **_kwargs):
+        raise ProgrammingError("SELECT count(*) FROM worker_heartbeats", {}, Exception("no such table"))
+
+    monkeypatch.setattr(ops, "count_alive", missing_table)
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json == {"status": "ok", "database": "ok", "workers_alive": None}
+    assert client.get("/readyz/workers").status_code == 503

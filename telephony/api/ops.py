@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import BaseModel
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ..db import Database, get_db
 from ..services.queue_stats import KindStats, job_queue_stats
@@ -38,14 +39,14 @@ READY_CHECK_SECONDS = 1.5
 _ready_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="readyz")
 # The check in progress, per database: probes that come while one still waits on a hung
 # database wait on that same check instead of queueing more behind it.
-_checks_in_progress: "weakref.WeakKeyDictionary[Database, Future[int]]" = weakref.WeakKeyDictionary()
+_checks_in_progress: "weakref.WeakKeyDictionary[Database, Future[int | None]]" = weakref.WeakKeyDictionary()
 _checks_lock = threading.Lock()
 # The queue figures of /metrics are read on a thread of their own, so a scrape that waits
 # on a hung database never delays a readiness probe.
 _metrics_queries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-db")
 
 
-def _readiness_check(db: Database) -> "Future[int]":
+def _readiness_check(db: Database) -> "Future[int | None]":
     with _checks_lock:
         check = _checks_in_progress.get(db)
         if check is None or check.done():
@@ -53,11 +54,16 @@ def _readiness_check(db: Database) -> "Future[int]":
         return check
 
 
-def _check_database(db: Database) -> int:
-    """The database answers; the number of live workers."""
+def _check_database(db: Database) -> int | None:
+    """The database answers; the number of live workers (None: the heartbeat table cannot
+    be read, e.g. new code before its migration: the web is ready all the same)."""
     with db.session() as session:
         session.execute(text("SELECT 1"))
-        return count_alive(session)
+    try:
+        with db.session() as session:
+            return count_alive(session)
+    except (ProgrammingError, OperationalError):
+        return None
 
 
 def _database_check() -> tuple[int | None, tuple[Response, int] | None]:
@@ -104,7 +110,7 @@ def readyz_workers():
     if failure is not None:
         return failure
     if not workers:
-        return jsonify(status="unavailable", workers_alive=0), 503
+        return jsonify(status="unavailable", workers_alive=workers), 503
     return jsonify(status="ok", workers_alive=workers)
 
 

@@ -14,7 +14,7 @@ class WorkerHeartbeat(Base):
 
     A worker that stops cleanly deletes its row; one that died leaves a row that stops
     being refreshed, counts as dead once it is older than the liveness window, and is
-    deleted by a live worker a day later. Holds no agency data."""
+    deleted by the next worker that starts a day later. Holds no agency data."""
 
     __tablename__ = "worker_heartbeats"
 

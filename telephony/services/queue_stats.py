@@ -45,4 +45,3 @@ def job_queue_stats(session: Session, *, now: datetime | None = None) -> dict[st
         stats[kind] = KindStats(due=int(due or 0), scheduled=int(scheduled or 0), running=int(leased or 0),
                                 oldest_due_age_seconds=age)
     return stats
-

@@ -5,8 +5,8 @@ HEARTBEAT_INTERVAL seconds from its job loop (worker.Worker), so the row says "t
 process is still claiming jobs"; a clean stop deletes it. A worker is alive while its
 row is younger than ALIVE_WITHIN (four missed beats). /readyz reports the count,
 /readyz/workers answers 503 when it is zero, and /metrics exports it
-(telephony_workers_alive) for alerting. Rows of workers that died are deleted by any
-live worker once they are FORGET_AFTER old. Maintenance across all agencies: no agency
+(telephony_workers_alive) for alerting. Rows of workers that died are deleted by the
+next worker that starts once they are FORGET_AFTER old. Maintenance across all agencies: no agency
 data is read or written.
 """
 from __future__ import annotations
