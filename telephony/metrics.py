@@ -14,6 +14,7 @@ at scrape time by the web (services/ops_status.py), not counted here.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -30,9 +31,14 @@ log = logging.getLogger(__name__)
 def process_identifier(pid: int | None = None) -> str:
     """This process's name in the shared metrics directory: host name and pid. The pid
     alone is not unique across containers (each has its own pid 1); underscores are
-    replaced because prometheus_client splits file names on them."""
-    host = socket.gethostname().replace("_", "-") or "host"
-    return f"{host}-{os.getpid() if pid is None else pid}"
+    replaced because prometheus_client splits file names on them. Called at every
+    sample update (prometheus_client checks for a fork), hence the cached host name."""
+    return f"{_host_name()}-{os.getpid() if pid is None else pid}"
+
+
+@functools.lru_cache(maxsize=1)
+def _host_name() -> str:
+    return socket.gethostname().replace("_", "-") or "host"
 
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -301,10 +301,16 @@ def test_a_worker_on_another_host_serves_its_own_metrics_on_its_port():
 
 
 def test_process_identifiers_differ_across_hosts_with_the_same_pid(monkeypatch):
-    monkeypatch.setattr(socket, "gethostname", lambda: "web_1")
-    web = process_identifier(1)
-    monkeypatch.setattr(socket, "gethostname", lambda: "worker_1")
-    assert web != process_identifier(1) and "_" not in web
+    from telephony import metrics
+    try:
+        metrics._host_name.cache_clear()
+        monkeypatch.setattr(socket, "gethostname", lambda: "web_1")
+        web = process_identifier(1)
+        metrics._host_name.cache_clear()
+        monkeypatch.setattr(socket, "gethostname", lambda: "worker_1")
+        assert web != process_identifier(1) and "_" not in web
+    finally:
+        metrics._host_name.cache_clear()
 
 
 # -- the Grafana dashboard of the deployment kit -----------------------------------------------------
