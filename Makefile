@@ -3,6 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+# `make run` serves on loopback only; BIND_HOST=0.0.0.0 make run to accept other machines.
+BIND_HOST ?= 127.0.0.1
+# The web and worker processes of `make run` write their metrics here; the web's /metrics
+# sums them (telephony/metrics.py). Emptied at each start.
+METRICS_DIR := instance/prometheus
 PYTEST_ARGS ?=
 
 export FLASK_APP := wsgi
@@ -27,7 +32,9 @@ $(VENV)/.dev-installed: requirements.txt requirements-dev.txt | $(BIN)/python
 
 ## make run: install, migrate (SQLite by default), serve web + worker on $(PORT)
 run: $(VENV)/.runtime-installed migrate
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile --port $(PORT) web worker
+	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
+	PATH="$(CURDIR)/$(BIN):$$PATH" BIND_HOST=$(BIND_HOST) PROMETHEUS_MULTIPROC_DIR="$(CURDIR)/$(METRICS_DIR)" \
+	  $(BIN)/honcho start --procfile Procfile --port $(PORT) web worker
 
 migrate: $(VENV)/.runtime-installed
 	$(BIN)/flask db upgrade

@@ -80,7 +80,9 @@ accesslog = None  # the app writes its own structured access log
 errorlog = "-"
 
 # Prometheus: each worker process writes its samples to a shared directory and
-# /metrics aggregates them, so a scrape sees all workers, not just one.
+# /metrics aggregates them, so a scrape sees all workers, not just one. Give the
+# `flask worker run` processes of this host the same directory (`make run` and
+# docker-compose.yml do) and their samples are in the same scrape (telephony/metrics.py).
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="telephony-metrics-")
 
@@ -96,5 +98,5 @@ def post_worker_init(worker):
 
 
 def child_exit(server, worker):
-    from prometheus_client import multiprocess
-    multiprocess.mark_process_dead(worker.pid)
+    from telephony.metrics import metrics_process_exited
+    metrics_process_exited(worker.pid)

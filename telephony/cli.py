@@ -465,6 +465,20 @@ def worker_run(poll_interval: float) -> None:
     main_loop(current_app._get_current_object(), poll_interval=poll_interval)  # type: ignore[attr-defined]
 
 
+@worker_cli.command("check")
+@click.option("--this-host", is_flag=True, help="Only workers of this host (a container's own health check).")
+def worker_check(this_host: bool) -> None:
+    """Exit 0 if a worker beat within the last minute (1 otherwise); prints the count."""
+    import socket
+
+    from .services.worker_heartbeats import count_alive
+    with _db().session() as session:
+        alive = count_alive(session, hostname=socket.gethostname() if this_host else None)
+    _emit({"workers_alive": alive})
+    if not alive:
+        raise SystemExit(1)
+
+
 @maintenance_cli.command("purge")
 def maintenance_purge() -> None:
     """Delete expired bookkeeping rows now (each worker does it hourly); prints the counts."""
@@ -494,3 +508,4 @@ def _domain_errors_as_click(callback):
             raise click.ClickException(exc.message) from None
     wrapper.domain_errors_as_click = True
     return wrapper
+

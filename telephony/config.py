@@ -85,6 +85,14 @@ class Config:
     # Local development only: event endpoints may be http:// and point anywhere (loopback,
     # private networks). Off, they must be https:// to hosts that resolve only to public addresses.
     event_endpoints_allow_private: bool = False
+    # A worker process serves its own /metrics here (0: it does not; its samples reach the
+    # web's /metrics through PROMETHEUS_MULTIPROC_DIR on one host). See docs/deploy.md.
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
+    # PostgreSQL connections one process may open: kept open (pool) + opened when those
+    # are busy (overflow). Every process has its own pool; docs/deploy.md adds them up.
+    db_pool_size: int = 10
+    db_max_overflow: int = 20
     extra: Mapping[str, str] = field(default_factory=dict)
     # Played to an inbound caller waiting for a free slot of the agency's Ultravox plan
     # (services/capacity.py); "": a pause between the tries instead.
@@ -178,6 +186,10 @@ class Config:
             hold_audio_url=_url(env, "HOLD_AUDIO_URL", None) if env.get("HOLD_AUDIO_URL", "").strip() else "",
             contact_import_max_bytes=_int(env, "CONTACT_IMPORT_MAX_BYTES", DEFAULT_CONTACT_IMPORT_MAX_BYTES,
                                           64 * 1024, 1024 ** 3),
+            worker_metrics_port=_int(env, "WORKER_METRICS_PORT", 0, 0, 65535),
+            worker_metrics_host=env.get("WORKER_METRICS_HOST", "").strip() or "127.0.0.1",
+            db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1, 1000),
+            db_max_overflow=_int(env, "DB_MAX_OVERFLOW", 20, 0, 1000),
         )
 
 

@@ -30,12 +30,14 @@ from sqlalchemy.orm import Session
 from .config import DEFAULT_WORKER_CONCURRENCY
 from .db import Database
 from .jobs import Handler, JobContext, claim_jobs, run_job
+from .metrics import count_job, export_worker_metrics, metrics_process_exited
 from .models import Job
 from .services import enrichment, events
 from .services.campaigns import imports as contact_imports
 from .services.campaigns.loop import Dispatcher
 from .services.retention import run_purge
 from .services.stale_calls import STALE_CHECK_INTERVAL, reconcile_stale_calls
+from .services.worker_heartbeats import HEARTBEAT_INTERVAL, beat, forget, new_worker_id
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class Worker:
     maintenance_interval: float = MAINTENANCE_INTERVAL_SECONDS
     stale_check_interval: float = STALE_CHECK_INTERVAL
     handlers: Mapping[str, Handler] = field(default_factory=lambda: JOB_HANDLERS)
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
     context: JobContext = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -134,6 +137,10 @@ class Worker:
         if context.db.engine.dialect.name == "sqlite":
             context = replace(context, db=_OneTransactionAtATime(context.db))
         self.context = context
+        # Liveness (services/worker_heartbeats.py): beats from the job loop itself, so a
+        # worker whose loop is stuck stops counting as alive, whatever its other threads do.
+        self.worker_id = new_worker_id()
+        self._next_heartbeat = 0.0
 
     @property
     def db(self) -> Database:
@@ -182,12 +189,15 @@ class Worker:
         return future
 
     def _run(self, job: Job) -> str | None:
+        started, status = time.perf_counter(), None
         try:
-            return run_job(self.context, self.handlers, job)
+            status = run_job(self.context, self.handlers, job)
+            return status
         except Exception:  # recording the outcome failed (database down): the lease brings it back
             log.exception("job %s (%s) could not be recorded; it runs again when its lease ends", job.id, job.kind)
             return None
         finally:
+            count_job(job.kind, status, time.perf_counter() - started)
             self._finished(job.id)
 
     def _finished(self, job_id: int) -> None:
@@ -216,6 +226,19 @@ class Worker:
         self._stale_resume_after = report.resume_after
         return True
 
+    def heartbeat_if_due(self, now: float | None = None) -> bool:
+        """Record this worker as alive if its heartbeat interval has passed. True if it did."""
+        now = time.monotonic() if now is None else now
+        if now < self._next_heartbeat:
+            return False
+        self._next_heartbeat = now + self.heartbeat_interval
+        try:
+            beat(self.db, self.worker_id)
+        except Exception:  # the database is away: the loop goes on, the next beat tries again
+            log.warning("worker heartbeat could not be recorded", exc_info=True)
+            return False
+        return True
+
     def _chores(self) -> None:
         try:
             self.maintain_if_due()
@@ -230,6 +253,7 @@ class Worker:
         log.info("worker started", extra={"handlers": sorted(self.handlers), "concurrency": self.concurrency})
         while not self._stop.is_set():
             self._wake.clear()
+            self.heartbeat_if_due()
             try:
                 claimed = self.run_once(wait=False)
                 if self._chore is None or self._chore.done():
@@ -252,6 +276,10 @@ class Worker:
         self._chore_thread.shutdown(wait=False, cancel_futures=True)
         if not_done:
             log.warning("%d job(s) still running at stop; they run again when their leases end", len(not_done))
+        try:
+            forget(self.db, self.worker_id)
+        except Exception:  # its row ages out instead
+            log.warning("worker heartbeat could not be removed", exc_info=True)
         return len(not_done)
 
 
@@ -263,6 +291,7 @@ def main_loop(app: Flask, poll_interval: float = 1.0) -> None:
     gc.freeze()
     started = time.monotonic()
     config = app.extensions["telephony.config"]
+    export_worker_metrics(config.worker_metrics_port, config.worker_metrics_host)
     # The campaign dispatcher runs beside the job loop in every worker process
     # (DISPATCH_THREADS=0 turns it off); workers cooperate through the database.
     dispatcher = Dispatcher(app, threads=config.dispatch_threads) if config.dispatch_threads > 0 else None
@@ -273,4 +302,5 @@ def main_loop(app: Flask, poll_interval: float = 1.0) -> None:
     finally:
         if dispatcher is not None:
             dispatcher.stop()
+        metrics_process_exited()
     log.info("worker ran for %.0fs", time.monotonic() - started)

@@ -9,7 +9,9 @@ local simulator (``python -m telephony.sim carriers``). Every factory:
 - refuses empty credentials instead of letting the SDK fall back to process-wide
   environment variables (TWILIO_AUTH_TOKEN, TELNYX_API_KEY, PLIVO_AUTH_TOKEN), which
   would silently bill the wrong tenant;
-- keeps secrets out of exception messages (only the parameter name is reported).
+- keeps secrets out of exception messages (only the parameter name is reported);
+- sends through a metered HTTP layer (carriers/http_metrics.py): every request is
+  counted and timed by carrier, operation and outcome.
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ from typing import Any, Callable
 
 import plivo
 import telnyx
-from requests.adapters import HTTPAdapter
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
 
 # The real hosts, which are also the settings' defaults: written once, in config.py.
 from ..config import DEFAULT_PLIVO_API_BASE, DEFAULT_TELNYX_API_BASE, DEFAULT_TWILIO_API_BASE
+from .http_metrics import metered_requests_adapter
+from .httpx_metrics import metered_httpx_transport
 
 # Enough pooled connections for concurrent use of one client from a thread pool.
 _POOL_SIZE = 32
@@ -94,7 +97,7 @@ def twilio_client(
     http_client = TwilioHttpClient(timeout=timeout, max_retries=0)
     assert http_client.session is not None  # pool_connections=True creates one
     for scheme in ("https://", "http://"):
-        http_client.session.mount(scheme, HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE))
+        http_client.session.mount(scheme, metered_requests_adapter("twilio", pool_maxsize=_POOL_SIZE))
     client = TwilioClient(account_sid, auth_token, http_client=http_client)
     # TWILIO_EDGE / TWILIO_REGION from the environment would rewrite the host
     # (api.<edge>.<region>.twilio.com), mangling a custom base; api_base is authoritative.
@@ -132,6 +135,9 @@ def telnyx_client(
         base_url=base,
         timeout=timeout,
         max_retries=0,
+        # The SDK's own defaults (redirects, timeouts) with a transport that counts requests.
+        http_client=telnyx.DefaultHttpxClient(
+            transport=metered_httpx_transport("telnyx", max_connections=_POOL_SIZE)),
     )
 
 
@@ -170,7 +176,7 @@ class _PinnedPlivoClient(plivo.RestClient):
         # but mount explicit adapters so that stays true and the pool fits concurrency.
         for session in (self.session, self.multipart_session):
             for scheme in ("https://", "http://"):
-                session.mount(scheme, HTTPAdapter(max_retries=0, pool_maxsize=_POOL_SIZE))
+                session.mount(scheme, metered_requests_adapter("plivo", pool_maxsize=_POOL_SIZE))
 
     @property
     def base_uri(self) -> str:

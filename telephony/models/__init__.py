@@ -15,6 +15,7 @@ from .contact_imports import ContactImport, ContactImportChunk, ContactImportRej
 from .events import EventDelivery, EventEndpoint, Job
 from .outbound import Campaign, CampaignContact, DialAttempt, DoNotCallEntry, IdempotencyKey
 from .transfers import CallTransfer
+from .workers import WorkerHeartbeat
 
 __all__ = [
     # shared
@@ -34,4 +35,6 @@ __all__ = [
     "ContactImport", "ContactImportChunk", "ContactImportRejection",
     # live call control
     "CallTransfer",
+    # worker processes
+    "WorkerHeartbeat",
 ]

@@ -54,6 +54,7 @@ from urllib3.util import connection as urllib3_connection
 from ..capped_http import WatchedHTTPSConnection, capped_post, watch_socket
 from ..credentials import CredentialStore
 from ..jobs import JobContext, RetryLater, enqueue
+from ..metrics import EVENT_DELIVERIES, EVENT_DELIVERY_DURATION
 from ..models import Call, EventDelivery, EventEndpoint, utcnow
 from .idempotency import first_time
 
@@ -346,9 +347,14 @@ def deliver(context: JobContext, payload: dict[str, Any]) -> None:
     if prepared is None:
         return
     # No database connection is held while the receiver takes its time.
+    started = time.perf_counter()
     attempt = _send(prepared, allow_private=context.config.event_endpoints_allow_private)
+    took = time.perf_counter() - started
     with context.db.session() as session:
         delay = _record(session, delivery_id, attempt)
+    outcome = "delivered" if attempt.ok else "retry" if delay is not None else "failed"
+    EVENT_DELIVERIES.labels(outcome).inc()
+    EVENT_DELIVERY_DURATION.labels(outcome).observe(took)
     if delay is not None:
         raise RetryLater(delay, f"delivery {delivery_id} failed: {attempt.error}")
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from flask import Flask
 
 from ...db import Database
+from ...metrics import CAMPAIGN_DIALS, count_campaign_reaped
 from ...models import utcnow
 from .claim import claim_batch, due_campaign_ids
 from .dial import dial_attempt
@@ -50,7 +51,7 @@ class Dispatcher:
     def _dial(self, attempt_id: uuid.UUID) -> None:
         try:
             with self.app.app_context(), self.db.session() as session:
-                dial_attempt(session, attempt_id)
+                CAMPAIGN_DIALS.labels(dial_attempt(session, attempt_id)).inc()
         except Exception:
             log.exception("dial of attempt %s failed; the reconciler will settle it", attempt_id)
 
@@ -61,7 +62,7 @@ class Dispatcher:
             if time.monotonic() - self._last_reconcile >= self.reconcile_interval:
                 self._last_reconcile = time.monotonic()
                 with self.db.session() as session:
-                    reconcile(session, self.settings)
+                    count_campaign_reaped(reconcile(session, self.settings))
             with self._lock:
                 free = self.threads * 2 - self._inflight
             if free <= 0:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from ... import answering_machine as amd
 from ... import call_states
 from ...db import end_read, rows_affected, transaction
+from ...metrics import CAMPAIGN_OUTCOMES
 from ...models import Agency, Call, Campaign, CampaignContact, DialAttempt, utcnow
 from ..events import emit_event
 from .attempts import (
@@ -89,6 +90,7 @@ def finish_attempt(session: Session, attempt_id: uuid.UUID, outcome: str) -> boo
     # whether the callee was reached cannot be told for sure.
     _apply_retry_policy(session, attempt_id, outcome, may_retry=previous in IN_FLIGHT_ATTEMPT_STATES)
     session.commit()
+    CAMPAIGN_OUTCOMES.labels(outcome).inc()
     return True
 
 
