@@ -486,8 +486,10 @@ def set_latency(stack: Stack, latency_ms: int) -> None:
     requests.post(f"{stack.ultravox_url}/_sim/config", json={"latency_ms": latency_ms}, timeout=5).raise_for_status()
 
 
-def run(database: str) -> int:
-    with running_stack(database) as stack:
+def run(database: str, *, keep_logs: bool = False) -> int:
+    with running_stack(database, keep_workdir=keep_logs) as stack:
+        if keep_logs:
+            print(f"process logs kept in {stack.workdir}", flush=True)
         host, port = "127.0.0.1", int(stack.service_url.rsplit(":", 1)[1])
         uv_port = int(stack.ultravox_url.rsplit(":", 1)[1])
         print(f"service {stack.service_url} (gunicorn.conf.py), Ultravox simulator {stack.ultravox_url}, "
@@ -628,11 +630,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database", choices=("auto", "postgresql", "sqlite"), default="auto",
                         help="auto: PostgreSQL when one answers on 127.0.0.1:5432 (BENCH_PG_ADMIN_URL), else SQLite")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the work directory with the service's, reference's and simulator's logs")
     args = parser.parse_args(argv)
     database = args.database
     if database == "auto":
         database = "postgresql" if postgres_reachable() else "sqlite"
-    return run(database)
+    return run(database, keep_logs=args.keep_logs)
 
 
 if __name__ == "__main__":
