@@ -11,6 +11,7 @@ removed afterwards.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -41,6 +42,8 @@ def provider_fields(carriers: Iterable[CarrierSpec]) -> dict[str, tuple[str, ...
 PROVIDER_FIELDS: Mapping[str, tuple[str, ...]] = provider_fields(CARRIERS)
 MAX_SECRET_LENGTH = 4096
 _ROWS_CACHE = "telephony.credential_rows"
+# Decrypted secrets kept per process (see CredentialStore.__init__): a few per agency.
+_OPENED_CACHE_SIZE = 4096
 # Built once: read on every webhook.
 _ROWS_QUERY = select(AgencyCredential.name, AgencyCredential.ciphertext).where(
     AgencyCredential.agency_id == bindparam("agency_id"))
@@ -115,6 +118,11 @@ class CredentialStore:
         self._fernet = MultiFernet([Fernet(key) for key in keys])
         self._keys = tuple(keys)
         self._providers: dict[str, tuple[str, ...]] = {name: tuple(fields) for name, fields in providers.items()}
+        # Decrypted values by (agency, name, ciphertext): every inbound webhook opens the same
+        # few tokens (the carrier's and Ultravox's secrets), and decrypting and checking one
+        # costs ~50 us. Keyed by the ciphertext itself, so a changed or rotated secret (a new
+        # token) is never served stale; a token that fails to open is not remembered.
+        self._open_cached = functools.lru_cache(maxsize=_OPENED_CACHE_SIZE)(self._open_uncached)
 
     @property
     def providers(self) -> Mapping[str, tuple[str, ...]]:
@@ -260,6 +268,9 @@ class CredentialStore:
         return self._open(agency_id, row.name, row.ciphertext)
 
     def _open(self, agency_id: uuid.UUID, name: str, token: str) -> str:
+        return self._open_cached(agency_id, name, token)
+
+    def _open_uncached(self, agency_id: uuid.UUID, name: str, token: str) -> str:
         try:
             payload = json.loads(self._fernet.decrypt(token.encode()))
         except (InvalidToken, ValueError):

@@ -68,6 +68,14 @@ def configure_logging(level: str = "INFO") -> None:
     handler._telephony = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # Every record used to look up its caller's file and line (a stack walk), its thread's
+    # name and its multiprocessing name, which no handler here writes (JsonFormatter writes
+    # the message, level, logger, time and the context and extra fields; gunicorn's own
+    # lines the time, process id and level). Not collecting them is the logging module's
+    # documented optimisation; no line changes.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     # urllib3 logs full URLs at DEBUG; keep it quiet (URLs are fine, noise is not).
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -303,7 +303,9 @@ def test_dialer_made_late_by_its_commit_steps_back_and_takes_a_later_slot(sim_ap
 
     monkeypatch.setattr(dial, "acquire_cps_slot", acquire)
     dispatch_once(sim_app)
-    assert len(slots_taken) == 2 and states_seen == ["claimed", "claimed"]  # back to claimed before the retake
+    # Back to claimed before the retake. (On a very busy machine a retake can be late as
+    # well and step back again: more slots, the same states.)
+    assert len(slots_taken) >= 2 and set(states_seen) == {"claimed"}
     [attempt] = attempts(sim_app, campaign["id"])
     assert attempt.state == "placed" and attempt.dial_started_at is not None
     assert len(dial_requests(carrier_sim)) == 1

@@ -12,6 +12,13 @@ Imports belong at the top of a module. Only the app factory and the CLI import i
 functions: importing any `telephony.*` module (the simulator, the migrations) runs
 `telephony/__init__.py`, which must not load the whole API for them; and the CLI, which
 every app loads, keeps the migration tooling (Alembic) unloaded until a command needs it.
+
+One exception, named and explicit: the carrier SDKs (telnyx, plivo, twilio.rest) are
+imported when a carrier of their kind is first used, through `carriers/sdk.py`'s
+`lazy_module` (a module-level `X = sdk.lazy_module("sdk.module")`, with the real import
+under `if TYPE_CHECKING:` for the type checker). No other module calls `importlib` or
+`__import__`, and `lazy_module` names SDK modules only (checked below), so every import of
+the service's own modules stays visible to the cycle check.
 """
 from __future__ import annotations
 
@@ -24,6 +31,9 @@ PACKAGE = PACKAGE_DIR.name
 
 # Modules that may import inside functions (see the module docstring).
 LAZY_IMPORTS_ALLOWED = {"telephony", "telephony.cli"}
+# The one module that imports by name at run time, and the packages it may import so.
+DYNAMIC_IMPORTER = "telephony.carriers.sdk"
+LAZY_SDK_PACKAGES = {"telnyx", "plivo", "twilio"}
 
 
 def module_name(path: Path) -> str:
@@ -176,3 +186,34 @@ def test_the_graph_reader_resolves_imports_and_finds_cycles():
     assert targets("from flask import Flask", "telephony.api.calls") == set()
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def dynamic_imports() -> tuple[list[tuple[str, int, str]], list[tuple[str, int, str]]]:
+    """(uses of importlib / __import__ outside DYNAMIC_IMPORTER, every lazy_module(...) call
+    with its argument) as (module, line, source)."""
+    dynamic, lazy = [], []
+    for name, path in module_files().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+                if name != DYNAMIC_IMPORTER and "importlib" in {n.split(".")[0] for n in names}:
+                    dynamic.append((name, node.lineno, ast.unparse(node)))
+            elif isinstance(node, ast.Name) and node.id == "__import__":
+                dynamic.append((name, node.lineno, "__import__"))
+            elif isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "lazy_module":
+                lazy.append((name, node.lineno, ast.unparse(node)))
+    return dynamic, lazy
+
+
+def test_only_carrier_sdks_are_imported_lazily_and_only_through_lazy_module():
+    dynamic, lazy = dynamic_imports()
+    assert not dynamic, "imports by name outside carriers/sdk.py's lazy_module:\n" + "\n".join(
+        f"{module}:{line}: {source}" for module, line, source in dynamic)
+    assert lazy, "lazy_module is not used: drop DYNAMIC_IMPORTER and this test"
+    for module, line, source in lazy:
+        call = ast.parse(source).body[0].value  # type: ignore[attr-defined]
+        [argument] = call.args
+        assert isinstance(argument, ast.Constant) and isinstance(argument.value, str), f"{module}:{line}: {source}"
+        assert argument.value.split(".")[0] in LAZY_SDK_PACKAGES, (
+            f"{module}:{line}: {source} puts off an import that is not a carrier SDK's")

@@ -2,12 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
-
-import plivo.exceptions as plivo_errors
-from plivo import plivoxml
-from plivo.exceptions import PlivoRestError
-from plivo.utils import validate_v3_signature
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import sdk
 from .base import (
@@ -27,6 +22,16 @@ from .base import (
 )
 from .numbers import INBOUND, STATUS, CarrierNumber, NumberProvisioner, application_name
 from .spec import CarrierSpec, CredentialField
+
+# The SDK is imported when a Plivo webhook or dial first needs it (sdk.lazy_module).
+if TYPE_CHECKING:
+    import plivo.exceptions as plivo_errors
+    import plivo.utils as plivo_utils
+    import plivo.xml as plivoxml
+else:
+    plivo_errors = sdk.lazy_module("plivo.exceptions")
+    plivo_utils = sdk.lazy_module("plivo.utils")
+    plivoxml = sdk.lazy_module("plivo.xml")
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +74,10 @@ class PlivoAdapter(XmlCarrierAdapter):
             if not signature:
                 continue
             try:
-                if validate_v3_signature(request.method, request.public_url, nonce, token, signature, params):
+                if plivo_utils.validate_v3_signature(request.method, request.public_url, nonce, token, signature,
+                                                     params):
                     return True
-            except PlivoRestError:  # the SDK's argument validation (e.g. a malformed URL)
+            except plivo_errors.PlivoRestError:  # the SDK's argument validation (e.g. a malformed URL)
                 return False
         return False
 
@@ -142,13 +148,13 @@ class PlivoAdapter(XmlCarrierAdapter):
         return response.to_string()
 
 
-# Plivo's exception classes -> the HTTP status they stand for.
-_ERROR_STATUSES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], int], ...] = (
-    (plivo_errors.PlivoServerError, 500),
-    (plivo_errors.AuthenticationError, 401),
-    ((plivo_errors.ValidationError, plivo_errors.InvalidRequestError), 400),
-    ((plivo_errors.ForbiddenError, plivo_errors.GeoPermissionError), 403),
-    (plivo_errors.ResourceNotFoundError, 404),
+# Plivo's exception classes (by name in plivo.exceptions) -> the HTTP status they stand for.
+_ERROR_STATUSES: tuple[tuple[tuple[str, ...], int], ...] = (
+    (("PlivoServerError",), 500),
+    (("AuthenticationError",), 401),
+    (("ValidationError", "InvalidRequestError"), 400),
+    (("ForbiddenError", "GeoPermissionError"), 403),
+    (("ResourceNotFoundError",), 404),
 )
 
 
@@ -175,10 +181,10 @@ class PlivoDialer(CarrierDialer):
         return str(request_uuid[0] if isinstance(request_uuid, list) else request_uuid)
 
     def error_status(self, exc: Exception) -> tuple[int | None, str] | None:
-        for classes, status in _ERROR_STATUSES:
-            if isinstance(exc, classes):
+        for names, status in _ERROR_STATUSES:
+            if isinstance(exc, tuple(getattr(plivo_errors, name) for name in names)):
                 return status, str(exc)[:300]
-        if isinstance(exc, PlivoRestError):
+        if isinstance(exc, plivo_errors.PlivoRestError):
             text = str(exc)
             for code in (429, 400, 401, 403, 404, 422):
                 if f"status code {code}" in text:

@@ -12,23 +12,64 @@ local simulator (``python -m telephony.sim carriers``). Every factory:
 - keeps secrets out of exception messages (only the parameter name is reported);
 - sends through a metered HTTP layer (carriers/http_metrics.py): every request is
   counted and timed by carrier, operation and outcome.
+
+The SDKs themselves are imported the first time a carrier of their kind is used
+(``lazy_module``): together they take ~100 MB and several seconds to import (Telnyx alone
+~60 MB and 2+ s), which every web worker, CLI command and campaign worker paid at start
+whether or not any agency uses that carrier.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import threading
 from collections import OrderedDict
-from typing import Any, Callable
-
-import plivo
-import telnyx
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client as TwilioClient
+from typing import TYPE_CHECKING, Any, Callable
 
 # The real hosts, which are also the settings' defaults: written once, in config.py.
 from ..config import DEFAULT_PLIVO_API_BASE, DEFAULT_TELNYX_API_BASE, DEFAULT_TWILIO_API_BASE
 from .http_metrics import metered_requests_adapter
 from .httpx_metrics import metered_httpx_transport
+
+
+class LazyModule:
+    """Stands for a module that is imported the first time one of its names is read.
+
+    The one sanctioned way to put off an import in ``telephony/`` (every other import sits
+    at the top of its module; ``tests/test_import_graph.py`` checks both): carrier SDK
+    modules only. A module written ``X = lazy_module("x")`` declares the real import for
+    type checkers under ``if TYPE_CHECKING:``. Thread-safe: the import system holds a lock
+    per module, and later reads cost a dictionary lookup.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}>"
+
+
+def lazy_module(name: str) -> Any:
+    """``name`` (an SDK module), imported when first used; see ``LazyModule``."""
+    return LazyModule(name)
+
+
+if TYPE_CHECKING:
+    import plivo
+    import telnyx
+    from twilio import rest as twilio_rest
+    from twilio.http import http_client as twilio_http
+else:
+    plivo = lazy_module("plivo")
+    telnyx = lazy_module("telnyx")
+    twilio_http = lazy_module("twilio.http.http_client")
+    twilio_rest = lazy_module("twilio.rest")
 
 # Enough pooled connections for concurrent use of one client from a thread pool.
 _POOL_SIZE = 32
@@ -84,7 +125,7 @@ def twilio_client(
     *,
     api_base: str = DEFAULT_TWILIO_API_BASE,
     timeout: float = 10.0,
-) -> TwilioClient:
+) -> twilio_rest.Client:
     """A twilio.rest.Client whose ``api`` domain (``/2010-04-01``, Calls) uses ``api_base``.
 
     Only the ``api`` domain is redirected; other Twilio products keep their real hosts.
@@ -94,11 +135,11 @@ def twilio_client(
     base = _clean_base("api_base", api_base)
     # max_retries=0 and explicit adapters on both schemes: TwilioHttpClient mounts its
     # adapter for https:// only, and urllib3 must never re-send a call-creating POST.
-    http_client = TwilioHttpClient(timeout=timeout, max_retries=0)
+    http_client = twilio_http.TwilioHttpClient(timeout=timeout, max_retries=0)
     assert http_client.session is not None  # pool_connections=True creates one
     for scheme in ("https://", "http://"):
         http_client.session.mount(scheme, metered_requests_adapter("twilio", pool_maxsize=_POOL_SIZE))
-    client = TwilioClient(account_sid, auth_token, http_client=http_client)
+    client = twilio_rest.Client(account_sid, auth_token, http_client=http_client)
     # TWILIO_EDGE / TWILIO_REGION from the environment would rewrite the host
     # (api.<edge>.<region>.twilio.com), mangling a custom base; api_base is authoritative.
     client.edge = None
@@ -144,52 +185,58 @@ def telnyx_client(
 # -- Plivo ---------------------------------------------------------------------------------
 
 
-class _PinnedPlivoClient(plivo.RestClient):
-    """plivo.RestClient that talks to one base URL and never re-sends a request.
+@functools.cache
+def _pinned_plivo_client_class() -> type[plivo.RestClient]:
+    """The class below, defined once the Plivo SDK it extends is first needed."""
 
-    Why a subclass: in plivo 4.63 ``Client.request()`` reassigns ``self.base_uri`` from
-    module constants (PLIVO_API_BASE_URI, API_VOICE_BASE_URI, API_VOICE_BASE_URI_FALLBACK_1/2)
-    on every request, so setting ``client.base_uri`` is overwritten at once, and patching
-    the module constants would redirect every Plivo client in the process, across threads.
-    And for "voice" requests (calls.create, hangup, ...) a 5xx makes it call itself again
-    against the "fallback" URIs, up to three POSTs for one calls.create (duplicate calls).
+    class _PinnedPlivoClient(plivo.RestClient):
+        """plivo.RestClient that talks to one base URL and never re-sends a request.
 
-    (a) ``base_uri`` is a read-only property here: the parent's assignments are ignored,
-        and every URL it builds (create_request / create_multipart_request read
-        ``self.base_uri``) starts with this client's own base. No globals change, and
-        there is no window where another thread could observe a different value.
-    (b) ``request()`` drops the ``is_voice_request`` flag before delegating. Voice and
-        non-voice requests differ only in which base URI constant is chosen (overridden
-        by (a)) and in the 5xx fallback loop, so without the flag the parent sends the
-        request exactly once and maps a 5xx to PlivoServerError / PlivoRestError.
-    Both hooks are small and checked by tests/test_sim_carriers.py against the installed
-    SDK, so an SDK upgrade that changes this internal behaviour fails loudly.
-    Not covered: Call Insights (stats.plivo.com) and Lookup requests, which build
-    absolute URLs of their own; this service does not use them.
-    """
+        Why a subclass: in plivo 4.63 ``Client.request()`` reassigns ``self.base_uri`` from
+        module constants (PLIVO_API_BASE_URI, API_VOICE_BASE_URI, API_VOICE_BASE_URI_FALLBACK_1/2)
+        on every request, so setting ``client.base_uri`` is overwritten at once, and patching
+        the module constants would redirect every Plivo client in the process, across threads.
+        And for "voice" requests (calls.create, hangup, ...) a 5xx makes it call itself again
+        against the "fallback" URIs, up to three POSTs for one calls.create (duplicate calls).
 
-    def __init__(self, auth_id: str, auth_token: str, *, api_base: str, timeout: float) -> None:
-        # Set before the parent's __init__, whose own base_uri assignment is ignored.
-        self._pinned_base_uri = f"{api_base}/v1/Account"
-        super().__init__(auth_id=auth_id, auth_token=auth_token, timeout=timeout)
-        # Plain requests sessions retry nothing on their own (HTTPAdapter max_retries=0),
-        # but mount explicit adapters so that stays true and the pool fits concurrency.
-        for session in (self.session, self.multipart_session):
-            for scheme in ("https://", "http://"):
-                session.mount(scheme, metered_requests_adapter("plivo", pool_maxsize=_POOL_SIZE))
+        (a) ``base_uri`` is a read-only property here: the parent's assignments are ignored,
+            and every URL it builds (create_request / create_multipart_request read
+            ``self.base_uri``) starts with this client's own base. No globals change, and
+            there is no window where another thread could observe a different value.
+        (b) ``request()`` drops the ``is_voice_request`` flag before delegating. Voice and
+            non-voice requests differ only in which base URI constant is chosen (overridden
+            by (a)) and in the 5xx fallback loop, so without the flag the parent sends the
+            request exactly once and maps a 5xx to PlivoServerError / PlivoRestError.
+        Both hooks are small and checked by tests/test_sim_carriers.py against the installed
+        SDK, so an SDK upgrade that changes this internal behaviour fails loudly.
+        Not covered: Call Insights (stats.plivo.com) and Lookup requests, which build
+        absolute URLs of their own; this service does not use them.
+        """
 
-    @property
-    def base_uri(self) -> str:
-        return self._pinned_base_uri
+        def __init__(self, auth_id: str, auth_token: str, *, api_base: str, timeout: float) -> None:
+            # Set before the parent's __init__, whose own base_uri assignment is ignored.
+            self._pinned_base_uri = f"{api_base}/v1/Account"
+            super().__init__(auth_id=auth_id, auth_token=auth_token, timeout=timeout)
+            # Plain requests sessions retry nothing on their own (HTTPAdapter max_retries=0),
+            # but mount explicit adapters so that stays true and the pool fits concurrency.
+            for session in (self.session, self.multipart_session):
+                for scheme in ("https://", "http://"):
+                    session.mount(scheme, metered_requests_adapter("plivo", pool_maxsize=_POOL_SIZE))
 
-    @base_uri.setter
-    def base_uri(self, _value: str) -> None:
-        # The parent reassigns module-level URIs on every request; ignore them.
-        return None
+        @property
+        def base_uri(self) -> str:
+            return self._pinned_base_uri
 
-    def request(self, method: str, path: Any = None, data: Any = None, *args: Any, **kwargs: Any) -> Any:
-        kwargs.pop("is_voice_request", None)  # disables the 5xx "fallback" re-send loop
-        return super().request(method, path, data, *args, **kwargs)
+        @base_uri.setter
+        def base_uri(self, _value: str) -> None:
+            # The parent reassigns module-level URIs on every request; ignore them.
+            return None
+
+        def request(self, method: str, path: Any = None, data: Any = None, *args: Any, **kwargs: Any) -> Any:
+            kwargs.pop("is_voice_request", None)  # disables the 5xx "fallback" re-send loop
+            return super().request(method, path, data, *args, **kwargs)
+
+    return _PinnedPlivoClient
 
 
 def plivo_client(
@@ -204,4 +251,4 @@ def plivo_client(
     _require("auth_id", auth_id)
     _require("auth_token", auth_token)
     base = _clean_base("api_base", api_base)
-    return _PinnedPlivoClient(auth_id, auth_token, api_base=base, timeout=timeout)
+    return _pinned_plivo_client_class()(auth_id, auth_token, api_base=base, timeout=timeout)

@@ -11,10 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Final, Mapping, Self
-
-import telnyx
-from telnyx.lib.webhook_verification import WebhookVerificationError, verify_webhook_signature
+from typing import TYPE_CHECKING, Any, Callable, Final, Mapping, Self
 
 from ..config import DEFAULT_TELNYX_STREAM_CODEC, TELNYX_STREAM_FORMATS
 from ..text import storable
@@ -49,6 +46,15 @@ from .numbers import (
 from .spec import CarrierSpec, CredentialField
 from .twilio import TwilioAdapter
 
+# The SDK (~60 MB, 2+ s to import) is imported when a Telnyx webhook or dial first needs it
+# (sdk.lazy_module).
+if TYPE_CHECKING:
+    import telnyx
+    import telnyx.lib.webhook_verification as telnyx_webhooks
+else:
+    telnyx = sdk.lazy_module("telnyx")
+    telnyx_webhooks = sdk.lazy_module("telnyx.lib.webhook_verification")
+
 log = logging.getLogger(__name__)
 
 NAME = "telnyx"
@@ -74,8 +80,8 @@ def verify_ed25519(request: WebhookRequest, credentials: Mapping[str, str]) -> b
     try:
         # The raw bytes: re-serialised JSON or re-encoded form data would not match.
         # werkzeug's Headers offers the Mapping methods the SDK uses, but is not a typing Mapping.
-        verify_webhook_signature(request.body, request.headers, public_key)  # type: ignore[arg-type]
-    except WebhookVerificationError as exc:
+        telnyx_webhooks.verify_webhook_signature(request.body, request.headers, public_key)  # type: ignore[arg-type]
+    except telnyx_webhooks.WebhookVerificationError as exc:
         log.info("telnyx signature rejected: %s", exc.message)
         return False
     return True

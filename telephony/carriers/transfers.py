@@ -31,15 +31,21 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from plivo import plivoxml
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
+from . import sdk
 from .base import WebhookRequest, parse_int
 from .plivo import PlivoAdapter
 from .telnyx import TelnyxCallControl
 from .twilio import TwilioAdapter
+
+# The Plivo SDK is imported when a Plivo transfer first needs it (sdk.lazy_module).
+if TYPE_CHECKING:
+    import plivo.xml as plivoxml
+else:
+    plivoxml = sdk.lazy_module("plivo.xml")
 
 log = logging.getLogger(__name__)
 

@@ -70,10 +70,11 @@ def pacing_plan(limit: int, margin: float = CPS_RATE_MARGIN) -> Pacing:
 
 
 def acquire_cps_slot(session: Session, bucket: str, limit: int, *, clock=time.time, sleep=time.sleep,
-                     deadline: float | None = None) -> float | None:
+                     deadline: float | None = None, lead: float = 0.0) -> float | None:
     """Take the next call start of `bucket` (a carrier account), shared by every
-    dispatcher through one atomic upsert on a per-window counter, and sleep until the
-    slot's moment. Returns the slot time, or None when the slot would be after
+    dispatcher through one atomic upsert on a per-window counter, and sleep until
+    `lead` seconds before the slot's moment (the caller prepares the start meanwhile and
+    waits the rest itself). Returns the slot time, or None when the slot would be after
     `deadline` (or it passed)."""
     pacing = pacing_plan(limit)
     window, slots, spacing = pacing.window, pacing.slots, pacing.spacing
@@ -96,7 +97,7 @@ def acquire_cps_slot(session: Session, bucket: str, limit: int, *, clock=time.ti
         slot = start + (count - 1) * spacing
         if deadline is not None and slot > deadline:
             return None
-        wait = slot - clock()
+        wait = slot - lead - clock()
         if wait > 0:
             sleep(wait)
         if clock() <= slot + pacing.late_limit:
