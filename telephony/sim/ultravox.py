@@ -3,7 +3,7 @@
 Emulates the parts of https://api.ultravox.ai our service uses: call creation (plain
 and agent calls), GET call, the transcript (DRF cursor pagination), the recording
 (302 to a signed storage URL, or 200 audio/wav), send_data_message (hang_up) and the
-signed ``call.*`` webhooks. Shapes follow /work/shared/reference/ultravox-api.md and
+signed ``call.*`` webhooks. Shapes follow Ultravox's API reference and
 tests/fixtures/ultravox-openapi.yaml.
 
 Sim-only control endpoints (besides the shared ones in ``common``):
