@@ -199,6 +199,7 @@ def agent_remove(agent_id: str, agency_id: str) -> None:
         delete_agent(session, _uuid(agency_id, "--agency"), _uuid(agent_id, "AGENT_ID"))
         _emit({"id": agent_id, "removed": True})
 
+
 @agent_cli.command("targets")
 @click.option("--agency", "agency_id", required=True)
 @click.option("--agent", "agent_id", required=True, help="Agent mapping id (ours).")

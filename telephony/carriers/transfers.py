@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from . import sdk
-from .base import WebhookRequest, parse_int
+from .base import WebhookRequest, XmlCarrierAdapter, parse_int
 from .plivo import PlivoAdapter
 from .telnyx import TelnyxCallControl
 from .twilio import TwilioAdapter
@@ -153,7 +153,28 @@ class CallTransferer(ABC):
         self.resume(client, carrier_call_id, join_url, command_id=command_id)
 
 
-class TwilioTransferer(CallTransferer):
+class XmlCallTransferer(CallTransferer):
+    """What the carriers whose calls run on XML (Twilio, Plivo) share: the goodbye, and the
+    person's leg's final status callback, read from the carrier's own field names."""
+
+    adapter: ClassVar[XmlCarrierAdapter]
+    _LEG_STATUS: ClassVar[dict[str, str]]
+    _LEG_ID_FIELD: ClassVar[str]
+    _LEG_DURATION_FIELD: ClassVar[str]
+
+    def goodbye_xml(self) -> str:
+        return self.adapter.say_and_hangup("Thank you. Goodbye.")
+
+    def parse_leg_status(self, request: WebhookRequest) -> LegReport | None:
+        status = request.field("CallStatus").lower()
+        if status not in self._LEG_STATUS:
+            return None
+        return LegReport(final=True, outcome=self._LEG_STATUS[status],
+                         leg_id=request.field(self._LEG_ID_FIELD) or None,
+                         talk_seconds=parse_int(request.field(self._LEG_DURATION_FIELD)))
+
+
+class TwilioTransferer(XmlCallTransferer):
     name = "twilio"
     # DialCallStatus -> outcome ("completed"/"answered": they talked).
     _OUTCOMES = {"completed": ANSWERED, "answered": ANSWERED, "busy": BUSY, "no-answer": NO_ANSWER,
@@ -191,6 +212,7 @@ class TwilioTransferer(CallTransferer):
 
     _LEG_STATUS = {"busy": BUSY, "no-answer": NO_ANSWER, "failed": FAILED, "canceled": FAILED,
                    "completed": ANSWERED}
+    _LEG_ID_FIELD, _LEG_DURATION_FIELD = "CallSid", "CallDuration"
 
     def hold(self, client: Any, carrier_call_id: str, dial: WarmDial) -> None:
         hold = VoiceResponse()
@@ -223,22 +245,13 @@ class TwilioTransferer(CallTransferer):
         response.dial().conference(room, start_conference_on_enter=True, end_conference_on_exit=True, beep=False)
         return str(response)
 
-    def goodbye_xml(self) -> str:
-        return self.adapter.say_and_hangup("Thank you. Goodbye.")
-
-    def parse_leg_status(self, request: WebhookRequest) -> LegReport | None:
-        status = request.field("CallStatus").lower()
-        if status not in self._LEG_STATUS:
-            return None
-        return LegReport(final=True, outcome=self._LEG_STATUS[status], leg_id=request.field("CallSid") or None,
-                         talk_seconds=parse_int(request.field("CallDuration")))
 
     def resume_live(self, client: Any, carrier_call_id: str, join_url: str, *, resume_url: str,
                     command_id: str) -> None:
         client.calls(carrier_call_id).update(twiml=self.adapter.stream_response(join_url))
 
 
-class PlivoTransferer(CallTransferer):
+class PlivoTransferer(XmlCallTransferer):
     name = "plivo"
     # Dial action DialStatus -> outcome. A Dial "timeout" is the ring timeout running out.
     _OUTCOMES = {"completed": ANSWERED, "answer": ANSWERED, "busy": BUSY, "no-answer": NO_ANSWER,
@@ -272,6 +285,7 @@ class PlivoTransferer(CallTransferer):
 
     _LEG_STATUS = {"busy": BUSY, "no-answer": NO_ANSWER, "timeout": NO_ANSWER, "failed": FAILED,
                    "cancel": FAILED, "completed": ANSWERED}
+    _LEG_ID_FIELD, _LEG_DURATION_FIELD = "CallUUID", "Duration"
 
     def hold(self, client: Any, carrier_call_id: str, dial: WarmDial) -> None:
         client.calls.update(carrier_call_id, legs="aleg", aleg_url=dial.callback_url("hold"), aleg_method="POST")
@@ -306,15 +320,6 @@ class PlivoTransferer(CallTransferer):
         conference = plivoxml.ConferenceElement(room, start_conference_on_enter=True, end_conference_on_exit=True)
         return plivoxml.ResponseElement().add(conference).to_string(False)
 
-    def goodbye_xml(self) -> str:
-        return self.adapter.say_and_hangup("Thank you. Goodbye.")
-
-    def parse_leg_status(self, request: WebhookRequest) -> LegReport | None:
-        status = request.field("CallStatus").lower()
-        if status not in self._LEG_STATUS:
-            return None
-        return LegReport(final=True, outcome=self._LEG_STATUS[status], leg_id=request.field("CallUUID") or None,
-                         talk_seconds=parse_int(request.field("Duration")))
 
     def resume_live(self, client: Any, carrier_call_id: str, join_url: str, *, resume_url: str,
                     command_id: str) -> None:
