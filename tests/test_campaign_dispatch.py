@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 import requests
@@ -50,15 +50,18 @@ def test_contact_outside_its_window_is_scheduled_at_next_open(sim_app, carrier_s
     client = sim_app.test_client()
     window = {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "17:00"}
     campaign = create_campaign(client, seeded, [{"phone": NY}, {"phone": LONDON}], calling_window=window)
-    # Tuesday 2026-12-01 (no DST anywhere):
-    # 19:00 UTC: 14:00 in New York (open), 19:00 in London (closed).
-    at = datetime(2026, 12, 1, 19, 0, tzinfo=timezone.utc)
+    # A Tuesday in December (no DST anywhere), 19:00 UTC: 14:00 in New York (open), 19:00 in
+    # London (closed). In the future, whenever the test runs: contacts are due from the
+    # moment they are added, so a "now" before that would find nothing to dial.
+    day = date(utcnow().year + 1, 12, 1)
+    day += timedelta(days=(1 - day.weekday()) % 7)
+    at = datetime(day.year, day.month, day.day, 19, 0, tzinfo=timezone.utc)
     assert dispatch_once(sim_app, now=at) == ["placed"]
     [placed] = sim_calls(carrier_sim)
     assert placed["to"] == NY
     london = contacts_by_phone(sim_app, campaign["id"])[LONDON]
     assert london.state == "queued" and london.attempts == 0
-    assert london.next_attempt_at == datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)  # 09:00 GMT Wednesday
+    assert london.next_attempt_at == at.replace(hour=9) + timedelta(days=1)  # 09:00 GMT Wednesday
 
 
 def test_busy_is_retried_after_the_delay_up_to_max_attempts(sim_app, carrier_sim):
