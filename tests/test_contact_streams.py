@@ -7,15 +7,9 @@ import json
 
 import pytest
 
-from telephony.services.campaigns import contacts
-from telephony.services.campaigns.contacts import (
-    ImportResult,
-    InputRefused,
-    parse_contacts_csv,
-    parse_contacts_json,
-    stream_contacts_csv,
-    stream_contacts_json,
-)
+from telephony.services.campaigns import contact_streams
+from telephony.services.campaigns.contact_streams import InputRefused, stream_contacts_csv, stream_contacts_json
+from telephony.services.campaigns.contacts import ImportResult, parse_contacts_csv, parse_contacts_json
 
 CSV_TEXT = ("\n\n"
             "phone;name;timezone;First Name;plan\r\n"
@@ -89,7 +83,7 @@ ITEMS = [{"phone": "+14155550100", "name": "Ada", "template_context": {"n": 1234
 @pytest.mark.parametrize("wrapped", [False, True])
 @pytest.mark.parametrize("piece", [1, 7, 64 * 1024])
 def test_a_json_stream_read_in_pieces_gives_what_the_json_parser_gives(monkeypatch, wrapped, piece):
-    monkeypatch.setattr(contacts, "_JSON_READ_CHARS", piece)
+    monkeypatch.setattr(contact_streams, "_JSON_READ_CHARS", piece)
     text = json.dumps({"contacts": ITEMS} if wrapped else ITEMS, indent=1)
     expected = parse_contacts_json(ITEMS)
     streamed = merged(stream_contacts_json(Trickle(text, piece), batch_rows=2))
@@ -99,7 +93,7 @@ def test_a_json_stream_read_in_pieces_gives_what_the_json_parser_gives(monkeypat
 
 
 def test_a_number_cut_between_two_pieces_is_read_whole(monkeypatch):
-    monkeypatch.setattr(contacts, "_JSON_READ_CHARS", 5)
+    monkeypatch.setattr(contact_streams, "_JSON_READ_CHARS", 5)
     text = '[{"phone": "+14155550100", "template_context": {"n": 1234567890}}]'
     streamed = merged(stream_contacts_json(Trickle(text, 5)))
     assert streamed.contacts[0].template_context == {"n": "1234567890"}

@@ -44,7 +44,8 @@ from ...jobs import JobContext, enqueue
 from ...models import Campaign, CampaignContact, ContactImport, ContactImportChunk, ContactImportRejection, Job, utcnow
 from ..do_not_call import listed_among
 from .attempts import CONTACT_QUEUED
-from .contacts import ImportResult, InputRefused, LineError, stream_contacts_csv, stream_contacts_json
+from .contact_streams import InputRefused, stream_contacts_csv, stream_contacts_json
+from .contacts import ImportResult, LineError
 from .manage import MAX_CONTACTS
 
 log = logging.getLogger(__name__)
