@@ -486,12 +486,68 @@ def set_latency(stack: Stack, latency_ms: int) -> None:
     requests.post(f"{stack.ultravox_url}/_sim/config", json={"latency_ms": latency_ms}, timeout=5).raise_for_status()
 
 
-def run(database: str, *, keep_logs: bool = False) -> int:
+def absolute_scenarios(stack: Stack, table: list[Stats]) -> list[str | None]:
+    """The scenarios of earlier sessions (absolute targets, shown): rows appended to `table`;
+    returns the errors seen."""
+    host, port = "127.0.0.1", int(stack.service_url.rsplit(":", 1)[1])
+    uv_port = int(stack.ultravox_url.rsplit(":", 1)[1])
+    set_latency(stack, LATENCY_MS)
+    burst_results: list[Result] = []
+    burst_wall = 0.0
+    for _ in range(BURST_ROUNDS):
+        results, wall = burst(host, port, webhook_jobs(BURST_SIZE), valid_stream_twiml)
+        burst_results += results
+        burst_wall += wall
+        time.sleep(0.5)
+    table.append(stats(f"burst {BURST_SIZE} simultaneous x{BURST_ROUNDS}, Ultravox {LATENCY_MS} ms",
+                       burst_results, burst_wall))
+    errors = [r.error for r in burst_results if not r.ok]
+
+    set_latency(stack, LATENCY_MS)  # also empties the simulator's request log
+    results, wall = closed_loop(host, port, webhook_jobs(OVERHEAD_REQUESTS), CONCURRENCY, valid_stream_twiml,
+                                stagger_s=LATENCY_MS / 1000)
+    simulator_ms = simulator_times(stack)
+    table.append(stats(f"{CONCURRENCY} concurrent, Ultravox {LATENCY_MS} ms: response time", results, wall))
+    overhead = stats(f"{CONCURRENCY} concurrent: overhead = response - simulator's time", results, wall,
+                     minus_simulator(simulator_ms), unmeasured_is_error=True)
+    table.append(overhead)
+    table.append(stats(f"{CONCURRENCY} concurrent: response - {LATENCY_MS} ms", results, wall,
+                       lambda r: r.seconds * 1000 - LATENCY_MS))
+    table.append(stats(f"{CONCURRENCY} concurrent: in-app time (Server-Timing app - ultravox)", results, wall,
+                       in_app))
+    table.append(stats(f"{CONCURRENCY} concurrent: Ultravox wait - simulator's time (client + HTTP)", results,
+                       wall, ultravox_wait_minus_simulator(simulator_ms)))
+    errors += [r.error for r in results if not r.ok]
+    # The serving floor under the same arrival pattern: a request that does nothing
+    # (GET /healthz), through the same load generator, loopback and gunicorn.
+    results, wall = closed_loop(host, port, healthz_jobs(OVERHEAD_REQUESTS), CONCURRENCY, status_200,
+                                stagger_s=LATENCY_MS / 1000, pause_s=LATENCY_MS / 1000)
+    table.append(stats(f"floor: {CONCURRENCY} concurrent GET /healthz, {LATENCY_MS} ms apart", results, wall))
+    errors += [r.error for r in results if not r.ok]
+
+    set_latency(stack, 0)
+    results, wall = closed_loop(host, port, webhook_jobs(SEQUENTIAL_REQUESTS), 1, valid_stream_twiml)
+    table.append(stats("one at a time, Ultravox 0 ms: response time", results, wall))
+    table.append(stats("one at a time: in-app time (Server-Timing app - ultravox)", results, wall, in_app))
+    errors += [r.error for r in results if not r.ok]
+    results, wall = closed_loop(host, uv_port, ultravox_jobs(SEQUENTIAL_REQUESTS), 1, created_201)
+    table.append(stats("one at a time: the Ultravox simulator alone", results, wall))
+
+    results, wall = closed_loop(host, port, webhook_jobs(ZERO_LATENCY_REQUESTS), CONCURRENCY,
+                                valid_stream_twiml)
+    table.append(stats(f"saturation: {CONCURRENCY} in a closed loop, Ultravox 0 ms", results, wall))
+    errors += [r.error for r in results if not r.ok]
+    results, wall = closed_loop(host, uv_port, ultravox_jobs(ZERO_LATENCY_REQUESTS), CONCURRENCY, created_201)
+    table.append(stats("saturation: the Ultravox simulator alone, same load", results, wall))
+
+    return errors
+
+
+def run(database: str, *, keep_logs: bool = False, side_only: bool = False) -> int:
     with running_stack(database, keep_workdir=keep_logs) as stack:
         if keep_logs:
             print(f"process logs kept in {stack.workdir}", flush=True)
         host, port = "127.0.0.1", int(stack.service_url.rsplit(":", 1)[1])
-        uv_port = int(stack.ultravox_url.rsplit(":", 1)[1])
         print(f"service {stack.service_url} (gunicorn.conf.py), Ultravox simulator {stack.ultravox_url}, "
               f"database {stack.database}", flush=True)
 
@@ -500,55 +556,9 @@ def run(database: str, *, keep_logs: bool = False) -> int:
 
         table: list[Stats] = []
         failures: list[str] = []
-
-        set_latency(stack, LATENCY_MS)
-        burst_results: list[Result] = []
-        burst_wall = 0.0
-        for _ in range(BURST_ROUNDS):
-            results, wall = burst(host, port, webhook_jobs(BURST_SIZE), valid_stream_twiml)
-            burst_results += results
-            burst_wall += wall
-            time.sleep(0.5)
-        table.append(stats(f"burst {BURST_SIZE} simultaneous x{BURST_ROUNDS}, Ultravox {LATENCY_MS} ms",
-                           burst_results, burst_wall))
-        errors = [r.error for r in burst_results if not r.ok]
-
-        set_latency(stack, LATENCY_MS)  # also empties the simulator's request log
-        results, wall = closed_loop(host, port, webhook_jobs(OVERHEAD_REQUESTS), CONCURRENCY, valid_stream_twiml,
-                                    stagger_s=LATENCY_MS / 1000)
-        simulator_ms = simulator_times(stack)
-        table.append(stats(f"{CONCURRENCY} concurrent, Ultravox {LATENCY_MS} ms: response time", results, wall))
-        overhead = stats(f"{CONCURRENCY} concurrent: overhead = response - simulator's time", results, wall,
-                         minus_simulator(simulator_ms), unmeasured_is_error=True)
-        table.append(overhead)
-        table.append(stats(f"{CONCURRENCY} concurrent: response - {LATENCY_MS} ms", results, wall,
-                           lambda r: r.seconds * 1000 - LATENCY_MS))
-        table.append(stats(f"{CONCURRENCY} concurrent: in-app time (Server-Timing app - ultravox)", results, wall,
-                           in_app))
-        table.append(stats(f"{CONCURRENCY} concurrent: Ultravox wait - simulator's time (client + HTTP)", results,
-                           wall, ultravox_wait_minus_simulator(simulator_ms)))
-        errors += [r.error for r in results if not r.ok]
-        # The serving floor under the same arrival pattern: a request that does nothing
-        # (GET /healthz), through the same load generator, loopback and gunicorn.
-        results, wall = closed_loop(host, port, healthz_jobs(OVERHEAD_REQUESTS), CONCURRENCY, status_200,
-                                    stagger_s=LATENCY_MS / 1000, pause_s=LATENCY_MS / 1000)
-        table.append(stats(f"floor: {CONCURRENCY} concurrent GET /healthz, {LATENCY_MS} ms apart", results, wall))
-        errors += [r.error for r in results if not r.ok]
-
-        set_latency(stack, 0)
-        results, wall = closed_loop(host, port, webhook_jobs(SEQUENTIAL_REQUESTS), 1, valid_stream_twiml)
-        table.append(stats("one at a time, Ultravox 0 ms: response time", results, wall))
-        table.append(stats("one at a time: in-app time (Server-Timing app - ultravox)", results, wall, in_app))
-        errors += [r.error for r in results if not r.ok]
-        results, wall = closed_loop(host, uv_port, ultravox_jobs(SEQUENTIAL_REQUESTS), 1, created_201)
-        table.append(stats("one at a time: the Ultravox simulator alone", results, wall))
-
-        results, wall = closed_loop(host, port, webhook_jobs(ZERO_LATENCY_REQUESTS), CONCURRENCY,
-                                    valid_stream_twiml)
-        table.append(stats(f"saturation: {CONCURRENCY} in a closed loop, Ultravox 0 ms", results, wall))
-        errors += [r.error for r in results if not r.ok]
-        results, wall = closed_loop(host, uv_port, ultravox_jobs(ZERO_LATENCY_REQUESTS), CONCURRENCY, created_201)
-        table.append(stats("saturation: the Ultravox simulator alone, same load", results, wall))
+        errors: list[str | None] = []
+        if not side_only:
+            errors = absolute_scenarios(stack, table)
 
         reference, reference_port = start_reference(stack)
         try:
@@ -570,26 +580,26 @@ def run(database: str, *, keep_logs: bool = False) -> int:
             recorded = conn.execute(text("SELECT count(*) FROM calls WHERE join_url IS NOT NULL AND "
                                          "ultravox_call_id IS NOT NULL AND status = 'ringing'")).scalar_one()
         engine.dispose()
-        sent = (200 + BURST_SIZE * BURST_ROUNDS + OVERHEAD_REQUESTS + SEQUENTIAL_REQUESTS + ZERO_LATENCY_REQUESTS
-                + 200 + SIDE_ROUNDS * (SIDE_THROUGHPUT_REQUESTS + SIDE_BURST + SIDE_OVERHEAD_REQUESTS))
+        absolute = 0 if side_only else (BURST_SIZE * BURST_ROUNDS + OVERHEAD_REQUESTS + SEQUENTIAL_REQUESTS
+                                        + ZERO_LATENCY_REQUESTS)
+        sent = 200 + absolute + 200 + SIDE_ROUNDS * (SIDE_THROUGHPUT_REQUESTS + SIDE_BURST + SIDE_OVERHEAD_REQUESTS)
 
-    burst_stats = table[0]
     # The absolute latency targets of earlier sessions are shown, but what decides is the
     # comparison with the reference app on the same machine in the same run (the absolute
     # ones moved with the machine's speed from day to day; see docs/benchmarks.md).
-    informational = {
-        f"burst: p99 < {TARGETS['burst_p99_s']} s (earlier absolute target, shown)":
-            burst_stats.p99_ms < TARGETS["burst_p99_s"] * 1000,
-        f"overhead p50 <= {TARGETS['overhead_p50_ms']} ms (earlier absolute target, shown)":
-            overhead.p50_ms <= TARGETS["overhead_p50_ms"],
-        f"overhead p99 <= {TARGETS['overhead_p99_ms']} ms (earlier absolute target, shown)":
-            overhead.p99_ms <= TARGETS["overhead_p99_ms"],
-    }
-    checks = {
-        "burst: zero errors": burst_stats.errors == 0,
-        "every webhook recorded with its joinUrl": recorded == sent and not errors,
-        **side_checks,
-    }
+    informational: dict[str, bool] = {}
+    checks = {"every webhook recorded with its joinUrl": recorded == sent and not errors, **side_checks}
+    if not side_only:
+        burst_stats, overhead = table[0], table[2]
+        informational = {
+            f"burst: p99 < {TARGETS['burst_p99_s']} s (earlier absolute target, shown)":
+                burst_stats.p99_ms < TARGETS["burst_p99_s"] * 1000,
+            f"overhead p50 <= {TARGETS['overhead_p50_ms']} ms (earlier absolute target, shown)":
+                overhead.p50_ms <= TARGETS["overhead_p50_ms"],
+            f"overhead p99 <= {TARGETS['overhead_p99_ms']} ms (earlier absolute target, shown)":
+                overhead.p99_ms <= TARGETS["overhead_p99_ms"],
+        }
+        checks = {"burst: zero errors": burst_stats.errors == 0, **checks}
     failures = [name for name, ok in checks.items() if not ok]
 
     print()
@@ -632,11 +642,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto: PostgreSQL when one answers on 127.0.0.1:5432 (BENCH_PG_ADMIN_URL), else SQLite")
     parser.add_argument("--keep-logs", action="store_true",
                         help="keep the work directory with the service's, reference's and simulator's logs")
+    parser.add_argument("--side-only", action="store_true",
+                        help="only the side-by-side comparison with the reference app (what decides; ~half the time)")
     args = parser.parse_args(argv)
     database = args.database
     if database == "auto":
         database = "postgresql" if postgres_reachable() else "sqlite"
-    return run(database, keep_logs=args.keep_logs)
+    return run(database, keep_logs=args.keep_logs, side_only=args.side_only)
 
 
 if __name__ == "__main__":
