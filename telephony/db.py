@@ -149,7 +149,12 @@ def rows_affected(result: Result[Any]) -> int:
 def dialect_insert(session: Session):
     """The INSERT construct with ON CONFLICT for the session's database
     (SQLite needs >= 3.35 for ON CONFLICT ... RETURNING)."""
-    return (postgresql if session.get_bind().dialect.name == "postgresql" else sqlite).insert
+    return insert_for(session.get_bind().dialect.name)
+
+
+def insert_for(dialect_name: str):
+    """The INSERT construct with ON CONFLICT of the named dialect (PostgreSQL's, else SQLite's)."""
+    return (postgresql if dialect_name == "postgresql" else sqlite).insert
 
 
 def insert_if_absent(session: Session, model: type, values: dict[str, Any], conflict_columns: list[str]) -> bool:
@@ -170,8 +175,7 @@ def insert_if_absent(session: Session, model: type, values: dict[str, Any], conf
 def _insert_if_absent_statement(table: Any, dialect_name: str, conflict_columns: tuple[str, ...]) -> Any:
     # Built once per table and dialect (webhooks are a hot path); values are bound per
     # execution. A Core statement: no ORM bookkeeping for a row nobody loads.
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    return (dialect.insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    return (insert_for(dialect_name)(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
             .returning(*table.primary_key.columns))
 
 

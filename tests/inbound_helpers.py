@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from telephony import direct_sql
 from telephony.models import Call
 from telephony.services import agents as agent_service
 from telephony.services import inbound as inbound_service
@@ -518,10 +519,13 @@ class InboundContract:
     def test_failed_insert_still_connects_the_caller(self, app, client, monkeypatch):
         seed(app, carrier=self.case.name)
 
-        def insert_fails(*args, **kwargs):
-            raise OperationalError("INSERT INTO calls ...", {}, Exception("disk I/O error"))
+        def insert_fails(session, statement, params):
+            if statement.plan(session.get_bind().dialect).sql.startswith("INSERT INTO calls"):
+                raise OperationalError("INSERT INTO calls ...", {}, Exception("disk I/O error"))
+            return run(session, statement, params)
 
-        monkeypatch.setattr("telephony.services.calls.insert_if_absent", insert_fails)
+        run = direct_sql.run
+        monkeypatch.setattr(direct_sql, "run", insert_fails)
         uv = UltravoxMock()
         call_sid = self.case.call_id()
         with responses.RequestsMock() as rsps:

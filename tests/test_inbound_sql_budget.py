@@ -1,9 +1,11 @@
 """One inbound webhook issues at most 5 SQL statements: counted, not guessed.
 
-Every statement the engine sends is seen by a `before_cursor_execute` listener.
-Transaction control is reported separately: on SQLite, db.py's pysqlite recipe emits
-BEGIN itself (one per transaction, three here: the reads, the claim, the outcome), while
-psycopg2 begins PostgreSQL transactions implicitly, without a statement of its own.
+Every statement the engine sends is seen by a `before_cursor_execute` listener (the
+hot path's statements run on the driver's connection, telephony/direct_sql.py, which
+tells the engine's listeners too). Transaction control is reported separately: on
+SQLite, db.py's pysqlite recipe emits BEGIN itself for a Session's transactions, while
+psycopg2 begins PostgreSQL transactions implicitly. The inbound path runs each statement
+as a transaction of its own (autocommit): no BEGIN and no COMMIT on either.
 """
 from __future__ import annotations
 
@@ -65,10 +67,7 @@ def test_inbound_webhook_issues_at_most_five_statements(app, client, case, datab
     assert _summary(statements) == ["SELECT phone_numbers", "INSERT calls", "UPDATE calls"]
     assert "agency_credentials" in statements[0]
     assert len(statements) <= MAX_STATEMENTS
-    if database_url.startswith("sqlite"):
-        assert control == ["BEGIN"] * 3  # reads | claim | outcome: no connection held across Ultravox
-    else:
-        assert control == []
+    assert control == []  # each statement in autocommit: no connection or transaction held across Ultravox
     with capsys.disabled():
         print(f"\n[{case.name}, {database_url.split(':')[0]}] {len(statements)} statements: "
               f"{', '.join(_summary(statements))} (+ {len(control)} BEGIN)")

@@ -35,14 +35,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Literal, cast
 
-from sqlalchemy import Table, bindparam, case, delete, select, update
+from sqlalchemy import Table, bindparam, case, delete, literal, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .. import call_states
+from .. import call_states, direct_sql
 from ..config import Config, get_config
 from ..credentials import CredentialStore, get_credentials
-from ..db import end_reads_before_writing, insert_if_absent, rollback_quietly
+from ..db import end_read, insert_for, rollback_quietly
+from ..direct_sql import DirectStatement
 from ..errors import DomainError, Forbidden
 from ..logging import call_id_var
 from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
@@ -239,7 +240,9 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
         # Claimed all the same: a repeated webhook must find the claim, not try again.
         log.error("call %s: %s", call_id, exc.message)
         key_problem = exc
-    end_reads_before_writing(session)
+    # No read transaction stays open across the wait on Ultravox (the claim and the
+    # record below are transactions of their own).
+    end_read(session)
     claim = _claim(session, new, agent_id, call_id)
     if claim == "duplicate":
         return StartedCall(call_id=None, ultravox_call_id="", join_url="", created_at=utcnow(), duplicate=True)
@@ -327,19 +330,18 @@ def _insert(session: Session, new: NewCall, agent_id: uuid.UUID, started: Starte
 
 def _claim(session: Session, new: NewCall, agent_id: uuid.UUID,
            call_id: uuid.UUID) -> Literal["claimed", "duplicate", "unrecorded"]:
-    """Claim first: the row, keyed by (source, carrier_call_id), committed."""
+    """Claim first: the row, keyed by (source, carrier_call_id), committed (one
+    INSERT ... ON CONFLICT DO NOTHING in autocommit: it inserted, or the key was taken)."""
     try:
-        claimed = insert_if_absent(session, Call, {
+        claimed = direct_sql.run(session, _CLAIM, {
             "id": call_id, "agency_id": new.agency_id, "agent_id": agent_id, "source": new.source,
             "direction": new.direction, "from_number": new.from_number, "to_number": new.to_number,
             "carrier_call_id": new.carrier_call_id, "status": call_states.CREATED,
-        }, ["source", "carrier_call_id"])
-        session.commit()
+        }).rowcount == 1
     except SQLAlchemyError:
         # The caller is connected all the same: losing the row is repairable, losing the
         # call is not. Idempotency is lost for this one request only.
         log.exception("call %s could not be claimed; starting it anyway", call_id)
-        rollback_quietly(session)
         return "unrecorded"
     return "claimed" if claimed else "duplicate"
 
@@ -348,26 +350,33 @@ def _record(session: Session, *, call_id: uuid.UUID, statement: Any, **values: o
     """Claim first: store the outcome on the claimed row (one of the _RECORD_* statements).
     Never raises for a database error: the row is repaired from the Ultravox call's metadata."""
     try:
-        session.execute(statement, {"call_id": call_id, **values})
-        session.commit()
+        direct_sql.run(session, statement, {"call_id": call_id, **values})
     except SQLAlchemyError:
         log.exception("call %s: could not store the outcome; the Ultravox webhook ingest repairs it "
                       "from the call's metadata", call_id)
-        rollback_quietly(session)
 
 
-# Built once (inbound webhooks are a hot path). A status callback may already have moved
-# the call on (a caller who hung up while we waited on Ultravox): only a call still
-# "created" becomes "ringing".
+# Built once, and run on the driver's connection (inbound webhooks are a hot path:
+# telephony/direct_sql.py). The claim: one winner per carrier call, on PostgreSQL and
+# SQLite alike.
 _calls = cast(Table, Call.__table__)
+_CLAIM = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
+    {name: bindparam(name) for name in ("id", "agency_id", "agent_id", "source", "direction", "from_number",
+                                        "to_number", "carrier_call_id", "status")})
+    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]))
+# A status callback may already have moved the call on (a caller who hung up while we
+# waited on Ultravox): only a call still "created" becomes "ringing".
 _RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
                 .values(status=case((_calls.c.status == call_states.CREATED, call_states.RINGING),
                                     else_=_calls.c.status)))
 # A call that ended meanwhile (its terminal callback cleared the joinUrl) keeps none.
-_RECORD_STARTED = _RECORD_BASE.values(
+# (The terminal statuses as plain bound values: an IN list SQLAlchemy expands per
+# execution cannot be compiled once.)
+_RECORD_STARTED = DirectStatement(_RECORD_BASE.values(
     ultravox_call_id=bindparam("ultravox_call_id"),
-    join_url=case((_calls.c.status.in_(sorted(call_states.TERMINAL)), None), else_=bindparam("join_url")))
-_RECORD_FAILURE = _RECORD_BASE.values(metadata=bindparam("metadata"))
+    join_url=case((_calls.c.status.in_([literal(s) for s in sorted(call_states.TERMINAL)]), None),
+                  else_=bindparam("join_url"))))
+_RECORD_FAILURE = DirectStatement(_RECORD_BASE.values(metadata=bindparam("metadata")))
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -1,8 +1,8 @@
 """Answering a carrier's inbound-call webhook: the caller talks to the agency's agent.
 
-The normal path issues three SQL statements in two short transactions (three on SQLite,
-see db.end_reads_before_writing) and holds no database connection while
-Ultravox is asked for the call:
+The normal path issues three SQL statements, each a transaction of its own run on the
+driver's connection (telephony/direct_sql.py: one round trip each, no BEGIN or COMMIT),
+and holds no database connection while Ultravox is asked for the call:
 
 1. SELECT the dialled number, its agent, the agency's credit balance and its credential
    rows (encrypted).
@@ -13,11 +13,11 @@ Ultravox is asked for the call:
    signature raises SignatureRejected (403) with nothing written.
 2-3. `calls.start_call(..., claim_first=True)`, the path every call takes, in its
    inbound order:
-2. INSERT the call ON CONFLICT (source, carrier_call_id) DO NOTHING, and COMMIT: the
+2. INSERT the call ON CONFLICT (source, carrier_call_id) DO NOTHING, in autocommit: the
    atomic claim. A repeated webhook for the same carrier call loses it and gets the same
    answer as the first one, without a second Ultravox call.
 3. POST /api/agents/{id}/calls, timeout = INBOUND_ULTRAVOX_BUDGET; then UPDATE the call
-   with the Ultravox id and joinUrl (or what was answered instead), and COMMIT. That
+   with the Ultravox id and joinUrl (or what was answered instead), in autocommit. That
    last write is handed back as `InboundOutcome.pending_write` and runs once the answer
    is on its way to the carrier (the webhook blueprint runs it when the response is
    closed): the caller does not wait for it, and the row is already claimed.
@@ -46,13 +46,14 @@ from typing import Callable
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from .. import call_states
+from .. import call_states, direct_sql
 from ..carriers.base import Answer, CarrierAdapter, Hold, InboundCall, WebhookRequest
 from ..carriers.registry import get_carriers
 from ..carriers.telnyx import CallControlEvent, TelnyxCallControl
 from ..config import get_config
 from ..credentials import ProviderCredentials, get_credentials
 from ..db import end_reads_before_writing, rollback_quietly
+from ..direct_sql import DirectStatement
 from ..errors import InvalidInput
 from ..logging import agency_id_var
 from ..models import Agency, AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
@@ -121,7 +122,7 @@ def find_route(session: Session, carrier: str, e164: str) -> Route | None:
     Plain columns, not ORM objects: the route outlives this read transaction, so it holds
     no ORM state that ending the transaction would expire (and reading it again cost
     another query)."""
-    rows = session.execute(_ROUTE_QUERY, {"e164": e164, "carrier": carrier}).all()
+    rows = direct_sql.run(session, _ROUTE_QUERY, {"e164": e164, "carrier": carrier}).rows
     if not rows:
         return None
     row = rows[0]
@@ -137,12 +138,13 @@ def find_route(session: Session, carrier: str, e164: str) -> Route | None:
                  max_concurrent_calls=row.max_concurrent_calls, inbound_wait_seconds=row.inbound_wait_seconds)
 
 
-# Built once, from Core tables: a webhook is a hot path, and building (or ORM-compiling)
-# the statement costs as much as running it. One row per credential of the agency (an
-# agency has a handful), or one row with NULL credential columns.
+# Built once, from Core tables, and run on the driver's connection (telephony/direct_sql.py):
+# a webhook is a hot path, and SQLAlchemy's execution path cost more than the statement.
+# One row per credential of the agency (an agency has a handful), or one row with NULL
+# credential columns.
 _numbers, _agents, _secrets = PhoneNumber.__table__, AgentMapping.__table__, AgencyCredential.__table__
 _agencies = Agency.__table__
-_ROUTE_QUERY = (
+_ROUTE_QUERY = DirectStatement(
     select(_numbers.c.agency_id, _numbers.c.e164, _numbers.c.fallback_number, _numbers.c.recording_enabled,
            _agencies.c.credit_balance, _agencies.c.max_concurrent_calls, _agencies.c.inbound_wait_seconds,
            _agents.c.id.label("agent_id"), _agents.c.name.label("agent_name"), _agents.c.ultravox_agent_id,

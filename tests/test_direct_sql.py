@@ -1,0 +1,132 @@
+"""telephony/direct_sql.py: Core statements run on the driver's connection, in autocommit,
+behave like the same statements through a Session (types, defaults, errors), on SQLite
+and PostgreSQL, and hand the pool back connections a Session can use."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import bindparam, create_engine, exc, select, text, update
+
+from telephony import direct_sql
+from telephony.db import Database, insert_for
+from telephony.direct_sql import DirectStatement
+from telephony.models import Agency, Call, CallDirection, CallSource
+
+_calls = Call.__table__
+
+INSERT_CALL = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
+    {name: bindparam(name) for name in ("id", "agency_id", "source", "direction", "carrier_call_id")})
+    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]))
+READ_CALL = DirectStatement(select(_calls.c.id, _calls.c.agency_id, _calls.c.status, _calls.c.has_recording,
+                                   _calls.c.metadata, _calls.c.created_at, _calls.c.updated_at, _calls.c.source)
+                            .where(_calls.c.id == bindparam("id")))
+SET_STATUS = DirectStatement(update(_calls).where(_calls.c.id == bindparam("call_id"))
+                             .values(status=bindparam("status")))
+
+
+def _agency(db: Database) -> uuid.UUID:
+    with db.session() as session:
+        agency = Agency(name="Direct")
+        session.add(agency)
+        session.flush()
+        return agency.id
+
+
+def _insert(db: Database, agency_id: uuid.UUID, carrier_call_id: str = "CA1",
+            call_id: uuid.UUID | None = None) -> tuple[uuid.UUID, int]:
+    call_id = call_id or uuid.uuid4()
+    result = direct_sql.run(db.engine, INSERT_CALL, {
+        "id": call_id, "agency_id": agency_id, "source": CallSource.twilio, "direction": CallDirection.inbound,
+        "carrier_call_id": carrier_call_id})
+    return call_id, result.rowcount
+
+
+def test_insert_fills_column_defaults_and_reads_back_typed_values(db):
+    agency_id = _agency(db)
+    before = datetime.now(timezone.utc)
+    call_id, inserted = _insert(db, agency_id)
+    assert inserted == 1
+    [row] = direct_sql.run(db.engine, READ_CALL, {"id": call_id}).rows
+    assert isinstance(row.id, uuid.UUID) and row.id == call_id and row.agency_id == agency_id
+    # Python-side defaults of the model, as the ORM would have filled them in.
+    assert row.status == "created" and row.has_recording is False and row.metadata == {}
+    assert row.created_at.tzinfo is not None and row.created_at >= before.replace(microsecond=0)
+    assert row.source == CallSource.twilio
+    with db.session() as session:  # the ORM reads the same row the same way
+        call = session.get(Call, call_id)
+        assert call is not None and (call.status, call.metadata_, call.created_at) == (
+            row.status, row.metadata, row.created_at)
+
+
+def test_on_conflict_do_nothing_reports_no_row(db):
+    agency_id = _agency(db)
+    first, inserted = _insert(db, agency_id, "CA-same")
+    second, again = _insert(db, agency_id, "CA-same")
+    assert (inserted, again) == (1, 0)
+    assert direct_sql.run(db.engine, READ_CALL, {"id": second}).rows == []
+
+
+def test_update_fills_onupdate_columns_and_counts_rows(db):
+    agency_id = _agency(db)
+    call_id, _ = _insert(db, agency_id)
+    [before] = direct_sql.run(db.engine, READ_CALL, {"id": call_id}).rows
+    time.sleep(0.01)
+    assert direct_sql.run(db.engine, SET_STATUS, {"call_id": call_id, "status": "ringing"}).rowcount == 1
+    [after] = direct_sql.run(db.engine, READ_CALL, {"id": call_id}).rows
+    assert after.status == "ringing" and after.updated_at > before.updated_at
+    assert direct_sql.run(db.engine, SET_STATUS, {"call_id": uuid.uuid4(), "status": "x"}).rowcount == 0
+
+
+def test_a_missing_value_is_refused_before_anything_is_sent(db):
+    with pytest.raises(exc.ArgumentError, match="call_id"):
+        direct_sql.run(db.engine, SET_STATUS, {"status": "ringing"})
+
+
+def test_driver_errors_are_sqlalchemys_and_the_connection_serves_a_session_after(database_url):
+    # One pooled connection: the one the failing statement used is the Session's next.
+    db = Database(database_url, pool_size=1, max_overflow=0)
+    try:
+        agency_id = _agency(db)
+        with pytest.raises(exc.IntegrityError):  # no such agency: the foreign key refuses it
+            _insert(db, uuid.uuid4(), "CA-orphan")
+        call_id, _ = _insert(db, agency_id, "CA-ok")
+        # Back in the pool as it came out: a Session's transaction is a transaction
+        # again (not autocommit), so its rollback undoes its write.
+        session = db.sessionmaker()
+        try:
+            session.execute(update(Call).where(Call.id == call_id).values(status="completed"))
+            session.rollback()
+        finally:
+            session.close()
+        [row] = direct_sql.run(db.engine, READ_CALL, {"id": call_id}).rows
+        assert row.status == "created"
+    finally:
+        db.dispose()
+
+
+def test_a_connection_the_server_dropped_is_invalidated_and_the_next_statement_works(postgresql_url):
+    # PostgreSQL only: a server that can end one client's connection from another.
+    database_url = postgresql_url
+    db = Database(database_url, pool_size=1, max_overflow=0)
+    try:
+        agency_id = _agency(db)
+        raw = db.engine.raw_connection()
+        cursor = raw.cursor()
+        cursor.execute("SELECT pg_backend_pid()")
+        [(pid,)] = cursor.fetchall()
+        cursor.close()
+        raw.close()  # back to the pool: the one connection the next statement gets
+        admin = create_engine(database_url)
+        with admin.begin() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.dispose()
+        with pytest.raises(exc.OperationalError) as raised:
+            _insert(db, agency_id, "CA-dropped")
+        assert raised.value.connection_invalidated
+        _, inserted = _insert(db, agency_id, "CA-after")  # a new connection, not the dead one
+        assert inserted == 1
+    finally:
+        db.dispose()
