@@ -71,6 +71,10 @@ class Config:
     upstream_connect_timeout: float = 3.05
     upstream_read_timeout: float = 10.0
     inbound_ultravox_budget: float = 5.0
+    # The write that records an answered inbound call happens after the answer; a
+    # per-process thread batches those arriving within this window (telephony/write_behind.py).
+    # 0: the request's own thread writes it, one by one.
+    write_behind_ms: int = 20
     telnyx_stream_codec: str = DEFAULT_TELNYX_STREAM_CODEC
     max_body_bytes: int = 64 * 1024
     # POST /api/v1/campaigns/<id>/contacts only: contact lists of real size (100,000 rows).
@@ -169,6 +173,7 @@ class Config:
             upstream_connect_timeout=_float(env, "UPSTREAM_CONNECT_TIMEOUT", 3.05, 0.01, 60),
             upstream_read_timeout=_float(env, "UPSTREAM_READ_TIMEOUT", 10.0, 0.01, 300),
             inbound_ultravox_budget=_float(env, "INBOUND_ULTRAVOX_BUDGET", 5.0, 0.1, 14),
+            write_behind_ms=_int(env, "WRITE_BEHIND_MS", 20, 0, 1000),
             telnyx_stream_codec=_choice(env, "TELNYX_STREAM_CODEC", DEFAULT_TELNYX_STREAM_CODEC,
                                         tuple(TELNYX_STREAM_FORMATS)),
             log_level=_choice(env, "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),

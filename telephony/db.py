@@ -18,6 +18,7 @@ from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import DatabaseTimeouts
+from .write_behind import Deferred, WriteBehind
 
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20,
@@ -90,10 +91,22 @@ def _ping_idle_connections(engine: Engine) -> None:
 
 
 class Database:
-    def __init__(self, url: str, **engine_options) -> None:
+    def __init__(self, url: str, *, write_behind_seconds: float = 0.0, **engine_options) -> None:
         self.url = url
         self.engine = make_engine(url, **engine_options)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        # Writes nobody waits for (write_later): batched by a background thread when a
+        # window is set (WRITE_BEHIND_MS), else written at once by the caller's thread.
+        self.write_behind = WriteBehind(self.engine, window_seconds=write_behind_seconds) \
+            if write_behind_seconds > 0 else None
+
+    def write_later(self, item: Deferred) -> None:
+        """A write whose result nobody waits for (telephony/write_behind.py). Never raises
+        for a database error: the item logs its own."""
+        if self.write_behind is not None:
+            self.write_behind.submit(item)
+        else:
+            item(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -109,6 +122,8 @@ class Database:
             session.close()
 
     def dispose(self) -> None:
+        if self.write_behind is not None:
+            self.write_behind.flush()
         self.engine.dispose()
 
 

@@ -22,9 +22,11 @@ Use it only for a statement that is a whole transaction by itself.
 from __future__ import annotations
 
 import collections
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
+import psycopg2.extras
 from sqlalchemy import exc
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session
@@ -120,17 +122,59 @@ def _default_of(default: Any) -> Callable[[], Any]:
 def run(database: Session | Engine, statement: DirectStatement, params: Mapping[str, Any]) -> Result:
     """Execute `statement` with `params` as a transaction of its own, on a connection of
     the engine's pool (a Session's engine: not in the Session's transaction)."""
+    engine = _engine_of(database)
+    plan = statement.plan(engine.dialect)
+    arguments = plan.arguments(params)
+    with _connection(engine, plan.sql, arguments, autocommit=True) as cursor:
+        engine.dispatch.before_cursor_execute(None, cursor, plan.sql, arguments, None, False)
+        cursor.execute(plan.sql, arguments)
+        rows = plan.rows(cursor.fetchall()) if cursor.description else []
+        return Result(rows=rows, rowcount=cursor.rowcount)
+
+
+def run_many(engine: Engine, batch: Sequence[tuple[DirectStatement, Mapping[str, Any]]]) -> None:
+    """Execute a batch of (statement, params), in order, as one transaction: all or none.
+    On PostgreSQL consecutive executions of one statement travel together (psycopg2's
+    execute_batch: one round trip per hundred), so a batch costs a few round trips."""
+    dialect = engine.dialect
+    groups: list[tuple[_Plan, list[Any]]] = []
+    for statement, params in batch:
+        plan = statement.plan(dialect)
+        if not groups or groups[-1][0] is not plan:
+            groups.append((plan, []))
+        groups[-1][1].append(plan.arguments(params))
+    if not groups:
+        return
+    sql = "; ".join(plan.sql for plan, _ in groups)
+    with _connection(engine, sql, None, autocommit=False) as cursor:
+        if dialect.name == "sqlite":
+            cursor.execute("BEGIN")  # pysqlite runs in autocommit here (db.py): the batch is one transaction
+        for plan, arguments in groups:
+            engine.dispatch.before_cursor_execute(None, cursor, plan.sql, arguments, None, True)
+            if dialect.name == "postgresql":
+                psycopg2.extras.execute_batch(cursor, plan.sql, arguments)
+            else:
+                cursor.executemany(plan.sql, arguments)
+        cursor.connection.commit() if dialect.name == "postgresql" else cursor.execute("COMMIT")
+
+
+def _engine_of(database: Session | Engine) -> Engine:
     engine = database.get_bind() if isinstance(database, Session) else database
     if not isinstance(engine, Engine):
         raise TypeError("a direct statement needs an Engine: it runs as a transaction of its own")
+    return engine
+
+
+@contextmanager
+def _connection(engine: Engine, sql: str, arguments: Any, *, autocommit: bool) -> Iterator[Any]:
+    """A cursor on a pooled connection (PostgreSQL: in autocommit if asked), given back
+    as the pool handed it out; driver errors raised as SQLAlchemy's."""
     dialect = engine.dialect
     dbapi_error = dialect.loaded_dbapi.Error
-    plan = statement.plan(dialect)
-    arguments = plan.arguments(params)
     try:
         connection = engine.raw_connection()
     except dbapi_error as error:  # could not connect (the pool's own timeout is SQLAlchemy's already)
-        raise exc.DBAPIError.instance(plan.sql, arguments, error, dbapi_error, dialect=dialect) from error
+        raise exc.DBAPIError.instance(sql, arguments, error, dbapi_error, dialect=dialect) from error
     postgresql = dialect.name == "postgresql"
     cursor = None
     try:
@@ -140,26 +184,22 @@ def run(database: Session | Engine, statement: DirectStatement, params: Mapping[
             # nothing when there is none), then flip psycopg2's own flag (no round trip).
             driver = connection.driver_connection
             driver.rollback()  # type: ignore[union-attr]
-            driver.autocommit = True  # type: ignore[union-attr]
+            driver.autocommit = autocommit  # type: ignore[union-attr]
         cursor = connection.cursor()
-        # The engine's statement listeners see these too (with no Connection or context:
-        # there is none), so whatever watches "every statement sent" still does.
-        engine.dispatch.before_cursor_execute(None, cursor, plan.sql, arguments, None, False)
-        cursor.execute(plan.sql, arguments)
-        rows = plan.rows(cursor.fetchall()) if cursor.description else []
-        return Result(rows=rows, rowcount=cursor.rowcount)
+        yield cursor
     except dbapi_error as error:
         invalidated = dialect.is_disconnect(error, connection, cursor)
         if invalidated:
             connection.invalidate(error)
-        raise exc.DBAPIError.instance(plan.sql, arguments, error, dbapi_error, connection_invalidated=invalidated,
+        raise exc.DBAPIError.instance(sql, arguments, error, dbapi_error, connection_invalidated=invalidated,
                                       dialect=dialect) from error
     finally:
         _give_back(connection, cursor, postgresql, dbapi_error)
 
 
 def _give_back(connection: Any, cursor: Any, postgresql: bool, dbapi_error: type[Exception]) -> None:
-    """Back to the pool as the pool handed it out (a Session expects transactions)."""
+    """Back to the pool as the pool handed it out (a Session expects transactions; the
+    pool rolls back whatever a failed batch left open)."""
     try:
         if cursor is not None:
             cursor.close()

@@ -114,6 +114,9 @@ def config(request, database_url, tmp_path) -> Config:
         jwt_secret=JWT_SECRET,
         jwks_url=None,
         ultravox_api_base="https://api.ultravox.ai",
+        # The record written after an inbound answer is written at once here, so tests read
+        # it right after the request; the batching default is tested in test_write_behind.py.
+        write_behind_ms=0,
     )
 
 

@@ -79,8 +79,7 @@ def _store_after_answer(outcome: inbound.InboundOutcome) -> Callable[[], None]:
 
     def store() -> None:
         try:
-            with database.session() as session:
-                inbound.store_pending_write(session, outcome)
+            inbound.store_pending_write(database, outcome)
         except Exception:  # after the answer there is nobody to report to but the log
             log.exception("inbound call: storing the answer after sending it failed")
     return store

@@ -27,15 +27,15 @@ be written can be rebuilt from Ultravox's own webhooks later: nothing is lost.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Literal, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import Table, bindparam, case, delete, literal, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -175,7 +175,7 @@ class StartedCall:
     # claim_first only. duplicate: another delivery of the same carrier call holds the
     # claim (nothing was created). record: the write that stores the answer on the row.
     duplicate: bool = False
-    record: Callable[[Session], None] | None = field(default=None, repr=False)
+    record: CallRecord | None = field(default=None, repr=False)
 
 
 class CallNotStarted(Exception):
@@ -191,11 +191,11 @@ class CallNotStarted(Exception):
         self.ultravox_seconds = ultravox_seconds
         super().__init__(f"call {call_id} not started: {type(cause).__name__}")
 
-    def record(self, **metadata: str) -> Callable[[Session], None] | None:
+    def record(self, **metadata: str) -> CallRecord | None:
         if not self.claimed:
             return None
-        return functools.partial(_record, call_id=self.call_id, statement=_RECORD_FAILURE,
-                                 metadata={**metadata, "start_error": type(self.cause).__name__})
+        return CallRecord(self.call_id, _RECORD_FAILURE, {
+            "call_id": self.call_id, "metadata": {**metadata, "start_error": type(self.cause).__name__}})
 
 
 def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
@@ -260,8 +260,8 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
                              ultravox_seconds=time.perf_counter() - began) from exc
     started.ultravox_seconds = time.perf_counter() - began
     if claimed:
-        started.record = functools.partial(_record, call_id=call_id, statement=_RECORD_STARTED,
-                                           ultravox_call_id=started.ultravox_call_id, join_url=started.join_url)
+        started.record = CallRecord(call_id, _RECORD_STARTED, {
+            "call_id": call_id, "ultravox_call_id": started.ultravox_call_id, "join_url": started.join_url})
     else:
         started.call_id, started.warning = None, PARTIAL_SUCCESS_WARNING
         log.error("call %s connected as Ultravox call %s but not recorded; the Ultravox webhook ingest repairs "
@@ -346,14 +346,23 @@ def _claim(session: Session, new: NewCall, agent_id: uuid.UUID,
     return "claimed" if claimed else "duplicate"
 
 
-def _record(session: Session, *, call_id: uuid.UUID, statement: Any, **values: object) -> None:
-    """Claim first: store the outcome on the claimed row (one of the _RECORD_* statements).
-    Never raises for a database error: the row is repaired from the Ultravox call's metadata."""
-    try:
-        direct_sql.run(session, statement, {"call_id": call_id, **values})
-    except SQLAlchemyError:
-        log.exception("call %s: could not store the outcome; the Ultravox webhook ingest repairs it "
-                      "from the call's metadata", call_id)
+@dataclass(frozen=True)
+class CallRecord:
+    """Claim first: the write that stores the outcome on the claimed row (one of the
+    _RECORD_* statements). Call it with a Session or Engine to write it now, or hand it to
+    `Database.write_later` (telephony/write_behind.py). Never raises for a database error:
+    the row is repaired from the Ultravox call's metadata."""
+
+    call_id: uuid.UUID
+    statement: DirectStatement
+    params: dict[str, Any]
+
+    def __call__(self, database: Session | Engine) -> None:
+        try:
+            direct_sql.run(database, self.statement, self.params)
+        except SQLAlchemyError:
+            log.exception("call %s: could not store the outcome; the Ultravox webhook ingest repairs it "
+                          "from the call's metadata", self.call_id)
 
 
 # Built once, and run on the driver's connection (inbound webhooks are a hot path:

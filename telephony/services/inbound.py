@@ -41,7 +41,6 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Callable
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -52,7 +51,7 @@ from ..carriers.registry import get_carriers
 from ..carriers.telnyx import CallControlEvent, TelnyxCallControl
 from ..config import get_config
 from ..credentials import ProviderCredentials, get_credentials
-from ..db import end_reads_before_writing, rollback_quietly
+from ..db import Database, end_reads_before_writing, rollback_quietly
 from ..direct_sql import DirectStatement
 from ..errors import InvalidInput
 from ..logging import agency_id_var
@@ -111,7 +110,7 @@ class InboundOutcome:
     # so the caller does not wait for it: run it with `store_pending_write` after the
     # answer is sent. Lost only if the process dies in between, and then repaired like a
     # failed write (from the Ultravox call's metadata).
-    pending_write: Callable[[Session], None] | None = None
+    pending_write: calls.CallRecord | None = None
 
 
 def find_route(session: Session, carrier: str, e164: str) -> Route | None:
@@ -265,11 +264,16 @@ def _hold(adapter: CarrierAdapter, call: InboundCall, waiting: capacity.Waiting,
         audio_url=get_config().hold_audio_url or None, pause_seconds=HOLD_PAUSE_SECONDS))
 
 
-def store_pending_write(session: Session, outcome: InboundOutcome) -> None:
-    """Record the answer on the call row, after it was sent (see InboundOutcome)."""
+def store_pending_write(database: Session | Database, outcome: InboundOutcome) -> None:
+    """Record the answer on the call row, after it was sent (see InboundOutcome): now
+    (a Session), or batched with others by the database's write-behind (a Database)."""
     write, outcome.pending_write = outcome.pending_write, None
-    if write is not None:
-        write(session)
+    if write is None:
+        return
+    if isinstance(database, Database):
+        database.write_later(write)
+    else:
+        write(database)
 
 
 def _answer_of_first_delivery(session: Session, source: CallSource, carrier_call_id: str,
