@@ -12,6 +12,7 @@ import tempfile
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from telephony.config import load_env_file
+from telephony.logging import write_in_background
 
 # The settings below (PORT, WEB_CONCURRENCY, GUNICORN_THREADS, ...) are read here, in the
 # master, before any worker imports the app: a .env file must reach them too (wsgi.py
@@ -110,6 +111,9 @@ def post_worker_init(worker):
     # moved out of the collector's sight once the app is loaded; a full collection then
     # takes a few ms.
     gc.freeze()
+    # 128 request threads writing log lines each under the handler's lock queued on it:
+    # a worker's lines are written by one background thread instead (telephony/logging.py).
+    write_in_background()
 
 
 def child_exit(server, worker):

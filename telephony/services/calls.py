@@ -32,7 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from sqlalchemy import Table, bindparam, case, delete, literal, select, update
 from sqlalchemy.engine import Engine
@@ -46,7 +46,7 @@ from ..db import end_read, insert_for, rollback_quietly
 from ..direct_sql import DirectStatement
 from ..errors import DomainError, Forbidden
 from ..logging import call_id_var
-from ..models import Agency, AgentMapping, Call, CallDirection, CallSource, utcnow
+from ..models import Agency, Call, CallDirection, CallSource, utcnow
 from ..ultravox import UltravoxClient
 from ..ultravox_errors import UltravoxError, UltravoxServerError
 from . import transfer_tool
@@ -99,7 +99,24 @@ def ultravox_client_for(session: Session, agency_id: uuid.UUID, *, credentials: 
         raise InvalidUltravoxKey() from None
 
 
-def call_metadata(*, call_id: uuid.UUID, agency_id: uuid.UUID, agent: AgentMapping, source: CallSource,
+class CallAgent(Protocol):
+    """What starting a call reads of its agent: an AgentMapping row, or the plain values
+    the inbound webhook read with the dialled number (services/inbound.py RouteAgent)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def ultravox_agent_id(self) -> str: ...
+
+    @property
+    def recording_enabled(self) -> bool: ...
+
+    @property
+    def transfer_targets(self) -> list[dict[str, Any]]: ...
+
+
+def call_metadata(*, call_id: uuid.UUID, agency_id: uuid.UUID, agent: CallAgent, source: CallSource,
                   direction: CallDirection, extra: dict[str, Any] | None = None, from_number: str | None = None,
                   to_number: str | None = None, carrier_call_id: str | None = None) -> dict[str, str]:
     """Ultravox metadata: string values only; ours under the `telephony.` prefix
@@ -142,7 +159,7 @@ class NewCall:
     """One call to start: who, which agent, on which medium, from where."""
 
     agency_id: uuid.UUID
-    agent: AgentMapping  # read for its id, Ultravox agent id and recording setting only
+    agent: CallAgent
     medium: dict[str, Any]  # the Ultravox medium, e.g. {"webRtc": {}} or {"twilio": {}}
     source: CallSource
     direction: CallDirection

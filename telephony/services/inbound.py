@@ -41,6 +41,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -76,6 +77,17 @@ HOLD_MESSAGE = "Thank you for calling. All our lines are busy right now; please 
 HOLD_PAUSE_SECONDS = 5
 
 
+@dataclass(frozen=True, slots=True)
+class RouteAgent:
+    """The number's agent as read with the route (calls.CallAgent): plain values, no ORM
+    instance to build on every webhook."""
+
+    id: uuid.UUID
+    ultravox_agent_id: str
+    recording_enabled: bool
+    transfer_targets: list[dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class Route:
     agency_id: uuid.UUID
@@ -83,7 +95,7 @@ class Route:
     fallback_number: str | None
     recording_enabled: bool | None  # the number's own setting; None follows the agent
     credit_balance: int  # the agency's (no credit: no agent, see calls.start_call)
-    agent: AgentMapping | None  # transient (not in the session): plain values
+    agent: RouteAgent | None
     max_concurrent_calls: int | None = None  # the agency's capacity (services/capacity.py)
     inbound_wait_seconds: int = capacity.DEFAULT_INBOUND_WAIT_SECONDS
 
@@ -129,9 +141,8 @@ def find_route(session: Session, carrier: str, e164: str) -> Route | None:
         r.credential_name: r.ciphertext for r in rows if r.credential_name is not None})
     agent = None
     if row.agent_id is not None:
-        agent = AgentMapping(id=row.agent_id, agency_id=row.agency_id, name=row.agent_name,
-                             ultravox_agent_id=row.ultravox_agent_id, recording_enabled=row.agent_recording,
-                             transfer_targets=row.transfer_targets or [])
+        agent = RouteAgent(id=row.agent_id, ultravox_agent_id=row.ultravox_agent_id,
+                           recording_enabled=row.agent_recording, transfer_targets=row.transfer_targets or [])
     return Route(agency_id=row.agency_id, e164=row.e164, fallback_number=row.fallback_number,
                  recording_enabled=row.recording_enabled, credit_balance=row.credit_balance, agent=agent,
                  max_concurrent_calls=row.max_concurrent_calls, inbound_wait_seconds=row.inbound_wait_seconds)
@@ -146,7 +157,7 @@ _agencies = Agency.__table__
 _ROUTE_QUERY = DirectStatement(
     select(_numbers.c.agency_id, _numbers.c.e164, _numbers.c.fallback_number, _numbers.c.recording_enabled,
            _agencies.c.credit_balance, _agencies.c.max_concurrent_calls, _agencies.c.inbound_wait_seconds,
-           _agents.c.id.label("agent_id"), _agents.c.name.label("agent_name"), _agents.c.ultravox_agent_id,
+           _agents.c.id.label("agent_id"), _agents.c.ultravox_agent_id,
            _agents.c.recording_enabled.label("agent_recording"), _agents.c.transfer_targets,
            _secrets.c.name.label("credential_name"), _secrets.c.ciphertext)
     .select_from(_numbers)
@@ -202,7 +213,7 @@ def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, 
                               waiting or capacity.Waiting(since=int(time.time()), round=0), request.public_url)
 
 
-def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: AgentMapping, call: InboundCall,
+def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: RouteAgent, call: InboundCall,
              outcome: InboundOutcome, waiting: capacity.Waiting, public_url: str) -> Answer:
     fallback = outcome.answer
     # Every slot taken: the caller waits on hold while they may (then one last try, whose
