@@ -50,8 +50,7 @@ def test_queued_lines_are_written_by_the_background_thread(background):
 def test_what_is_queued_is_written_at_exit():
     script = textwrap.dedent("""
         import logging
-        from telephony import logging as telephony_logging
-from telephony.logging import configure_logging, write_in_background
+        from telephony.logging import configure_logging, write_in_background
         configure_logging("INFO")
         write_in_background()
         for n in range(50):
