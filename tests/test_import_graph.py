@@ -6,12 +6,15 @@ blocks too, since those are cycles put off rather than removed). Relative import
 resolved to module names; importing a package counts as importing its `__init__`, and
 `from pkg import name` where `pkg/name.py` (or `pkg/name/`) exists as importing that
 submodule. The parent packages Python initialises on the way are not counted: they are
-empty here apart from `telephony/__init__.py`, whose imports are inside `create_app`.
+empty here apart from `telephony/__init__.py`, whose imports are inside `create_app` and
+its command group.
 
 Imports belong at the top of a module. Only the app factory and the CLI import inside
 functions: importing any `telephony.*` module (the simulator, the migrations) runs
-`telephony/__init__.py`, which must not load the whole API for them; and the CLI, which
-every app loads, keeps the migration tooling (Alembic) unloaded until a command needs it.
+`telephony/__init__.py`, which must not load the whole API for them, and an app imports
+the CLI (cli.py) only when its command group is first used, so a web worker never does
+(tests/test_web_worker_imports.py); and the CLI keeps the migration tooling (Alembic) and
+each command's services unloaded until a command needs them.
 
 One exception, named and explicit: the carrier SDKs (telnyx, plivo, twilio.rest), and
 httpx, the HTTP layer of the Telnyx SDK only, are imported when a carrier of their kind is
