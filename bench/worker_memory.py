@@ -73,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--bursts", type=int, default=2, help="rounds of 400 simultaneous webhooks")
     parser.add_argument("--smaps", action="store_true", help="also where each worker's memory grew, by mapping")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable of the service (e.g. MALLOC_ARENA_MAX=2)")
     parser.add_argument("--database", choices=["postgresql", "sqlite"],
                         default="postgresql" if postgres_reachable() else "sqlite")
     args = parser.parse_args(argv)
-    with running_stack(args.database) as stack:
+    service_env = dict(setting.split("=", 1) for setting in args.env)
+    with running_stack(args.database, service_env=service_env) as stack:
         web = proc_stats.GunicornProcesses(stack.web_pid or 0)
         report("after start", web)
         before = {pid: smaps_by_kind(pid) for pid in web.workers()}
