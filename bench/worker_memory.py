@@ -16,7 +16,9 @@ change. MB are 10^6 bytes, as in bench/inbound.py.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 from bench import proc_stats
@@ -81,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     service_env = dict(setting.split("=", 1) for setting in args.env)
     with running_stack(args.database, service_env=service_env) as stack:
         web = proc_stats.GunicornProcesses(stack.web_pid or 0)
+        expected = int(service_env.get("WEB_CONCURRENCY", os.environ.get("WEB_CONCURRENCY", "2")))
+        deadline = time.monotonic() + 30
+        while len(web.workers()) < expected and time.monotonic() < deadline:  # the last may still be forking
+            time.sleep(0.1)
+        time.sleep(1)  # and booting
         report("after start", web)
         before = {pid: smaps_by_kind(pid) for pid in web.workers()}
         set_latency(stack, 0)
