@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import click
 from flask import Flask
+from flask.cli import AppGroup
 
 from .config import Config
 
@@ -15,7 +17,6 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
                carriers: "CarrierRegistry | None" = None) -> Flask:
     """The application factory. Without a Config, one is read from the environment;
     without a carrier registry, one of every carrier is built from the Config."""
-    from . import cli
     from .api import (
         calls,
         campaigns,
@@ -44,6 +45,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
 
     # No static folder: the app has no static files (the /docs explorer serves its own).
     app = Flask(__name__, instance_path=instance_path, instance_relative_config=True, static_folder=None)
+    app.cli = ManagementCommands(app.name)
     if config is None:
         configure_logging()  # so warnings while reading the configuration are JSON too
         config = Config.from_env(instance_path=app.instance_path)
@@ -82,10 +84,33 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.register_blueprint(do_not_call.bp)
     app.register_blueprint(transfers.bp)
     cors.register(app, config.cors_origins)
-    cli.register(app)
     # Chunked bodies get the same limits as any other (the largest route limit here,
     # then the route's own), and are refused whole above it.
     app.wsgi_app = ChunkedBodyLimit(app.wsgi_app,  # type: ignore[method-assign]
                                     max(config.max_body_bytes, ultravox_webhooks.MAX_WEBHOOK_BODY_BYTES),
                                     route_limits=[(campaigns.CONTACT_IMPORT_PATH, config.contact_import_max_bytes)])
     return app
+
+
+class ManagementCommands(AppGroup):
+    """An app's `flask` commands (`flask --app wsgi ...`, `telephony ...`): every group of
+    cli.py, added the first time the group is listed or asked for a command. A web worker
+    never runs a command, and so never imports cli.py and its command definitions."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            from . import cli
+            cli.register(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)

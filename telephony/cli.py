@@ -2,6 +2,9 @@
 
 Secrets are read from standard input or the environment, never from argv
 (argv is visible to every user on the machine and lands in shell history).
+
+An app imports this module the first time its command group (app.cli) is listed or asked
+for a command (telephony/__init__.py), so a web worker, which runs none, never does.
 """
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from typing import NoReturn
 
 import click
 from cryptography.fernet import Fernet
-from flask import Flask
 from flask.cli import AppGroup
 
 from .carriers.registry import CARRIERS
@@ -487,19 +489,6 @@ def maintenance_purge() -> None:
     _emit(purge_expired(_db(), get_config().retention_days))
 
 
-def register(app: Flask) -> None:
-    for group in (db_cli, agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, publickey_cli,
-                  token_cli, worker_cli, maintenance_cli):
-        app.cli.add_command(group)
-
-    # Domain errors from services become one-line CLI errors, not tracebacks. The groups
-    # are module-level and every app registers them: wrap each callback once only.
-    for group in (agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, publickey_cli):
-        for command in group.commands.values():
-            if not getattr(command.callback, "domain_errors_as_click", False):
-                command.callback = _domain_errors_as_click(command.callback)
-
-
 def _domain_errors_as_click(callback):
     @wraps(callback)
     def wrapper(*args, **kwargs):
@@ -510,3 +499,18 @@ def _domain_errors_as_click(callback):
     wrapper.domain_errors_as_click = True
     return wrapper
 
+
+# Domain errors from services become one-line CLI errors, not tracebacks: each command of
+# these groups is wrapped once, here (the groups are module-level and shared by every app).
+for _group in (agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, publickey_cli):
+    for _command in _group.commands.values():
+        _command.callback = _domain_errors_as_click(_command.callback)
+
+COMMAND_GROUPS = (db_cli, agency_cli, user_cli, agent_cli, number_cli, credentials_cli, apikey_cli, publickey_cli,
+                  token_cli, worker_cli, maintenance_cli)
+
+
+def register(commands: click.Group) -> None:
+    """Adds every command group to `commands`, an app's `flask` command group (app.cli)."""
+    for group in COMMAND_GROUPS:
+        commands.add_command(group)

@@ -6,19 +6,23 @@ blocks too, since those are cycles put off rather than removed). Relative import
 resolved to module names; importing a package counts as importing its `__init__`, and
 `from pkg import name` where `pkg/name.py` (or `pkg/name/`) exists as importing that
 submodule. The parent packages Python initialises on the way are not counted: they are
-empty here apart from `telephony/__init__.py`, whose imports are inside `create_app`.
+empty here apart from `telephony/__init__.py`, whose imports are inside `create_app` and
+its command group.
 
 Imports belong at the top of a module. Only the app factory and the CLI import inside
 functions: importing any `telephony.*` module (the simulator, the migrations) runs
-`telephony/__init__.py`, which must not load the whole API for them; and the CLI, which
-every app loads, keeps the migration tooling (Alembic) unloaded until a command needs it.
+`telephony/__init__.py`, which must not load the whole API for them, and an app imports
+the CLI (cli.py) only when its command group is first used, so a web worker never does
+(tests/test_web_worker_imports.py); and the CLI keeps the migration tooling (Alembic) and
+each command's services unloaded until a command needs them.
 
-One exception, named and explicit: the carrier SDKs (telnyx, plivo, twilio.rest) are
-imported when a carrier of their kind is first used, through `carriers/sdk.py`'s
-`lazy_module` (a module-level `X = sdk.lazy_module("sdk.module")`, with the real import
-under `if TYPE_CHECKING:` for the type checker). No other module calls `importlib` or
-`__import__`, and `lazy_module` names SDK modules only (checked below), so every import of
-the service's own modules stays visible to the cycle check.
+One exception, named and explicit: the carrier SDKs (telnyx, plivo, twilio.rest), and
+httpx, the HTTP layer of the Telnyx SDK only, are imported when a carrier of their kind is
+first used, through `carriers/lazy.py`'s `lazy_module` (re-exported by `carriers/sdk.py`; a
+module-level `X = lazy_module("sdk.module")`, with the real import under `if TYPE_CHECKING:`
+for the type checker). No other module calls `importlib` or `__import__`, and `lazy_module`
+names those packages only (checked below), so every import of the service's own modules
+stays visible to the cycle check.
 """
 from __future__ import annotations
 
@@ -32,8 +36,8 @@ PACKAGE = PACKAGE_DIR.name
 # Modules that may import inside functions (see the module docstring).
 LAZY_IMPORTS_ALLOWED = {"telephony", "telephony.cli"}
 # The one module that imports by name at run time, and the packages it may import so.
-DYNAMIC_IMPORTER = "telephony.carriers.sdk"
-LAZY_SDK_PACKAGES = {"telnyx", "plivo", "twilio"}
+DYNAMIC_IMPORTER = "telephony.carriers.lazy"
+LAZY_SDK_PACKAGES = {"telnyx", "plivo", "twilio", "httpx"}
 
 
 def module_name(path: Path) -> str:
@@ -208,7 +212,7 @@ def dynamic_imports() -> tuple[list[tuple[str, int, str]], list[tuple[str, int, 
 
 def test_only_carrier_sdks_are_imported_lazily_and_only_through_lazy_module():
     dynamic, lazy = dynamic_imports()
-    assert not dynamic, "imports by name outside carriers/sdk.py's lazy_module:\n" + "\n".join(
+    assert not dynamic, "imports by name outside carriers/lazy.py's lazy_module:\n" + "\n".join(
         f"{module}:{line}: {source}" for module, line, source in dynamic)
     assert lazy, "lazy_module is not used: drop DYNAMIC_IMPORTER and this test"
     for module, line, source in lazy:

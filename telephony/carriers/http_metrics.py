@@ -4,7 +4,7 @@ The official SDKs are called from many places (dialling, hang-ups, webhook answe
 number look-ups); rather than wrap each call site, the HTTP layer each SDK lets us
 inject is wrapped once, so no request is missed: a `requests` adapter for Twilio and
 Plivo (mounted on their sessions, here) and an `httpx` transport for Telnyx
-(httpx_metrics.py, apart so that it is imported only with the Telnyx SDK); sdk.py builds
+(httpx_metrics.py, whose httpx is imported with the Telnyx SDK only); sdk.py builds
 the clients with them. Each request is counted in
 `telephony_upstream_requests_total{upstream=<carrier>, operation, outcome}` and timed
 (to the answer's headers) in `telephony_upstream_request_duration_seconds`, the

@@ -14,15 +14,14 @@ local simulator (``python -m telephony.sim carriers``). Every factory:
   counted and timed by carrier, operation and outcome.
 
 The SDKs themselves are imported the first time a carrier of their kind is used
-(``lazy_module``): together they take ~100 MB and several seconds to import (Telnyx alone
-~60 MB and 2+ s), which every web worker, CLI command and campaign worker paid at start
-whether or not any agency uses that carrier.
+(``lazy_module``, lazy.py): together they take ~100 MB and several seconds to import
+(Telnyx alone ~60 MB and 2+ s), which every web worker, CLI command and campaign worker
+paid at start whether or not any agency uses that carrier.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable
@@ -31,33 +30,9 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..config import DEFAULT_PLIVO_API_BASE, DEFAULT_TELNYX_API_BASE, DEFAULT_TWILIO_API_BASE
 from .http_metrics import metered_requests_adapter
 from .httpx_metrics import metered_httpx_transport
+from .lazy import lazy_module
 
-
-class LazyModule:
-    """Stands for a module that is imported the first time one of its names is read.
-
-    The one sanctioned way to put off an import in ``telephony/`` (every other import sits
-    at the top of its module; ``tests/test_import_graph.py`` checks both): carrier SDK
-    modules only. A module written ``X = lazy_module("x")`` declares the real import for
-    type checkers under ``if TYPE_CHECKING:``. Thread-safe: the import system holds a lock
-    per module, and later reads cost a dictionary lookup.
-    """
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(importlib.import_module(self._name), attribute)
-
-    def __repr__(self) -> str:
-        return f"<lazy module {self._name!r}>"
-
-
-def lazy_module(name: str) -> Any:
-    """``name`` (an SDK module), imported when first used; see ``LazyModule``."""
-    return LazyModule(name)
+__all__ = ["lazy_module", "cached_client", "twilio_client", "telnyx_client", "plivo_client"]
 
 
 if TYPE_CHECKING:
