@@ -51,10 +51,16 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20,
     # Every wait is bounded (config.DatabaseTimeouts): a server that accepts connections
     # and never answers costs a request at most `connect` (+ `pool` when all are busy)
     # seconds, then an OperationalError / TimeoutError the callers answer safely.
-    engine = create_engine(
-        url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=timeouts.pool,
-        connect_args={"connect_timeout": timeouts.connect,
-                      "options": f"-c statement_timeout={timeouts.statement_ms} -c lock_timeout={timeouts.lock_ms}"})
+    connect_args: dict[str, Any] = {
+        "connect_timeout": timeouts.connect,
+        "options": f"-c statement_timeout={timeouts.statement_ms} -c lock_timeout={timeouts.lock_ms}"}
+    if "gssencmode" not in url:
+        # libpq tries Kerberos (GSSAPI) encryption first by default, which loads the
+        # Kerberos libraries into every process (~1 MB each) for deployments that never use
+        # it; a DATABASE_URL that needs it says ?gssencmode=prefer (or require).
+        connect_args["gssencmode"] = "disable"
+    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=timeouts.pool,
+                           connect_args=connect_args)
     _ping_idle_connections(engine)
     return engine
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import collections
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import psycopg2.extras
@@ -79,15 +79,26 @@ class DirectStatement:
     dialect-specific constructs such as INSERT ... ON CONFLICT), compiled on first use
     per dialect."""
 
-    def __init__(self, statement: ClauseElement | Callable[[str], ClauseElement]) -> None:
+    def __init__(self, statement: ClauseElement | Callable[[str], ClauseElement], *,
+                 wait_for_disk: bool = True) -> None:
+        """wait_for_disk=False (PostgreSQL): the commit returns without waiting for its WAL
+        to reach the disk (synchronous_commit off for this one statement's transaction,
+        as db.commit_without_waiting_for_disk): visible to everyone at once and safe from
+        any client dying; only a crash of the database server itself within ~600 ms
+        could lose it. For writes whose loss the caller makes safe."""
         self._build = statement if callable(statement) and not isinstance(statement, ClauseElement) \
             else (lambda _dialect_name: statement)
+        self.wait_for_disk = wait_for_disk
         self._plans: dict[str, _Plan] = {}
 
     def plan(self, dialect: Dialect) -> _Plan:
         plan = self._plans.get(dialect.name)
         if plan is None:
-            plan = self._plans[dialect.name] = _compile(self._build(dialect.name), dialect)
+            plan = _compile(self._build(dialect.name), dialect)
+            if not self.wait_for_disk and dialect.name == "postgresql":
+                # One query string, one implicit transaction: the SET LOCAL ends with it.
+                plan = replace(plan, sql="SET LOCAL synchronous_commit TO OFF; " + plan.sql)
+            self._plans[dialect.name] = plan
         return plan
 
 

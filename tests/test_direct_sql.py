@@ -130,3 +130,22 @@ def test_a_connection_the_server_dropped_is_invalidated_and_the_next_statement_w
         assert inserted == 1
     finally:
         db.dispose()
+
+
+def test_a_write_that_does_not_wait_for_the_disk_leaves_the_connection_as_it_was(database_url):
+    db = Database(database_url, pool_size=1, max_overflow=0)
+    try:
+        agency_id = _agency(db)
+        quick = DirectStatement(INSERT_CALL._build, wait_for_disk=False)
+        result = direct_sql.run(db.engine, quick, {
+            "id": uuid.uuid4(), "agency_id": agency_id, "source": CallSource.twilio,
+            "direction": CallDirection.inbound, "carrier_call_id": "CA-quick"})
+        assert result.rowcount == 1
+        if database_url.startswith("postgresql"):
+            assert quick.plan(db.engine.dialect).sql.startswith("SET LOCAL synchronous_commit TO OFF; INSERT")
+            with db.engine.connect() as connection:  # the same pooled connection: the setting ended
+                assert connection.execute(text("SHOW synchronous_commit")).scalar() == "on"
+        else:
+            assert quick.plan(db.engine.dialect).sql.startswith("INSERT")
+    finally:
+        db.dispose()

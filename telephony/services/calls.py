@@ -384,12 +384,15 @@ class CallRecord:
 
 # Built once, and run on the driver's connection (inbound webhooks are a hot path:
 # telephony/direct_sql.py). The claim: one winner per carrier call, on PostgreSQL and
-# SQLite alike.
+# SQLite alike. The caller waits for it, so its commit does not wait for the disk: only a
+# crash of the database server within ~600 ms could lose it, and then the call is already
+# connected and its row is rebuilt from the Ultravox call's metadata like any unrecorded
+# call (a carrier retry in that moment would be the one case answered twice).
 _calls = cast(Table, Call.__table__)
 _CLAIM = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
     {name: bindparam(name) for name in ("id", "agency_id", "agent_id", "source", "direction", "from_number",
                                         "to_number", "carrier_call_id", "status")})
-    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]))
+    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False)
 # A status callback may already have moved the call on (a caller who hung up while we
 # waited on Ultravox): only a call still "created" becomes "ringing".
 _RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
