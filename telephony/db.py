@@ -103,8 +103,12 @@ class Database:
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
         # Writes nobody waits for (write_later): batched by a background thread when a
         # window is set (WRITE_BEHIND_MS), else written at once by the caller's thread.
+        # Not on SQLite (development): it has one writer at a time, and a request whose
+        # read must turn into a write fails at once ("database is locked", no busy wait)
+        # if another connection wrote meanwhile, so a background writer committing at
+        # moments of its own would fail other requests' transactions.
         self.write_behind = WriteBehind(self.engine, window_seconds=write_behind_seconds) \
-            if write_behind_seconds > 0 else None
+            if write_behind_seconds > 0 and self.engine.dialect.name != "sqlite" else None
 
     def write_later(self, item: Deferred) -> None:
         """A write whose result nobody waits for (telephony/write_behind.py). Never raises

@@ -149,3 +149,23 @@ def test_a_write_that_does_not_wait_for_the_disk_leaves_the_connection_as_it_was
             assert quick.plan(db.engine.dialect).sql.startswith("INSERT")
     finally:
         db.dispose()
+
+
+def test_a_batch_is_one_transaction_all_or_none(db):
+    agency_id = _agency(db)
+    ids = [_insert(db, agency_id, f"CA-batch-{n}")[0] for n in range(3)]
+    direct_sql.run_many(db.engine, [(SET_STATUS, {"call_id": i, "status": "ringing"}) for i in ids])
+    assert [r.status for i in ids for r in direct_sql.run(db.engine, READ_CALL, {"id": i}).rows] == ["ringing"] * 3
+    # The last row breaks a rule (a second call under an id that exists): none is written.
+    with pytest.raises(exc.IntegrityError):
+        direct_sql.run_many(db.engine, [(SET_STATUS, {"call_id": ids[0], "status": "completed"}),
+                                        (INSERT_CALL_STRICT, {"id": ids[1], "agency_id": agency_id,
+                                                              "source": CallSource.twilio,
+                                                              "direction": CallDirection.inbound,
+                                                              "carrier_call_id": "CA-other"})])
+    [first] = direct_sql.run(db.engine, READ_CALL, {"id": ids[0]}).rows
+    assert first.status == "ringing"
+
+
+INSERT_CALL_STRICT = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
+    {name: bindparam(name) for name in ("id", "agency_id", "source", "direction", "carrier_call_id")}))

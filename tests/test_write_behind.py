@@ -1,5 +1,6 @@
 """telephony/write_behind.py: the records of answered inbound calls, batched by a
-background thread per process (WRITE_BEHIND_MS), on SQLite and PostgreSQL."""
+background thread per process (WRITE_BEHIND_MS) on PostgreSQL; on SQLite (development,
+one writer at a time) they are written at once."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
 import responses
 from sqlalchemy import event, select
 
@@ -47,7 +49,8 @@ def _rows(db: Database) -> dict[uuid.UUID, Call]:
         return {call.id: call for call in session.scalars(select(Call))}
 
 
-def test_writes_arriving_together_are_one_batch(database_url):
+def test_writes_arriving_together_are_one_batch(postgresql_url):
+    database_url = postgresql_url
     db = Database(database_url, write_behind_seconds=0.2)
     try:
         ids = _claimed_calls(db, 25)
@@ -69,7 +72,8 @@ def test_writes_arriving_together_are_one_batch(database_url):
         db.dispose()
 
 
-def test_a_row_that_fails_costs_only_itself(database_url, caplog):
+def test_a_row_that_fails_costs_only_itself(postgresql_url, caplog):
+    database_url = postgresql_url
     db = Database(database_url, write_behind_seconds=0.2)
     try:
         first, second, third = _claimed_calls(db, 3)
@@ -86,7 +90,8 @@ def test_a_row_that_fails_costs_only_itself(database_url, caplog):
         db.dispose()
 
 
-def test_what_is_queued_is_written_when_the_process_exits(database_url):
+def test_what_is_queued_is_written_when_the_process_exits(postgresql_url):
+    database_url = postgresql_url
     db = Database(database_url)
     try:
         [call_id] = _claimed_calls(db, 1)
@@ -119,7 +124,8 @@ def _write_in_child(call_id: str) -> None:
 _PARENT: list[Database] = []
 
 
-def test_a_forked_process_writes_with_a_thread_of_its_own(database_url):
+def test_a_forked_process_writes_with_a_thread_of_its_own(postgresql_url):
+    database_url = postgresql_url
     # gunicorn forks workers from a master that built the app; a thread started before
     # the fork does not exist in the child.
     db = Database(database_url, write_behind_seconds=0.05)
@@ -138,6 +144,18 @@ def test_a_forked_process_writes_with_a_thread_of_its_own(database_url):
         db.dispose()
 
 
+def test_sqlite_writes_at_once(sqlite_url):
+    db = Database(sqlite_url, write_behind_seconds=0.5)
+    try:
+        assert db.write_behind is None
+        [call_id] = _claimed_calls(db, 1)
+        db.write_later(_started(call_id))
+        assert _rows(db)[call_id].status == "ringing"
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_inbound_answer_is_recorded_by_the_write_behind(app, client):
     app.extensions["telephony.db"].dispose()
     database = Database(app.extensions["telephony.config"].database_url, write_behind_seconds=0.5)
