@@ -166,7 +166,10 @@ def run_many(engine: Engine, batch: Sequence[tuple[DirectStatement, Mapping[str,
                 psycopg2.extras.execute_batch(cursor, plan.sql, arguments)
             else:
                 cursor.executemany(plan.sql, arguments)
-        cursor.connection.commit() if dialect.name == "postgresql" else cursor.execute("COMMIT")
+        if dialect.name == "postgresql":
+            cursor.connection.commit()
+        else:
+            cursor.execute("COMMIT")
 
 
 def _engine_of(database: Session | Engine) -> Engine:
