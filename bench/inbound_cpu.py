@@ -20,28 +20,19 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
-
-from cryptography.fernet import Fernet
 
 from bench.common import (
     PUBLIC_BASE_URL,
     TWILIO_TOKEN,
     ULTRAVOX_AGENT_ID,
     ULTRAVOX_KEY,
-    free_port,
-    fresh_database,
     new_call_sid,
     postgres_reachable,
-    seed_demo,
     signed_twilio_webhook,
-    start,
-    wait_ready,
 )
-from bench.inbound_phases import webhook_environ
+from bench.inbound_phases import seeded_stack, webhook_environ
 
 WSGIApp = Callable[..., Any]
 
@@ -60,27 +51,19 @@ def run(database: str, rounds: int, requests_per_round: int) -> tuple[list[float
     from telephony import create_app
     from telephony.config import Config
 
-    workdir = Path(tempfile.mkdtemp(prefix="telephony-cpu-"))
-    with fresh_database(database, workdir) as database_url:
-        key = Fernet.generate_key().decode()
-        seed_demo(database_url, key, workdir)
-        port = free_port()
-        simulator = start("ultravox-sim", [sys.executable, "-m", "telephony.sim", "ultravox", "--port", str(port)],
-                          {}, workdir)
-        try:
-            ultravox_url = f"http://127.0.0.1:{port}"
-            wait_ready(simulator, f"{ultravox_url}/_sim/requests")
-            os.environ.update({"REFERENCE_TWILIO_TOKEN": TWILIO_TOKEN, "REFERENCE_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
-                               "REFERENCE_ULTRAVOX_BASE": ultravox_url, "REFERENCE_ULTRAVOX_KEY": ULTRAVOX_KEY,
-                               "REFERENCE_ULTRAVOX_AGENT_ID": ULTRAVOX_AGENT_ID})
-            from bench import reference_app  # reads the settings above when imported
+    with seeded_stack(database, "telephony-cpu-") as stack:
+        os.environ.update({"REFERENCE_TWILIO_TOKEN": TWILIO_TOKEN, "REFERENCE_PUBLIC_BASE_URL": PUBLIC_BASE_URL,
+                           "REFERENCE_ULTRAVOX_BASE": stack.ultravox_url, "REFERENCE_ULTRAVOX_KEY": ULTRAVOX_KEY,
+                           "REFERENCE_ULTRAVOX_AGENT_ID": ULTRAVOX_AGENT_ID})
+        from bench import reference_app  # reads the settings above when imported
 
-            settings: dict[str, Any] = {"database_url": database_url, "credentials_keys": (key,),
-                                        "public_base_url": PUBLIC_BASE_URL, "ultravox_api_base": ultravox_url}
-            if "write_behind_ms" in Config.__dataclass_fields__:  # (older versions wrote inline anyway)
-                settings["write_behind_ms"] = 0
-            service = create_app(Config(**settings), instance_path=str(workdir / "instance"))
-            apps: dict[str, WSGIApp] = {"service": service, "reference": reference_app.app}
+        settings: dict[str, Any] = {"database_url": stack.database_url, "credentials_keys": (stack.credentials_key,),
+                                    "public_base_url": PUBLIC_BASE_URL, "ultravox_api_base": stack.ultravox_url}
+        if "write_behind_ms" in Config.__dataclass_fields__:  # (older versions wrote inline anyway)
+            settings["write_behind_ms"] = 0
+        service = create_app(Config(**settings), instance_path=str(stack.workdir / "instance"))
+        apps: dict[str, WSGIApp] = {"service": service, "reference": reference_app.app}
+        try:
             for app in apps.values():  # warm-up: connections, caches
                 for _ in range(100):
                     answer_one(app)
@@ -91,9 +74,8 @@ def run(database: str, rounds: int, requests_per_round: int) -> tuple[list[float
                     for _ in range(requests_per_round):
                         answer_one(apps[name])
                     per_webhook[name].append((time.process_time() - started) * 1000 / requests_per_round)
-            service.extensions["telephony.db"].dispose()
         finally:
-            simulator.stop()
+            service.extensions["telephony.db"].dispose()
     return per_webhook["service"], per_webhook["reference"]
 
 

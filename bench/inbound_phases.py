@@ -18,8 +18,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import requests
 from cryptography.fernet import Fernet
@@ -83,21 +85,42 @@ def webhook_environ(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
             "HTTP_X_TWILIO_SIGNATURE": headers["X-Twilio-Signature"], "REMOTE_ADDR": "127.0.0.1"}
 
 
-def run(database: str, warm_up: int, measured: int) -> None:
-    from telephony import create_app
-    from telephony.config import Config
+@dataclass(frozen=True)
+class InProcessStack:
+    database_url: str
+    credentials_key: str
+    ultravox_url: str
+    workdir: Path
 
-    workdir = Path(tempfile.mkdtemp(prefix="telephony-phases-"))
+
+@contextmanager
+def seeded_stack(database: str, prefix: str) -> Iterator[InProcessStack]:
+    """A fresh database seeded with the demo agency, and the Ultravox simulator in a process
+    of its own (answering at once), for an app run in this process."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     with fresh_database(database, workdir) as database_url:
         key = Fernet.generate_key().decode()
         seed_demo(database_url, key, workdir)
         port = free_port()
         simulator = start("ultravox-sim", [sys.executable, "-m", "telephony.sim", "ultravox", "--port", str(port)],
                           {}, workdir)
-        app = None
         try:
             ultravox_url = f"http://127.0.0.1:{port}"
             wait_ready(simulator, f"{ultravox_url}/_sim/requests")
+            yield InProcessStack(database_url, key, ultravox_url, workdir)
+        finally:
+            simulator.stop()
+
+
+def run(database: str, warm_up: int, measured: int) -> None:
+    from telephony import create_app
+    from telephony.config import Config
+
+    with seeded_stack(database, "telephony-phases-") as stack:
+        database_url, key, ultravox_url, workdir = (stack.database_url, stack.credentials_key, stack.ultravox_url,
+                                                    stack.workdir)
+        app = None
+        try:
             app = create_app(Config(database_url=database_url, credentials_keys=(key,),
                                     public_base_url=PUBLIC_BASE_URL, ultravox_api_base=ultravox_url),
                              instance_path=str(workdir / "instance"))
@@ -123,7 +146,6 @@ def run(database: str, warm_up: int, measured: int) -> None:
             simulator_ms = statistics.median(entry["duration_ms"] for entry in requests.get(
                 f"{ultravox_url}/_sim/requests", timeout=10).json()["requests"][-measured:])
         finally:
-            simulator.stop()
             if app is not None:
                 app.extensions["telephony.db"].dispose()
 
