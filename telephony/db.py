@@ -18,6 +18,7 @@ from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import DatabaseTimeouts
+from .direct_sql import NO_WAIT_FOR_DISK
 from .write_behind import Deferred, WriteBehind
 
 
@@ -161,7 +162,7 @@ def commit_without_waiting_for_disk(session: Session) -> None:
     itself within the WAL writer's delay (at most 3 x wal_writer_delay, 600 ms by
     default) could lose it. Use only where the caller makes that case safe. SQLite: no-op."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        session.execute(text(NO_WAIT_FOR_DISK))
 
 
 def rows_affected(result: Result[Any]) -> int:

@@ -33,6 +33,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
 Processor = Callable[[Any], Any]
+# PostgreSQL: this transaction's commit does not wait for its WAL to reach the disk
+# (db.commit_without_waiting_for_disk says when that is safe).
+NO_WAIT_FOR_DISK = "SET LOCAL synchronous_commit TO OFF"
 
 
 class Result(NamedTuple):
@@ -97,7 +100,7 @@ class DirectStatement:
             plan = _compile(self._build(dialect.name), dialect)
             if not self.wait_for_disk and dialect.name == "postgresql":
                 # One query string, one implicit transaction: the SET LOCAL ends with it.
-                plan = replace(plan, sql="SET LOCAL synchronous_commit TO OFF; " + plan.sql)
+                plan = replace(plan, sql=f"{NO_WAIT_FOR_DISK}; {plan.sql}")
             self._plans[dialect.name] = plan
         return plan
 

@@ -28,7 +28,7 @@ from ..carriers.base import Answer, WebhookRequest
 from ..carriers.registry import get_carriers
 from ..config import get_config
 from ..db import get_db, get_session
-from ..services import call_status, inbound
+from ..services import call_control, call_status, inbound
 from ..services.carrier_webhooks import SignatureRejected
 from . import carrier_webhook_docs
 from .schema import document
@@ -91,7 +91,7 @@ def _status(carrier: str) -> tuple[str, int]:
 
 
 def _call_control(carrier: str):
-    inbound.handle_call_control_event(get_session(), webhook_request(), carrier)
+    call_control.handle_call_control_event(get_session(), webhook_request(), carrier)
     return jsonify({}), 200
 
 
