@@ -18,7 +18,7 @@ from ..carriers.base import InboundCall, WebhookRequest
 from ..carriers.registry import get_carriers
 from ..carriers.telnyx import CallControlEvent, TelnyxCallControl
 from ..config import get_config
-from ..db import end_reads_before_writing
+from ..db import end_reads_before_writing, get_db
 from . import call_status, capacity, carrier_webhooks, inbound
 from .carrier_webhooks import SignatureRejected
 from .idempotency import first_time
@@ -53,7 +53,7 @@ def handle_call_control_event(session: Session, request: WebhookRequest, carrier
                             agency_id=str(outcome.agency_id), credentials=outcome.credentials,
                             api_base=api_base, command_id=event.call_control_id)
         finally:
-            inbound.store_pending_write(session, outcome)
+            inbound.store_pending_write(get_db(), outcome)
         return
 
     if event.hold is not None and event.event_type in HOLD_EVENTS:
@@ -135,4 +135,4 @@ def _continue_hold(session: Session, adapter: TelnyxCallControl, request: Webhoo
                         credentials=outcome.credentials, api_base=api_base, command_id=event.call_control_id,
                         answered=True)
     finally:
-        inbound.store_pending_write(session, outcome)
+        inbound.store_pending_write(get_db(), outcome)

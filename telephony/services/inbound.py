@@ -273,16 +273,12 @@ def hold_answer(adapter: CarrierAdapter, call: InboundCall, waiting: capacity.Wa
         audio_url=get_config().hold_audio_url or None, pause_seconds=HOLD_PAUSE_SECONDS))
 
 
-def store_pending_write(database: Session | Database, outcome: InboundOutcome) -> None:
-    """Record the answer on the call row, after it was sent (see InboundOutcome): now
-    (a Session), or batched with others by the database's write-behind (a Database)."""
+def store_pending_write(database: Database, outcome: InboundOutcome) -> None:
+    """Record the answer on the call row, after it was sent (see InboundOutcome): handed
+    to the database's write-behind (batched with others on PostgreSQL)."""
     write, outcome.pending_write = outcome.pending_write, None
-    if write is None:
-        return
-    if isinstance(database, Database):
+    if write is not None:
         database.write_later(write)
-    else:
-        write(database)
 
 
 def _answer_of_first_delivery(session: Session, source: CallSource, carrier_call_id: str,
