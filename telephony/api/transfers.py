@@ -13,7 +13,7 @@ callbacks about the person's leg (docs/call-control.md).
   POST /webhooks/transfers/<transfer_id>/resume        Plivo: the caller back to the agent (XML)
 
 The schemas of an agent's transfer targets (the agents API) are here too. HTTP in, HTTP
-out: the use case is services/transfers.py.
+out: the use cases are services/transfers.py and warm_transfers.py.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from ..db import get_session
 from ..errors import ApiError
-from ..services import transfers
+from ..services import transfers, warm_transfers
 from ..services.transfer_tool import TOKEN_HEADER
 from .carrier_webhook_docs import (
     BAD_SIGNATURE,
@@ -138,7 +138,8 @@ def dial_result(transfer_id: uuid.UUID):
 @_leg_document("Plivo: the caller waits in the warm transfer's conference (XML)", ("plivo",),
                _XML)
 def plivo_hold(transfer_id: uuid.UUID):
-    return Response(transfers.hold_instructions(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
+    return Response(warm_transfers.hold_instructions(get_session(), transfer_id, webhook_request()),
+                    mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/whisper")
@@ -146,21 +147,21 @@ def plivo_hold(transfer_id: uuid.UUID):
                ("twilio", "plivo"),
                _XML)
 def whisper(transfer_id: uuid.UUID):
-    return Response(transfers.whisper(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
+    return Response(warm_transfers.whisper(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/whisper-result")
 @_leg_document("Twilio, Plivo: the person's key: join the conference or decline (XML)", ("twilio", "plivo"),
                _XML)
 def whisper_result(transfer_id: uuid.UUID):
-    return Response(transfers.whisper_result(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
+    return Response(warm_transfers.whisper_result(get_session(), transfer_id, webhook_request()), mimetype="text/xml")
 
 
 @bp.post("/webhooks/transfers/<uuid:transfer_id>/leg-status")
 @_leg_document("Twilio, Plivo: the person's leg of a warm transfer ended", ("twilio", "plivo"),
                {204: (None, "Applied, or a duplicate")})
 def leg_status(transfer_id: uuid.UUID):
-    transfers.leg_status(get_session(), transfer_id, webhook_request())
+    warm_transfers.leg_status(get_session(), transfer_id, webhook_request())
     return "", 204
 
 
@@ -168,7 +169,7 @@ def leg_status(transfer_id: uuid.UUID):
 @_leg_document("Plivo: the caller back to the agent after a failed transfer (XML)", ("plivo",),
                _XML)
 def plivo_resume(transfer_id: uuid.UUID):
-    return Response(transfers.resume_instructions(get_session(), transfer_id, webhook_request()),
+    return Response(warm_transfers.resume_instructions(get_session(), transfer_id, webhook_request()),
                     mimetype="text/xml")
 
 
