@@ -176,7 +176,7 @@ class NewCall:
     on_machine: str | None = None  # outbound: what to do if a machine answers (telephony.answering_machine)
     machine_message: dict[str, Any] | None = None  # outbound: the message to leave ({"text"} or {"audio_url"})
     # Continue the conversation of this Ultravox call (a direct call with priorCallId, which
-    # reuses its settings and history; services/transfers.py brings a caller back this way).
+    # reuses its settings and history; services/transfer_outcomes.py brings a caller back this way).
     prior_ultravox_call_id: str | None = None
 
 
