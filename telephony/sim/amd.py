@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask, Response, jsonify, request
 
 from telephony.sim.common import SimError, basic_auth, form_to_dict, utc_now_iso
+from telephony.sim.delivery import delivered_to
 
 VERDICTS = ("human", "machine", "fax", "unknown")
 TWILIO_ANSWERED_BY = {"human": "human", "machine": "machine_end_beep", "fax": "fax", "unknown": "unknown"}
@@ -227,10 +228,7 @@ class AmdSim:
         return sent
 
     def _target(self, url: str) -> str:
-        if not self.deliver_to:
-            return url
-        parts = urlsplit(url)
-        return self.deliver_to.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+        return delivered_to(url, self.deliver_to)
 
     def _send(self, callback: Callback, target: str) -> requests.Response:
         if callback.event is not None:

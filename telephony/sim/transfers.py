@@ -17,12 +17,7 @@ controllable outcome per destination.
   the public URL, as behind a proxy). Answers what our service replied to each callback.
 - ``GET /_sim/transfers``: every leg (no secrets), with the time its redirect arrived.
 
-Ultravox (``install_tool_invoker``): ``POST /_sim/calls/<id>/tools/<toolName>
-{"parameters": {...}, "deliver_to": origin}`` invokes a call's HTTP tool exactly as
-Ultravox does: the temporary tool from the call's ``selectedTools`` or
-``toolOverrides.add``, its static parameters (headers, body, query), its automatic ones
-(``KNOWN_PARAM_CALL_ID``) and the model's dynamic ones, passed as given (a model can
-produce any value; the tool's server must refuse what it does not allow).
+Ultravox invoking a call's tool: telephony/sim/tool_invoker.py.
 """
 from __future__ import annotations
 
@@ -39,7 +34,6 @@ import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -47,6 +41,7 @@ from flask import Flask, Response, jsonify, request
 from twilio.request_validator import RequestValidator
 
 from telephony.sim.common import SimError, basic_auth, json_object_body, utc_now_iso
+from telephony.sim.delivery import also_on_reset, delivered_to
 
 OUTCOMES = ("answer", "busy", "no-answer", "fail", "decline")
 WHISPER_PATH = "/whisper"  # the person's leg of a warm transfer answers with our whisper URL
@@ -125,27 +120,11 @@ def _plivo_headers(token: str, url: str, form: dict[str, str]) -> dict[str, str]
     return {"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce}
 
 
-def _rewrite(url: str, deliver_to: str | None) -> str:
-    if not deliver_to:
-        return url
-    target, original = urlsplit(deliver_to), urlsplit(url)
-    return urlunsplit((target.scheme, target.netloc, original.path, original.query, ""))
-
-
-def _on_sim_reset(app: Flask, reset: Any) -> None:
-    """``POST /_sim/reset`` also forgets what these parts hold."""
-
-    @app.before_request
-    def _reset_too() -> None:
-        if request.method == "POST" and request.path == "/_sim/reset":
-            reset()
-
-
 def install_carrier_transfers(app: Flask, carrier_state: Any) -> TransferState:
     """Add the transfer legs to the carriers simulator (``carrier_state`` is its state)."""
     state = TransferState()
     app.extensions["carriers_sim_transfers"] = state
-    _on_sim_reset(app, state.reset)
+    also_on_reset(app, state.reset)
 
     @app.after_request
     def _record_redirects(response: Response) -> Response:
@@ -348,7 +327,7 @@ def _gather_of(xml_text: str) -> str:
 def _post_form(http: requests.Session, leg: TransferLeg, url: str, form: dict[str, str], deliver_to: str | None,
                headers: dict[str, str]) -> str:
     try:
-        response = http.post(_rewrite(url, deliver_to), data=form, headers=headers, timeout=CALLBACK_TIMEOUT_S)
+        response = http.post(delivered_to(url, deliver_to), data=form, headers=headers, timeout=CALLBACK_TIMEOUT_S)
         leg.replies.append({"url": url, "status": response.status_code, "body": response.text})
         return response.text
     except requests.RequestException as exc:
@@ -368,7 +347,7 @@ def _post_event(http: requests.Session, leg: TransferLeg, event_type: str, extra
         headers.update({"telnyx-timestamp": stamp,
                         "telnyx-signature-ed25519": base64.b64encode(key.sign(stamp.encode() + b"|" + body)).decode()})
     try:
-        response = http.post(_rewrite(leg.action_url, deliver_to), data=body, headers=headers,
+        response = http.post(delivered_to(leg.action_url, deliver_to), data=body, headers=headers,
                              timeout=CALLBACK_TIMEOUT_S)
         leg.replies.append({"url": leg.action_url, "event": event_type, "status": response.status_code,
                             "body": response.text})
@@ -376,99 +355,4 @@ def _post_event(http: requests.Session, leg: TransferLeg, event_type: str, extra
         leg.replies.append({"url": leg.action_url, "event": event_type, "status": None, "error": type(exc).__name__})
 
 
-# -- Ultravox: invoking a call's tool ---------------------------------------------------------
-
-def _tools_of(request_body: dict[str, Any]) -> list[dict[str, Any]]:
-    overrides = request_body.get("toolOverrides")
-    selected = request_body.get("selectedTools")
-    added = overrides.get("add") if isinstance(overrides, dict) else None
-    selected = selected if isinstance(selected, list) else []
-    added = added if isinstance(added, list) else []
-    return [tool for tool in [*selected, *added] if isinstance(tool, dict)]
-
-
-def _seconds(duration: Any, default: float) -> float:
-    try:
-        return float(str(duration).removesuffix("s"))
-    except ValueError:
-        return default
-
-
-def install_tool_invoker(app: Flask, ultravox_state: Any) -> None:
-    invocations: list[dict[str, Any]] = []
-    lock = threading.Lock()
-
-    def forget() -> None:
-        with lock:
-            invocations.clear()
-
-    _on_sim_reset(app, forget)
-
-    @app.post("/_sim/calls/<call_id>/tools/<tool_name>")
-    def invoke_tool(call_id: str, tool_name: str) -> Response:
-        body = request.get_json(silent=True) or {}
-        parameters = body.get("parameters") or {}
-        with ultravox_state.lock:
-            sim_call = ultravox_state.get(call_id)
-            if sim_call.call["ended"] is not None:
-                raise SimError(409, {"detail": "Call already ended."})
-            request_body = copy.deepcopy(sim_call.request_body)
-        tool = next((entry for entry in _tools_of(request_body)
-                     if (entry.get("nameOverride") or (entry.get("temporaryTool") or {}).get("modelToolName"))
-                     == tool_name and isinstance(entry.get("temporaryTool"), dict)), None)
-        if tool is None:
-            raise SimError(404, {"detail": f"No tool {tool_name!r} on this call."})
-        definition = tool["temporaryTool"]
-        http_details = definition.get("http") or {}
-        url, method = str(http_details.get("baseUrlPattern", "")), str(http_details.get("httpMethod", "POST"))
-        headers: dict[str, str] = {}
-        query: dict[str, Any] = {}
-        json_body: dict[str, Any] = {}
-
-        def place(location: str, name: str, value: Any) -> None:
-            nonlocal url
-            if location == "PARAMETER_LOCATION_HEADER":
-                headers[name] = str(value)
-            elif location == "PARAMETER_LOCATION_QUERY":
-                query[name] = value
-            elif location == "PARAMETER_LOCATION_PATH":
-                url = url.replace("{" + name + "}", str(value))
-            else:
-                json_body[name] = value
-
-        for static in definition.get("staticParameters") or []:
-            place(static.get("location", ""), static["name"], static.get("value"))
-        for automatic in definition.get("automaticParameters") or []:
-            if automatic.get("knownValue") == "KNOWN_PARAM_CALL_ID":
-                place(automatic.get("location", ""), automatic["name"], call_id)
-        for dynamic in definition.get("dynamicParameters") or []:
-            if dynamic["name"] in parameters:
-                place(dynamic.get("location", ""), dynamic["name"], parameters[dynamic["name"]])
-        for name, value in (tool.get("parameterOverrides") or {}).items():
-            json_body[name] = value
-        record: dict[str, Any] = {"time": utc_now_iso(), "callId": call_id, "tool": tool_name, "url": url}
-        started = time.perf_counter()
-        record["sent"] = time.time()  # epoch, comparable with the carrier simulator's "received"
-        try:
-            response = requests.request(method, _rewrite(url, body.get("deliver_to")), headers=headers,
-                                        params=query or None, json=json_body if method != "GET" else None,
-                                        timeout=_seconds(definition.get("timeout"), 20.0))
-            try:
-                reply: Any = response.json()
-            except ValueError:
-                reply = response.text
-            record.update({"status": response.status_code, "result": reply})
-        except requests.RequestException as exc:
-            record.update({"status": None, "error": type(exc).__name__})
-        record["ms"] = round((time.perf_counter() - started) * 1000, 2)
-        with lock:
-            invocations.append(record)
-        return jsonify(record)
-
-    @app.get("/_sim/tool-invocations")
-    def tool_invocations() -> Response:
-        with lock:
-            return jsonify({"invocations": copy.deepcopy(invocations)})
-
-
-__all__ = ["install_carrier_transfers", "install_tool_invoker", "TransferState"]
+__all__ = ["install_carrier_transfers", "TransferState"]

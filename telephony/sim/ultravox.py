@@ -51,7 +51,7 @@ from telephony.sim.common import (
     json_object_body,
     utc_now_iso,
 )
-from telephony.sim.transfers import install_tool_invoker
+from telephony.sim.tool_invoker import install_tool_invoker
 
 RecordingMode = Literal["redirect", "direct"]
 RECORDING_MODES: tuple[str, ...] = ("redirect", "direct")
@@ -756,5 +756,5 @@ def create_app(
             return Response("AccessDenied", status=403, mimetype="text/plain")
         return _wav_response()
 
-    install_tool_invoker(app, state)  # invoking a call's HTTP tools: telephony/sim/transfers.py
+    install_tool_invoker(app, state)  # invoking a call's HTTP tools: telephony/sim/tool_invoker.py
     return app
