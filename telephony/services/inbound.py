@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session
 from .. import call_states, direct_sql
 from ..carriers.base import Answer, CarrierAdapter, Hold, InboundCall, WebhookRequest
 from ..carriers.registry import get_carriers
-from ..carriers.telnyx import CallControlEvent, TelnyxCallControl
+from ..carriers.telnyx_call_control import CallControlEvent, TelnyxCallControl
 from ..config import get_config
 from ..credentials import ProviderCredentials, get_credentials
 from ..db import Database, end_reads_before_writing, rollback_quietly
