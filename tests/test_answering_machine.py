@@ -14,7 +14,7 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from telephony import answering_machine as amd
 from telephony.carriers.base import WebhookRequest
-from telephony.carriers.telnyx import TelnyxCallControl
+from telephony.carriers.telnyx_call_control import TelnyxCallControl
 from telephony.models import Call, DialAttempt, EventDelivery, utcnow
 from telephony.sim.common import serve_in_thread
 from tests.inbound_helpers import PLIVO_ID, TELNYX_API_KEY, plivo_headers, telnyx_headers, twilio_signature

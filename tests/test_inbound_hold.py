@@ -18,7 +18,7 @@ import requests
 import responses
 from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
 
-from telephony.carriers.telnyx import HOLD_REMINDER
+from telephony.carriers.telnyx_call_control import HOLD_REMINDER
 from telephony.models import Call, CallDirection, CallSource
 from telephony.services import capacity
 from telephony.services import inbound as inbound_service

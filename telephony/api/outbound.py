@@ -25,7 +25,7 @@ from pydantic import Field, HttpUrl
 
 from ..auth import current_principal, require_auth
 from ..carriers.registry import get_carriers
-from ..carriers.telnyx import MACHINE_GREETING_EVENTS, MACHINE_VERDICT_EVENTS, MESSAGE_ENDED_EVENTS
+from ..carriers.telnyx_call_control import MACHINE_GREETING_EVENTS, MACHINE_VERDICT_EVENTS, MESSAGE_ENDED_EVENTS
 from ..db import get_session
 from ..errors import ApiError
 from ..services import answering_machine, idempotency_keys, outbound_callbacks

@@ -15,7 +15,8 @@ from flask import current_app
 from .base import CarrierDialer, CarrierSettings, XmlCarrierAdapter
 from .plivo import PLIVO
 from .spec import CarrierSpec
-from .telnyx import TELNYX, TelnyxCallControl
+from .telnyx import TELNYX
+from .telnyx_call_control import TelnyxCallControl
 from .twilio import TWILIO
 
 if TYPE_CHECKING:  # pragma: no cover

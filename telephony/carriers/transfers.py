@@ -38,7 +38,7 @@ from twilio.twiml.voice_response import Dial, VoiceResponse
 from . import sdk
 from .base import WebhookRequest, XmlCarrierAdapter, parse_int
 from .plivo import PlivoAdapter
-from .telnyx import TelnyxCallControl
+from .telnyx_call_control import TelnyxCallControl
 from .twilio import TwilioAdapter
 
 # The Plivo SDK is imported when a Plivo transfer first needs it (sdk.lazy_module).

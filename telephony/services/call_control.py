@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..carriers.base import InboundCall, WebhookRequest
 from ..carriers.registry import get_carriers
-from ..carriers.telnyx import CallControlEvent, TelnyxCallControl
+from ..carriers.telnyx_call_control import CallControlEvent, TelnyxCallControl
 from ..config import get_config
 from ..db import end_reads_before_writing, get_db
 from . import call_status, capacity, carrier_webhooks, inbound
