@@ -22,14 +22,11 @@ Sim-only control endpoints (besides the shared ones in ``common``):
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import hashlib
 import hmac
 import io
 import json
-import re
 import secrets
 import threading
 import time
@@ -46,21 +43,28 @@ from werkzeug.exceptions import HTTPException
 
 from telephony.sim.common import (
     Injector,
-    SimError,
     install_control_api,
     json_object_body,
     utc_now_iso,
 )
 from telephony.sim.tool_invoker import install_tool_invoker
+from telephony.sim.ultravox_calls import (
+    DURATION_RE,
+    build_call,
+    decode_cursor,
+    detail_error,
+    encode_cursor,
+    error_body,
+    format_duration,
+    page_size,
+    page_url,
+    transcript,
+)
 
 RecordingMode = Literal["redirect", "direct"]
 RECORDING_MODES: tuple[str, ...] = ("redirect", "direct")
 
 END_REASONS = ("unjoined", "hangup", "agent_hangup", "timeout", "connection_error", "system_error")
-OUTPUT_MEDIUMS = ("MESSAGE_MEDIUM_UNSPECIFIED", "MESSAGE_MEDIUM_VOICE", "MESSAGE_MEDIUM_TEXT")
-DURATION_RE = re.compile(r"^-?(?:0|[1-9][0-9]{0,11})(?:\.[0-9]{1,9})?s$")
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 DEFAULT_TRANSCRIPT_MESSAGES = 6
 # Real webhooks retry for hours; the sim keeps it short so tests stay fast.
 WEBHOOK_ATTEMPTS = 4
@@ -68,14 +72,6 @@ WEBHOOK_BACKOFF_S = 0.2
 WEBHOOK_TIMEOUT_S = 5.0
 STORAGE_URL_TTL_S = 300  # the real signed GCS URL expires after 300 s
 
-_TRANSCRIPT_LINES = (
-    ("MESSAGE_ROLE_AGENT", "Hello, this is the simulated agent. How can I help you today?"),
-    ("MESSAGE_ROLE_USER", "Hi, I would like to check on my appointment."),
-    ("MESSAGE_ROLE_AGENT", "Of course. Could you tell me your name, please?"),
-    ("MESSAGE_ROLE_USER", "It is Jane Doe."),
-    ("MESSAGE_ROLE_AGENT", "Thanks Jane, your appointment is confirmed for tomorrow at ten."),
-    ("MESSAGE_ROLE_USER", "Great, thank you. Goodbye."),
-)
 
 
 def silent_wav(seconds: float = 0.1, rate: int = 8000) -> bytes:
@@ -105,17 +101,12 @@ def sign_webhook(secret: str, body: bytes, timestamp: str) -> str:
     return hmac.new(secret.encode("utf-8"), body + timestamp.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def _detail(status: int, detail: str) -> SimError:
-    return SimError(status, {"detail": detail})
 
 
 def _duration_seconds(value: str) -> float:
     return float(value[:-1])
 
 
-def _format_duration(seconds: float) -> str:
-    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
-    return f"{text}s"
 
 
 def _parse_iso(value: str) -> datetime:
@@ -187,7 +178,7 @@ class _UltravoxState:
     def get(self, call_id: str) -> _SimCall:
         found = self.calls.get(call_id)
         if found is None:
-            raise _detail(404, "Not found.")
+            raise detail_error(404, "Not found.")
         return found
 
     # -- webhooks -----------------------------------------------------------------
@@ -261,182 +252,6 @@ class _UltravoxState:
         return hmac.new(self.storage_key, f"{call_id}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-def _error_body(path: str, status: int, mode: str) -> dict[str, Any]:
-    if mode == "rate_limit":
-        return {"detail": "Request was throttled."}
-    if mode == "unavailable":
-        return {"detail": "Service temporarily unavailable. Please retry later."}
-    return {"detail": f"Simulated error (HTTP {status})."}
-
-
-def _validate_metadata(body: dict[str, Any]) -> dict[str, str]:
-    metadata = body.get("metadata", {})
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise _detail(400, "metadata must be an object mapping strings to strings.")
-    for key, value in metadata.items():
-        if not isinstance(value, str):
-            raise _detail(400, f"metadata value for {key!r} must be a string.")
-        if key.startswith("ultravox."):
-            raise _detail(400, f"metadata key {key!r} uses the reserved 'ultravox.' prefix.")
-    return dict(metadata)
-
-
-def _first_speaker_settings(body: dict[str, Any]) -> dict[str, Any]:
-    settings = body.get("firstSpeakerSettings")
-    legacy = body.get("firstSpeaker")
-    if settings is None:
-        return {"user": {}} if legacy == "FIRST_SPEAKER_USER" else {"agent": {}}
-    if not isinstance(settings, dict) or len(settings) != 1 or next(iter(settings)) not in ("user", "agent"):
-        raise _detail(400, "firstSpeakerSettings must set exactly one of 'user' or 'agent'.")
-    if legacy not in (None, "FIRST_SPEAKER_UNSPECIFIED"):
-        expected = "FIRST_SPEAKER_USER" if "user" in settings else "FIRST_SPEAKER_AGENT"
-        if legacy != expected:
-            raise _detail(400, "firstSpeaker and firstSpeakerSettings must match.")
-    return settings
-
-
-def _medium(body: dict[str, Any]) -> dict[str, Any]:
-    medium = body.get("medium")
-    if medium is None:
-        return {"webRtc": {}}
-    if not isinstance(medium, dict) or len(medium) > 1:
-        raise _detail(400, "At most one call medium may be set.")
-    return medium if medium else {"webRtc": {}}
-
-
-def _check_duration(body: dict[str, Any], name: str) -> None:
-    value = body.get(name)
-    if value is not None and (not isinstance(value, str) or not DURATION_RE.match(value)):
-        raise _detail(400, f"{name} must be a duration string such as '30s'.")
-
-
-def _build_call(body: dict[str, Any], *, call_id: str, host: str, agent_id: str | None) -> dict[str, Any]:
-    metadata = _validate_metadata(body)
-    first_speaker_settings = _first_speaker_settings(body)
-    medium = _medium(body)
-    for name in ("joinTimeout", "maxDuration"):
-        _check_duration(body, name)
-    output_medium = body.get("initialOutputMedium") or "MESSAGE_MEDIUM_VOICE"
-    if output_medium not in OUTPUT_MEDIUMS:
-        raise _detail(400, f"initialOutputMedium must be one of {', '.join(OUTPUT_MEDIUMS)}.")
-    if output_medium == "MESSAGE_MEDIUM_UNSPECIFIED":
-        output_medium = "MESSAGE_MEDIUM_VOICE"
-    recording_enabled = body.get("recordingEnabled", False)
-    if not isinstance(recording_enabled, bool):
-        raise _detail(400, "recordingEnabled must be a boolean.")
-    # Outgoing SIP calls are dialled by Ultravox itself and have no joinUrl.
-    sip = medium.get("sip")
-    has_join_url = not (isinstance(sip, dict) and "outgoing" in sip)
-    call: dict[str, Any] = {
-        "callId": call_id,
-        "clientVersion": None,
-        "created": utc_now_iso(),
-        "joined": None,
-        "ended": None,
-        "endReason": None,
-        "billedDuration": None,
-        "billedSideInputTokens": None,
-        "billedSideOutputTokens": None,
-        "billingStatus": "BILLING_STATUS_PENDING",
-        "firstSpeaker": "FIRST_SPEAKER_USER" if "user" in first_speaker_settings else "FIRST_SPEAKER_AGENT",
-        "firstSpeakerSettings": first_speaker_settings,
-        "inactivityMessages": body.get("inactivityMessages") or [],
-        "initialOutputMedium": output_medium,
-        "joinTimeout": body.get("joinTimeout") or "30s",
-        # wss:// like the real API; only ever placed into XML, never dialled in tests.
-        "joinUrl": f"wss://{host}/calls/{call_id}/join" if has_join_url else None,
-        "languageHint": body.get("languageHint"),
-        "maxDuration": body.get("maxDuration") or "3600s",
-        "medium": medium,
-        "model": body.get("model") or "ultravox-v0.7",
-        "recordingEnabled": recording_enabled,
-        "retentionPolicy": None,
-        "systemPrompt": body.get("systemPrompt"),
-        "temperature": body.get("temperature", 0.0),
-        "timeExceededMessage": body.get("timeExceededMessage"),
-        "voice": body.get("voice"),
-        "transcriptOptional": body.get("transcriptOptional", True),
-        "vadSettings": body.get("vadSettings"),
-        "shortSummary": None,
-        "summary": None,
-        # The spec marks `agent` required and not nullable, but a plain call has no
-        # agent; DRF renders a missing related object as null, so that is what we send.
-        "agent": {"agentId": agent_id, "name": f"sim-agent-{agent_id[:8]}"} if agent_id else None,
-        "agentId": agent_id,
-        "experimentalSettings": body.get("experimentalSettings") or {},
-        "metadata": metadata,
-        "initialState": body.get("initialState") or {},
-        "requestContext": {},
-        "sipDetails": None,
-    }
-    # Optional, non-nullable message fields: present only when set (protobuf JSON style).
-    for source, target in (
-        ("externalVoice", "externalVoice"),
-        ("voiceOverrides", "voiceOverrides"),
-        ("dataConnection", "dataConnectionConfig"),
-        ("callbacks", "callbacks"),
-    ):
-        if body.get(source) is not None:
-            call[target] = body[source]
-    return call
-
-
-def _transcript(call_id: str, count: int) -> list[dict[str, Any]]:
-    """Deterministic messages so tests can assert exact text and order."""
-    stage_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim-stage:{call_id}"))
-    messages = []
-    for index in range(count):
-        role, text = _TRANSCRIPT_LINES[index % len(_TRANSCRIPT_LINES)]
-        start = index * 3.0
-        messages.append(
-            {
-                "role": role,
-                "text": f"{text} [{index + 1}]" if index >= len(_TRANSCRIPT_LINES) else text,
-                "medium": "MESSAGE_MEDIUM_VOICE",
-                "callStageMessageIndex": index,
-                "callStageId": stage_id,
-                "timespan": {"start": _format_duration(start), "end": _format_duration(start + 2.5)},
-            }
-        )
-    return messages
-
-
-def _encode_cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"o={offset}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        decoded = base64.urlsafe_b64decode(cursor.encode()).decode()
-        name, _, value = decoded.partition("=")
-        offset = int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise _detail(404, "Invalid cursor") from None
-    if name != "o" or offset < 0:
-        raise _detail(404, "Invalid cursor")
-    return offset
-
-
-def _page_url(cursor: str | None) -> str | None:
-    """The current URL with only ``cursor`` replaced, as DRF's CursorPagination does."""
-    if cursor is None:
-        return None
-    params = [(key, value) for key, value in request.args.items(multi=True) if key != "cursor"]
-    params.append(("cursor", cursor))
-    return f"{request.base_url}?{urlencode(params)}"
-
-
-def _page_size() -> int:
-    raw = request.args.get("pageSize")
-    try:
-        size = int(raw) if raw is not None else DEFAULT_PAGE_SIZE
-    except ValueError:
-        return DEFAULT_PAGE_SIZE  # DRF ignores an unparsable page size
-    return DEFAULT_PAGE_SIZE if size < 1 else min(size, MAX_PAGE_SIZE)
-
-
 def create_app(
     *,
     api_keys: set[str] | None = None,
@@ -502,7 +317,7 @@ def create_app(
     install_control_api(
         app,
         injector,
-        error_body=_error_body,
+        error_body=error_body,
         on_reset=state.reset,
         on_config=on_config,
         default_latency_ms=latency_ms,
@@ -526,24 +341,24 @@ def create_app(
             return None
         key = request.headers.get("X-API-Key") or request.headers.get("X-Unsafe-API-Key")
         if not key or key not in state.api_keys:
-            raise _detail(403, "Invalid API key")
+            raise detail_error(403, "Invalid API key")
         return None
 
     def _body() -> dict[str, Any]:
         try:
             return json_object_body()
         except ValueError as exc:
-            raise _detail(400, str(exc)) from exc
+            raise detail_error(400, str(exc)) from exc
 
     def _create(body: dict[str, Any], *, agent_id: str | None, template_context: Any) -> Response:
         call_id = str(uuid.uuid4())
-        call = _build_call(body, call_id=call_id, host=request.host, agent_id=agent_id)
+        call = build_call(body, call_id=call_id, host=request.host, agent_id=agent_id)
         sim_call = _SimCall(call=call, request_body=body, template_context=template_context)
         with state.lock:
             limit = state.settings.max_concurrent_calls
             if limit is not None and sum(1 for c in state.calls.values() if c.call["ended"] is None) >= limit:
                 # The account's concurrency limit: Ultravox refuses the call (nothing is created).
-                raise _detail(429, f"Concurrency limit reached: {limit} calls are active on this account.")
+                raise detail_error(429, f"Concurrency limit reached: {limit} calls are active on this account.")
             state.calls[call_id] = sim_call
             snapshot = copy.deepcopy(call)
             emit_started = state.settings.emit_started
@@ -558,11 +373,11 @@ def create_app(
         body = _body()
         if "templateContext" in body:
             # StartCallRequest has no templateContext; only agent calls take one.
-            raise _detail(400, "templateContext is only accepted by /api/agents/{agent_id}/calls.")
+            raise detail_error(400, "templateContext is only accepted by /api/agents/{agent_id}/calls.")
         prior_call_id = request.args.get("priorCallId")
         if prior_call_id:
             if "initialMessages" in body:
-                raise _detail(400, "initialMessages cannot be set together with priorCallId.")
+                raise detail_error(400, "initialMessages cannot be set together with priorCallId.")
             with state.lock:
                 prior = copy.deepcopy(state.get(prior_call_id).request_body)
             body = {**prior, **body}
@@ -573,11 +388,11 @@ def create_app(
         try:
             agent_uuid = str(uuid.UUID(agent_id))
         except ValueError:
-            raise _detail(404, "Not found.") from None
+            raise detail_error(404, "Not found.") from None
         body = _body()
         template_context = body.get("templateContext")
         if template_context is not None and not isinstance(template_context, dict):
-            raise _detail(400, "templateContext must be an object.")
+            raise detail_error(400, "templateContext must be an object.")
         return _create(body, agent_id=agent_uuid, template_context=template_context)
 
     @app.get("/api/calls/<call_id>")
@@ -590,15 +405,15 @@ def create_app(
         with state.lock:
             messages = copy.deepcopy(state.get(call_id).messages)
         cursor = request.args.get("cursor")
-        offset = _decode_cursor(cursor) if cursor else 0
-        size = _page_size()
+        offset = decode_cursor(cursor) if cursor else 0
+        size = page_size()
         page = messages[offset : offset + size]
-        next_cursor = _encode_cursor(offset + size) if offset + size < len(messages) else None
-        previous_cursor = _encode_cursor(max(offset - size, 0)) if offset > 0 else None
+        next_cursor = encode_cursor(offset + size) if offset + size < len(messages) else None
+        previous_cursor = encode_cursor(max(offset - size, 0)) if offset > 0 else None
         return jsonify(
             {
-                "next": _page_url(next_cursor),
-                "previous": _page_url(previous_cursor),
+                "next": page_url(next_cursor),
+                "previous": page_url(previous_cursor),
                 "results": page,
                 "total": len(messages),
             }
@@ -610,9 +425,9 @@ def create_app(
             call = copy.deepcopy(state.get(call_id).call)
             mode = state.settings.recording_mode
         if not call["recordingEnabled"]:
-            raise _detail(404, "Recording not enabled for this call.")
+            raise detail_error(404, "Recording not enabled for this call.")
         if call["ended"] is None:
-            raise _detail(404, "Recording not available yet.")
+            raise detail_error(404, "Recording not available yet.")
         if mode == "direct":
             return _wav_response()
         expires = int(time.time()) + STORAGE_URL_TTL_S
@@ -626,11 +441,11 @@ def create_app(
         body = _body()
         message_type = body.get("type")
         if not isinstance(message_type, str) or not message_type:
-            raise _detail(400, "type is required.")
+            raise detail_error(400, "type is required.")
         with state.lock:
             sim_call = state.get(call_id)
             if sim_call.call["ended"] is not None:
-                raise _detail(422, "Call is not active.")
+                raise detail_error(422, "Call is not active.")
             sim_call.data_messages.append(copy.deepcopy(body))
             events = (
                 _end_locked(sim_call, reason="agent_hangup", billed_duration=None, message_count=None)
@@ -651,7 +466,7 @@ def create_app(
             seconds = (
                 (_parse_iso(now) - _parse_iso(call["joined"])).total_seconds() if call["joined"] else 0.0
             )
-            billed_duration = _format_duration(seconds)
+            billed_duration = format_duration(seconds)
         call["ended"] = now
         call["endReason"] = reason
         call["billedDuration"] = billed_duration
@@ -663,7 +478,7 @@ def create_app(
         call["shortSummary"] = "Simulated call."
         call["summary"] = f"Simulated call {call['callId']} ended ({reason})."
         count = state.settings.transcript_messages if message_count is None else message_count
-        sim_call.messages = _transcript(call["callId"], count)
+        sim_call.messages = transcript(call["callId"], count)
         ended = copy.deepcopy(call)
         return (("call.ended", ended), ("call.billed", copy.deepcopy(ended)))
 
@@ -674,7 +489,7 @@ def create_app(
         with state.lock:
             sim_call = state.get(call_id)
             if sim_call.call["ended"] is not None:
-                raise _detail(409, "Call already ended.")
+                raise detail_error(409, "Call already ended.")
             if sim_call.call["joined"] is None:
                 sim_call.call["joined"] = utc_now_iso()
             snapshot = copy.deepcopy(sim_call.call)
@@ -688,19 +503,19 @@ def create_app(
         body = _body()
         reason = body.get("endReason", "hangup")
         if reason not in END_REASONS:
-            raise _detail(400, f"endReason must be one of {', '.join(END_REASONS)}.")
+            raise detail_error(400, f"endReason must be one of {', '.join(END_REASONS)}.")
         billed = body.get("billedDuration")
         if billed is not None and (not isinstance(billed, str) or not DURATION_RE.match(billed)):
-            raise _detail(400, "billedDuration must be a duration string such as '42s'.")
+            raise detail_error(400, "billedDuration must be a duration string such as '42s'.")
         message_count = body.get("messageCount")
         if message_count is not None and (
             not isinstance(message_count, int) or isinstance(message_count, bool) or message_count < 0
         ):
-            raise _detail(400, "messageCount must be a non-negative integer.")
+            raise detail_error(400, "messageCount must be a non-negative integer.")
         with state.lock:
             sim_call = state.get(call_id)
             if sim_call.call["ended"] is not None:
-                raise _detail(409, "Call already ended.")
+                raise detail_error(409, "Call already ended.")
             events = _end_locked(
                 sim_call, reason=reason, billed_duration=billed, message_count=message_count
             )
