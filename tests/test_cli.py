@@ -87,8 +87,9 @@ def test_every_app_shares_the_commands_and_wraps_their_errors_once(config, tmp_p
     from telephony import create_app
     for n in range(3):
         create_app(config, instance_path=str(tmp_path / f"instance-{n}")).extensions["telephony.db"].dispose()
-    from telephony.cli import _domain_errors_as_click, agent_cli
-    wrapper_code = _domain_errors_as_click(lambda: None).__code__
+    from telephony.cli import agent_cli
+    from telephony.cli.common import domain_errors_as_click
+    wrapper_code = domain_errors_as_click(lambda: None).__code__
     for command in agent_cli.commands.values():
         layers, function = 0, command.callback
         while function is not None:

@@ -1,7 +1,7 @@
 """What a web worker loads: `import wsgi` (what gunicorn's master imports before it forks the
 workers) leaves out what no request uses, and the CLI still offers every command.
 
-- the management commands (telephony/cli.py) are imported the first time the app's command
+- the management commands (telephony/cli/) are imported the first time the app's command
   group is listed or asked for a command (`flask --app wsgi ...`, `telephony ...`), never by
   serving requests;
 - httpx (and its command-line client's rich and pygments) come only with the Telnyx SDK
