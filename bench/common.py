@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlencode, urlsplit
 
-import requests
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
+
+from telephony.demo import ChildExited, wait_until_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -157,20 +157,13 @@ def start(name: str, args: list[str], env: dict[str, str], workdir: Path) -> Pro
 
 
 def wait_ready(proc: Proc, url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    with requests.Session() as http:
-        http.trust_env = False
-        while time.monotonic() < deadline:
-            if proc.popen.poll() is not None:
-                tail = proc.log_path.read_text()[-3000:]
-                raise RuntimeError(f"{proc.name} exited early; see {proc.log_path}:\n{tail}")
-            try:
-                if http.get(url, timeout=1).status_code < 500:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} did not answer {url} within {timeout:.0f} s; see {proc.log_path}")
+    try:
+        wait_until_answering(proc.popen, url, timeout=timeout, poll_seconds=0.1)
+    except ChildExited:
+        tail = proc.log_path.read_text()[-3000:]
+        raise RuntimeError(f"{proc.name} exited early; see {proc.log_path}:\n{tail}") from None
+    except TimeoutError:
+        raise RuntimeError(f"{proc.name} did not answer {url} within {timeout:.0f} s; see {proc.log_path}") from None
 
 
 @dataclass

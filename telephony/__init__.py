@@ -94,8 +94,9 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
 
 class ManagementCommands(AppGroup):
     """An app's `flask` commands (`flask --app wsgi ...`, `telephony ...`): every group of
-    cli.py, added the first time the group is listed or asked for a command. A web worker
-    never runs a command, and so never imports cli.py and its command definitions."""
+    the telephony/cli package, added the first time the group is listed or asked for a
+    command. A web worker never runs a command, and so never imports telephony/cli and its
+    command definitions."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)

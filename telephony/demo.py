@@ -193,6 +193,29 @@ Ready.
 # -- processes -----------------------------------------------------------------------------
 
 
+class ChildExited(Exception):
+    """The child process stopped before it answered."""
+
+
+def wait_until_answering(process: subprocess.Popen, url: str, *, timeout: float, poll_seconds: float) -> None:
+    """Poll `url` until the child answers below 500 (a started server). Raises ChildExited
+    if the child stops first, TimeoutError if it has not answered within `timeout` seconds.
+    bench/common.py starts its children the same way."""
+    deadline = time.monotonic() + timeout
+    with requests.Session() as http:
+        http.trust_env = False  # loopback: never through a proxy from the environment
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ChildExited(url)
+            try:
+                if http.get(url, timeout=1).status_code < 500:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(poll_seconds)
+    raise TimeoutError(url)
+
+
 class Processes:
     """The children we start, stopped by their own pid (SIGTERM, then SIGKILL)."""
 
@@ -210,22 +233,14 @@ class Processes:
         return process
 
     def wait_until_answering(self, name: str, url: str) -> None:
-        process = dict(self.running)[name]
-        deadline = time.monotonic() + START_SECONDS
-        with requests.Session() as http:
-            http.trust_env = False
-            while time.monotonic() < deadline:
-                if process.poll() is not None:
-                    tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
-                    raise SystemExit(f"demo: {name} stopped while starting (see {self.logs / name}.log):\n{tail}")
-                try:
-                    if http.get(url, timeout=1).status_code < 500:
-                        return
-                except requests.RequestException:
-                    pass
-                time.sleep(0.2)
-        raise SystemExit(f"demo: {name} did not answer {url} within {START_SECONDS:.0f} s "
-                         f"(see {self.logs / name}.log)")
+        try:
+            wait_until_answering(dict(self.running)[name], url, timeout=START_SECONDS, poll_seconds=0.2)
+        except ChildExited:
+            tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"demo: {name} stopped while starting (see {self.logs / name}.log):\n{tail}") from None
+        except TimeoutError:
+            raise SystemExit(f"demo: {name} did not answer {url} within {START_SECONDS:.0f} s "
+                             f"(see {self.logs / name}.log)") from None
 
     def first_exited(self) -> str | None:
         return next((name for name, process in self.running if process.poll() is not None), None)

@@ -24,6 +24,7 @@ from telephony import create_app
 from telephony.config import Config, normalize_database_url
 from telephony.migrate import upgrade
 from telephony.models import Base
+from tests.browser_helpers import headless_chrome
 
 
 class ServerLikeClient(FlaskClient):
@@ -230,3 +231,10 @@ def receiver():
         receiver.url = f"{handle.base_url}/events"
         receiver.port = handle.port
         yield receiver
+
+
+@pytest.fixture
+def browser():
+    """A headless Chromium (tests/browser_helpers.py); modules using it skip themselves
+    without one."""
+    yield from headless_chrome()

@@ -3,6 +3,7 @@ caller number per carrier and credentials, pointed at the local simulators; help
 read what the carrier simulator was asked to dial and to post signed status callbacks."""
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -14,6 +15,7 @@ from telephony.models import Role
 from telephony.services import agents as agent_service
 from telephony.services import phone_numbers as number_service
 from telephony.services.agencies import add_user, create_agency
+from telephony.services.campaigns import claim
 from tests.conftest import JWT_SECRET
 from tests.inbound_helpers import (
     PLIVO_ID,
@@ -139,3 +141,34 @@ def attempts(app, campaign_id) -> list:
     with db.session() as session:
         return list(session.scalars(select(DialAttempt).where(DialAttempt.campaign_id == uuid.UUID(str(campaign_id)))
                                     .order_by(DialAttempt.created_at)))
+
+
+def claim_concurrently(app, campaign_ids, *, claimers: int = 3, rounds: int = 6, batch: int = 2) -> list[uuid.UUID]:
+    """Several dispatchers (threads, each with its own sessions) claim batches at once,
+    taking turns over the campaigns; every attempt id claimed, in no particular order. A
+    failure in a thread fails the test here instead of being lost with the thread."""
+    db = app.extensions["telephony.db"]
+    campaign_ids = [uuid.UUID(str(campaign_id)) for campaign_id in campaign_ids]
+    barrier = threading.Barrier(claimers)
+    claimed: list[uuid.UUID] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def claimer(offset: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            for i in range(rounds):
+                with db.session() as session:
+                    ids = claim.claim_batch(session, campaign_ids[(offset + i) % len(campaign_ids)], batch)
+                with lock:
+                    claimed.extend(ids)
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(claimers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    return claimed

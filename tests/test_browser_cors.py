@@ -9,8 +9,6 @@ them); without them the test is skipped, except when REQUIRE_BROWSER=1 (CI).
 from __future__ import annotations
 
 import http.server
-import os
-import shutil
 import threading
 import uuid
 from urllib.parse import quote
@@ -24,10 +22,8 @@ from telephony.auth import mint_token
 from telephony.config import Config
 from telephony.models import Role
 from telephony.services.agencies import add_user, create_agency
+from tests.browser_helpers import skip_module_without_browser
 from tests.conftest import JWT_SECRET
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 PAGE = """<!doctype html><html><body><div id="result">pending</div><script>
 const query = new URLSearchParams(location.search);
@@ -36,10 +32,7 @@ fetch(query.get("api") + "/api/v1/me", {headers: {"Authorization": "Bearer " + q
   .catch(e => { document.getElementById("result").textContent = "blocked " + e.name; });
 </script></body></html>"""
 
-if not (CHROMIUM and CHROMEDRIVER):
-    if os.environ.get("REQUIRE_BROWSER") == "1":
-        raise RuntimeError("REQUIRE_BROWSER=1 but chromium / chromedriver are not installed")
-    pytest.skip("chromium and chromedriver are not installed", allow_module_level=True)
+skip_module_without_browser()
 
 
 class _Page(http.server.BaseHTTPRequestHandler):
@@ -69,21 +62,6 @@ def serve():
     for server, thread in servers:
         server.shutdown()
         thread.join(timeout=5)
-
-
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--no-proxy-server", "--disable-background-networking"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def read_result(browser, page: str, api: str, token: str) -> str:

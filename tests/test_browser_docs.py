@@ -7,8 +7,6 @@ off; every resource the page loaded is checked to come from the service itself.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 
 import pytest
@@ -17,29 +15,9 @@ from werkzeug.serving import make_server
 
 from telephony import create_app
 from telephony.config import Config
+from tests.browser_helpers import skip_module_without_browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-if not (CHROMIUM and CHROMEDRIVER):
-    if os.environ.get("REQUIRE_BROWSER") == "1":
-        raise RuntimeError("REQUIRE_BROWSER=1 but chromium / chromedriver are not installed")
-    pytest.skip("chromium and chromedriver are not installed", allow_module_level=True)
-
-
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--no-proxy-server", "--disable-background-networking"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+skip_module_without_browser()
 
 
 @pytest.fixture

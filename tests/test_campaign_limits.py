@@ -7,7 +7,6 @@ through the dispatcher's own transitions (finish_attempt, abort_attempt, reconci
 from __future__ import annotations
 
 import re
-import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -17,7 +16,7 @@ from telephony.models import Campaign, CampaignContact, DialAttempt, utcnow
 from telephony.services.campaigns import claim, dial, outcomes
 from telephony.services.campaigns import manage as campaign_service
 from telephony.services.campaigns.attempts import LIVE_ATTEMPT_STATES
-from tests.outbound_helpers import attempts, contacts_by_phone, create_campaign, seed_agency
+from tests.outbound_helpers import attempts, claim_concurrently, contacts_by_phone, create_campaign, seed_agency
 
 LONG_AGO = "2020-01-01T00:00:00+00:00"
 ISO_8601 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
@@ -171,29 +170,7 @@ def test_agency_cap_holds_with_concurrent_claimers(app):
     total is exactly the cap, never more."""
     seeded = seed_agency(app)
     campaigns = [_campaign(app, seeded, 10, max_concurrent=50, agency_cap=5) for _ in range(2)]
-    db = app.extensions["telephony.db"]
-    barrier = threading.Barrier(3)
-    claimed: list[uuid.UUID] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def claimer(offset: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            for i in range(6):
-                with db.session() as session:
-                    ids = claim.claim_batch(session, campaigns[(offset + i) % 2], 2)
-                with lock:
-                    claimed.extend(ids)
-        except BaseException as exc:  # reported below, not lost in the thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
+    claimed = claim_concurrently(app, campaigns)
     assert len(claimed) == 5 == len(set(claimed))
     assert _live(app, agency_id=seeded.agency_id) == 5
     rows = attempts(app, campaigns[0]) + attempts(app, campaigns[1])

@@ -4,17 +4,16 @@ simulator's concurrency limit."""
 from __future__ import annotations
 
 import json
-import threading
-import uuid
 from datetime import timedelta
 
 import requests
 
-from telephony.models import Call, CallDirection, CallSource, utcnow
+from telephony.models import CallSource, utcnow
 from telephony.services import capacity
-from telephony.services.campaigns import claim
+from tests.capacity_helpers import end_call, live_call, set_capacity
 from tests.outbound_helpers import (
     attempts,
+    claim_concurrently,
     contacts_by_phone,
     create_campaign,
     dial_requests,
@@ -24,27 +23,6 @@ from tests.outbound_helpers import (
 )
 
 CONTACTS = [{"phone": f"+1415555{i:04d}"} for i in range(2000, 2050)]
-
-
-def _set_capacity(app, agency_id, **settings) -> None:
-    with app.extensions["telephony.db"].session() as session:
-        capacity.set_capacity(session, agency_id, **settings)
-
-
-def _live_call(app, agency_id, *, source=CallSource.webrtc, status="in-progress", ultravox_call_id="uv") -> uuid.UUID:
-    """A call of another kind (web, inbound...) holding an Ultravox call."""
-    with app.extensions["telephony.db"].session() as session:
-        call = Call(agency_id=agency_id, source=source, direction=CallDirection.inbound, status=status,
-                    ultravox_call_id=f"{ultravox_call_id}-{uuid.uuid4()}" if ultravox_call_id else None,
-                    carrier_call_id=f"CA{uuid.uuid4().hex}")
-        session.add(call)
-        session.flush()
-        return call.id
-
-
-def _end_call(app, call_id) -> None:
-    with app.extensions["telephony.db"].session() as session:
-        session.get(Call, call_id).status = "completed"
 
 
 def _live_campaign_calls(app, campaign_id) -> int:
@@ -94,11 +72,11 @@ def test_capacity_settings_through_the_api(client, make_tenant):
 
 def test_capacity_shows_the_live_calls_it_counts(app, client, make_tenant):
     tenant = make_tenant()
-    _live_call(app, tenant.agency_id)
-    _live_call(app, tenant.agency_id, source=CallSource.twilio, status="created", ultravox_call_id=None)  # claimed
-    _live_call(app, tenant.agency_id, status="ringing", ultravox_call_id=None)  # answered with the fallback
-    _live_call(app, tenant.agency_id, status="completed")
-    _live_call(app, make_tenant("Other").agency_id)
+    live_call(app, tenant.agency_id)
+    live_call(app, tenant.agency_id, source=CallSource.twilio, status="created", ultravox_call_id=None)  # claimed
+    live_call(app, tenant.agency_id, status="ringing", ultravox_call_id=None)  # answered with the fallback
+    live_call(app, tenant.agency_id, status="completed")
+    live_call(app, make_tenant("Other").agency_id)
     assert client.get("/api/v1/capacity", headers=tenant.admin()).json["live_calls"] == 2
 
 
@@ -121,20 +99,20 @@ def test_capacity_settings_through_the_cli(app):
 
 def test_campaign_never_takes_the_reserved_slots(sim_app, carrier_sim):
     seeded = seed_agency(sim_app)
-    _set_capacity(sim_app, seeded.agency_id, max_concurrent_calls=5, reserved_inbound=2)
+    set_capacity(sim_app, seeded.agency_id, max_concurrent_calls=5, reserved_inbound=2)
     campaign = create_campaign(sim_app.test_client(), seeded, CONTACTS[:10])
     assert dispatch_once(sim_app) == ["placed"] * 3
     assert dispatch_once(sim_app) == []
     # Live calls of every kind count: a web call and an inbound call take two more slots.
-    web = _live_call(sim_app, seeded.agency_id)
-    _live_call(sim_app, seeded.agency_id, source=CallSource.twilio)
+    web = live_call(sim_app, seeded.agency_id)
+    live_call(sim_app, seeded.agency_id, source=CallSource.twilio)
     client = sim_app.test_client()
     first, second = [a for a in attempts(sim_app, campaign["id"]) if a.state == "placed"][:2]
     twilio_status(client, first.call_id, first.carrier_call_id, "completed")
     assert dispatch_once(sim_app) == []  # 2 campaign + 2 others + 1 would leave only 0 free
     twilio_status(client, second.call_id, second.carrier_call_id, "completed")
     assert dispatch_once(sim_app) == []  # 1 + 2 + 1 = 4: one free, two reserved
-    _end_call(sim_app, web)
+    end_call(sim_app, web)
     assert dispatch_once(sim_app) == ["placed"]  # 1 + 1 + 1 = 3 = 5 - 2
     assert _live_campaign_calls(sim_app, campaign["id"]) == 2
 
@@ -142,7 +120,7 @@ def test_campaign_never_takes_the_reserved_slots(sim_app, carrier_sim):
 def test_agency_without_a_limit_counts_nothing(sim_app, carrier_sim):
     seeded = seed_agency(sim_app)
     for _ in range(3):
-        _live_call(sim_app, seeded.agency_id)
+        live_call(sim_app, seeded.agency_id)
     create_campaign(sim_app.test_client(), seeded, CONTACTS[:6])
     assert dispatch_once(sim_app) == ["placed"] * 6
 
@@ -152,35 +130,13 @@ def test_reserved_slots_hold_with_concurrent_dispatchers(app):
     once, with a web call live: the agency row is locked while its calls and claims are
     counted, so together they take exactly 5 - 2 - 1 = 2 slots."""
     seeded = seed_agency(app)
-    _set_capacity(app, seeded.agency_id, max_concurrent_calls=5, reserved_inbound=2)
-    _live_call(app, seeded.agency_id)
+    set_capacity(app, seeded.agency_id, max_concurrent_calls=5, reserved_inbound=2)
+    live_call(app, seeded.agency_id)
     client = app.test_client()
     campaigns = [create_campaign(client, seeded, CONTACTS[i * 10:(i + 1) * 10])["id"] for i in range(2)]
-    db = app.extensions["telephony.db"]
-    barrier = threading.Barrier(3)
-    claimed: list[uuid.UUID] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def dispatcher(offset: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            for i in range(6):
-                with db.session() as session:
-                    ids = claim.claim_batch(session, uuid.UUID(campaigns[(offset + i) % 2]), 2)
-                with lock:
-                    claimed.extend(ids)
-        except BaseException as exc:  # reported below, not lost in the thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=dispatcher, args=(n,)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
+    claimed = claim_concurrently(app, campaigns)
     assert len(claimed) == 2 == len(set(claimed))
-    with db.session() as session:
+    with app.extensions["telephony.db"].session() as session:
         assert capacity.campaign_slots(session, seeded.agency_id) == 0
 
 

@@ -19,9 +19,10 @@ import responses
 from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
 
 from telephony.carriers.telnyx_call_control import HOLD_REMINDER
-from telephony.models import Call, CallDirection, CallSource
+from telephony.models import CallDirection
 from telephony.services import capacity
 from telephony.services import inbound as inbound_service
+from tests.capacity_helpers import end_call, live_call, set_capacity
 from tests.inbound_helpers import (
     AGENT_UV_ID,
     CALLER,
@@ -47,26 +48,6 @@ CASES = [TwilioCase(), TelnyxTexmlCase(), PlivoCase()]
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def _set_capacity(app, agency_id, **settings) -> None:
-    with app.extensions["telephony.db"].session() as session:
-        capacity.set_capacity(session, agency_id, **settings)
-
-
-def _live_call(app, agency_id) -> uuid.UUID:
-    """Another call of the agency, holding an Ultravox call."""
-    with app.extensions["telephony.db"].session() as session:
-        call = Call(agency_id=agency_id, source=CallSource.webrtc, direction=CallDirection.outbound,
-                    status="in-progress", ultravox_call_id=str(uuid.uuid4()))
-        session.add(call)
-        session.flush()
-        return call.id
-
-
-def _end_call(app, call_id) -> None:
-    with app.extensions["telephony.db"].session() as session:
-        session.get(Call, call_id).status = "completed"
 
 
 def _hold(xml: str) -> dict[str, Any]:
@@ -125,8 +106,8 @@ def _answer_with(rsps: responses.RequestsMock, *statuses: int) -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_caller_at_capacity_is_held_then_connected_when_a_slot_frees(app, client, case):
     seeded = seed(app, carrier=case.name, fallback=FALLBACK)
-    _set_capacity(app, seeded.agency_id, max_concurrent_calls=1)
-    other = _live_call(app, seeded.agency_id)
+    set_capacity(app, seeded.agency_id, max_concurrent_calls=1)
+    other = live_call(app, seeded.agency_id, direction=CallDirection.outbound)
     call_sid = case.call_id()
     form = case.inbound_form(call_sid)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
@@ -144,7 +125,7 @@ def test_caller_at_capacity_is_held_then_connected_when_a_slot_frees(app, client
         assert second["message"] is None and "hold_round=2" in second["redirect"]
         assert _uv_calls(rsps.calls) == 0
 
-        _end_call(app, other)
+        end_call(app, other)
         connected = _post_to(case, client, second["redirect"], form)
         assert parse_answer(connected.get_data(as_text=True)) == ("stream", JOIN_URL)
         assert _uv_calls(rsps.calls) == 1
@@ -182,8 +163,8 @@ def test_held_caller_gets_the_fallback_once_the_wait_is_over(app, client, case):
     """After inbound_wait_seconds the call is tried one last time (the count is only a
     forecast); Ultravox still refusing, the caller is forwarded and the call recorded."""
     seeded = seed(app, carrier=case.name, fallback=FALLBACK)
-    _set_capacity(app, seeded.agency_id, max_concurrent_calls=1, inbound_wait_seconds=20)
-    _live_call(app, seeded.agency_id)
+    set_capacity(app, seeded.agency_id, max_concurrent_calls=1, inbound_wait_seconds=20)
+    live_call(app, seeded.agency_id, direction=CallDirection.outbound)
     call_sid = case.call_id()
     form = case.inbound_form(call_sid)
     with app.app_context():
@@ -201,8 +182,8 @@ def test_held_caller_gets_the_fallback_once_the_wait_is_over(app, client, case):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_without_a_fallback_the_caller_hears_the_apology_after_the_wait(app, client, case):
     seeded = seed(app, carrier=case.name)
-    _set_capacity(app, seeded.agency_id, max_concurrent_calls=1, inbound_wait_seconds=0)
-    _live_call(app, seeded.agency_id)
+    set_capacity(app, seeded.agency_id, max_concurrent_calls=1, inbound_wait_seconds=0)
+    live_call(app, seeded.agency_id, direction=CallDirection.outbound)
     with responses.RequestsMock() as rsps:
         _answer_with(rsps, 429)
         answer = case.post(client, case.voice_path, case.inbound_form(case.call_id()))
@@ -214,8 +195,8 @@ def test_a_forged_hold_state_counts_as_a_new_arrival(app, client, case):
     """The state is ours (HMAC) and bound to the carrier call: changed, or taken from
     another call, it is ignored and the caller starts waiting afresh (greeting again)."""
     seeded = seed(app, carrier=case.name, fallback=FALLBACK)
-    _set_capacity(app, seeded.agency_id, max_concurrent_calls=1)
-    _live_call(app, seeded.agency_id)
+    set_capacity(app, seeded.agency_id, max_concurrent_calls=1)
+    live_call(app, seeded.agency_id, direction=CallDirection.outbound)
     call_sid = case.call_id()
     with app.app_context():
         old = capacity.Waiting(since=int(time.time()) - 600, round=9)
@@ -227,8 +208,8 @@ def test_a_forged_hold_state_counts_as_a_new_arrival(app, client, case):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_hold_audio_is_played_when_configured(app, client, case):
     seeded = seed(app, carrier=case.name)
-    _set_capacity(app, seeded.agency_id, max_concurrent_calls=1)
-    _live_call(app, seeded.agency_id)
+    set_capacity(app, seeded.agency_id, max_concurrent_calls=1)
+    live_call(app, seeded.agency_id, direction=CallDirection.outbound)
     app.extensions["telephony.config"] = app.extensions["telephony.config"].with_overrides(
         hold_audio_url="https://cdn.example.test/hold.mp3")
     hold = _hold(case.post(client, case.voice_path, case.inbound_form(case.call_id())).get_data(as_text=True))
@@ -239,7 +220,7 @@ def test_hold_audio_is_played_when_configured(app, client, case):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_capacity_check_costs_one_count_and_only_with_a_limit(app, client, case):
     seeded = seed(app, carrier=case.name)
-    _set_capacity(app, seeded.agency_id, max_concurrent_calls=3)
+    set_capacity(app, seeded.agency_id, max_concurrent_calls=3)
     with responses.RequestsMock() as rsps:
         _answer_with(rsps)
         with counted(app) as seen:
@@ -259,8 +240,8 @@ def _state(command: dict[str, Any]) -> str:
 
 def test_call_control_caller_is_held_then_streamed(sim_app, ultravox_sim, carrier_sim):
     seeded = seed(sim_app, carrier="telnyx", fallback=FALLBACK)
-    _set_capacity(sim_app, seeded.agency_id, max_concurrent_calls=1)
-    other = _live_call(sim_app, seeded.agency_id)
+    set_capacity(sim_app, seeded.agency_id, max_concurrent_calls=1)
+    other = live_call(sim_app, seeded.agency_id, direction=CallDirection.outbound)
     client = sim_app.test_client()
     ccid = _call_control_id()
     assert _post(client, _event("call.initiated", ccid)).status_code == 200
@@ -280,7 +261,7 @@ def test_call_control_caller_is_held_then_streamed(sim_app, ultravox_sim, carrie
     assert reminder["action"] == "speak" and reminder["params"]["payload"] == HOLD_REMINDER
     assert sim_calls_for(ultravox_sim, ccid) == []
 
-    _end_call(sim_app, other)
+    end_call(sim_app, other)
     assert _post(client, _event("call.speak.ended", ccid, client_state=reminder["params"]["client_state"],
                                 status="completed")).status_code == 200
     stream = _commands(carrier_sim, ccid)[3]
@@ -316,8 +297,8 @@ def test_call_control_ultravox_429_holds_then_transfers_after_the_wait(sim_app, 
 
 def test_call_control_forged_hold_event_is_refused(sim_app, ultravox_sim, carrier_sim):
     seeded = seed(sim_app, carrier="telnyx")
-    _set_capacity(sim_app, seeded.agency_id, max_concurrent_calls=1)
-    _live_call(sim_app, seeded.agency_id)
+    set_capacity(sim_app, seeded.agency_id, max_concurrent_calls=1)
+    live_call(sim_app, seeded.agency_id, direction=CallDirection.outbound)
     client = sim_app.test_client()
     ccid = _call_control_id()
     _post(client, _event("call.initiated", ccid))
@@ -341,8 +322,8 @@ def test_call_control_caller_who_hung_up_on_hold_is_not_connected(sim_app, ultra
 
 def test_call_control_plays_the_hold_audio_and_speaks_when_it_cannot(sim_app, ultravox_sim, carrier_sim):
     seeded = seed(sim_app, carrier="telnyx")
-    _set_capacity(sim_app, seeded.agency_id, max_concurrent_calls=1)
-    _live_call(sim_app, seeded.agency_id)
+    set_capacity(sim_app, seeded.agency_id, max_concurrent_calls=1)
+    live_call(sim_app, seeded.agency_id, direction=CallDirection.outbound)
     sim_app.extensions["telephony.config"] = sim_app.extensions["telephony.config"].with_overrides(
         hold_audio_url="https://cdn.example.test/hold.mp3")
     client = sim_app.test_client()

@@ -68,27 +68,25 @@ class CallTransferredData(BaseModel):
     ended_at: datetime | None
 
 
-class CallEvent(BaseModel):
+class _Event(BaseModel):
+    """What every event has; each event type's model adds its `type` and `data`."""
     model_config = ConfigDict(extra="forbid")
     id: uuid.UUID = Field(description="The event id, also in the webhook-id header; deduplicate on it")
-    type: Literal["call.started", "call.answered", "call.ended", "call.failed", "call.answered_by"]
     timestamp: datetime
+
+
+class CallEvent(_Event):
+    type: Literal["call.started", "call.answered", "call.ended", "call.failed", "call.answered_by"]
     data: CallEventData
 
 
-class CallTransferredEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: uuid.UUID = Field(description="The event id, also in the webhook-id header; deduplicate on it")
+class CallTransferredEvent(_Event):
     type: Literal["call.transferred"]
-    timestamp: datetime
     data: CallTransferredData
 
 
-class CampaignCompletedEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: uuid.UUID = Field(description="The event id, also in the webhook-id header; deduplicate on it")
+class CampaignCompletedEvent(_Event):
     type: Literal["campaign.completed"]
-    timestamp: datetime
     data: CampaignCompletedData
 
 

@@ -28,7 +28,7 @@ from ..errors import ApiError
 from ..services.campaigns import imports as import_service
 from ..services.campaigns import manage as campaign_service
 from ..services.campaigns.attempts import CONTACT_STATES
-from .outbound import MachineMessageIn
+from .outbound import MachineMessageIn, OnMachine
 from .schema import Body, RequestModel, ResponseModel, document, parse_body, parse_query, render
 
 bp = Blueprint("campaigns", __name__, url_prefix="/api/v1")
@@ -66,7 +66,7 @@ class VoicemailRetryIn(RequestModel):
 
 
 class CampaignMachineIn(RequestModel):
-    on_machine: Literal["hangup", "leave_message", "continue"] = Field(
+    on_machine: OnMachine = Field(
         default="hangup", description="What each call does if a machine answers: hang up (outcome voicemail, "
                                       "retried by `retry`), leave `message` after the beep and hang up "
                                       "(voicemail_left, done), or let the agent talk. A fax is always hung up on")

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from flask import Blueprint, Response, jsonify, request
 from pydantic import Field, HttpUrl
 
+from ..answering_machine import POLICIES as MACHINE_POLICIES
 from ..auth import current_principal, require_auth
 from ..carriers.registry import get_carriers
 from ..carriers.telnyx_call_control import MACHINE_GREETING_EVENTS, MACHINE_VERDICT_EVENTS, MESSAGE_ENDED_EVENTS
@@ -40,12 +41,17 @@ from .carrier_webhook_docs import (
     signature_headers,
 )
 from .errors import api_error
-from .schema import RequestModel, ResponseModel, document, parse_body
+from .schema import Described, RequestModel, ResponseModel, document, parse_body
 from .webhooks import webhook_request
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("outbound", __name__)
+
+
+# What a call does if a machine answers (answering_machine.py); campaigns.py's policy too.
+OnMachine = Literal["hangup", "leave_message", "continue"]
+assert set(OnMachine.__args__) == set(MACHINE_POLICIES)  # type: ignore[attr-defined]
 
 
 class MachineMessageIn(RequestModel):
@@ -62,7 +68,7 @@ class MachineMessageIn(RequestModel):
 
 
 class AnsweringMachineIn(RequestModel):
-    on_machine: Literal["hangup", "leave_message", "continue"] = Field(
+    on_machine: OnMachine = Field(
         default="continue", description="What the call does if a machine answers: hang up (outcome voicemail), "
                                         "leave `message` after the beep and hang up (voicemail_left), or let the "
                                         "agent talk. A fax is always hung up on.")
@@ -196,28 +202,30 @@ def telnyx_outbound_event(call_id: uuid.UUID):
 
 
 CARRIER_SIGNED = {403: (None, "Signature missing or not valid for the call's agency (nothing written)")}
+_VERDICT_APPLIED: dict[int, tuple[Described, str]] = {
+    204: (None, "Applied, duplicate, too late to act on, or not our call"), **CARRIER_SIGNED}
+
+
+def _apply_machine_verdict(carrier: str, call_id: uuid.UUID):
+    answering_machine.apply_detection(get_session(), carrier, call_id, get_carriers().xml_adapter(carrier),
+                                      webhook_request())
+    return "", 204
 
 
 @bp.post("/webhooks/outbound/twilio/amd/<uuid:call_id>")
 @document(summary="Twilio answering-machine verdict of our outbound call (AsyncAmdStatusCallback, form, "
-                  "X-Twilio-Signature)", tags=["webhooks"], security=[],
-          responses={204: (None, "Applied, duplicate, too late to act on, or not our call"), **CARRIER_SIGNED})
+                  "X-Twilio-Signature)", tags=["webhooks"], security=[], responses=_VERDICT_APPLIED)
 def twilio_outbound_amd(call_id: uuid.UUID):
     """Twilio's asynchronous answering-machine verdict (AsyncAmdStatusCallback)."""
-    answering_machine.apply_detection(get_session(), "twilio", call_id, get_carriers().xml_adapter("twilio"),
-                                      webhook_request())
-    return "", 204
+    return _apply_machine_verdict("twilio", call_id)
 
 
 @bp.post("/webhooks/outbound/plivo/amd/<uuid:call_id>")
 @document(summary="Plivo machine detection of our outbound call (machine_detection_url, form, signature V3)",
-          tags=["webhooks"], security=[],
-          responses={204: (None, "Applied, duplicate, too late to act on, or not our call"), **CARRIER_SIGNED})
+          tags=["webhooks"], security=[], responses=_VERDICT_APPLIED)
 def plivo_outbound_amd(call_id: uuid.UUID):
     """Plivo's asynchronous machine detection (machine_detection_url)."""
-    answering_machine.apply_detection(get_session(), "plivo", call_id, get_carriers().xml_adapter("plivo"),
-                                      webhook_request())
-    return "", 204
+    return _apply_machine_verdict("plivo", call_id)
 
 
 @bp.post("/webhooks/outbound/plivo/voicemail/<uuid:call_id>")
