@@ -45,6 +45,7 @@ STEPS = (
     ("telephony.api.webhooks", "webhook_request"),
     ("telephony.services.inbound", "find_route"),
     ("telephony.services.carrier_webhooks", "verified_credentials"),
+    ("telephony.services.carrier_webhooks", "credentials_if_signed"),  # a kept route (inbound_routes.py)
     ("telephony.services.calls", "ultravox_client_for"),
     ("telephony.services.calls", "_claim"),
     ("telephony.ultravox", "UltravoxClient.create_agent_call"),

@@ -39,7 +39,7 @@ GROUPS = (
     ("TwiML", "twiml/"),
     ("uuid", "uuid.py"),
     ("telephony: inbound answer (all under it)", "answer_inbound (telephony/services/inbound.py"),
-    ("  route lookup", "find_route (telephony/services/inbound.py"),
+    ("  route lookup", "find_route (telephony/services/inbound_routes.py"),
     ("  credentials + signature", "verified_credentials ("),
     ("  claim (INSERT ... ON CONFLICT + COMMIT)", "_claim (telephony/services/calls.py"),
     ("  Ultravox client", "create_agent_call (telephony/ultravox.py"),

@@ -28,6 +28,10 @@ class Agency(Base):
     reserved_inbound: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # How long an inbound caller who finds every slot taken waits on hold for one.
     inbound_wait_seconds: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
+    # Bumped by database triggers (migration 0011) on every change to the agency's phone
+    # numbers, agents or credentials: a web process's cached inbound route is used only
+    # while this is what it was read at (services/inbound_routes.py). Never set by hand.
+    route_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class User(Base):

@@ -173,6 +173,11 @@ class NewCall:
     recording_enabled: bool | None = None  # None: the agent's setting
     extra_body: dict[str, Any] | None = None  # further Ultravox call fields (joinTimeout, ...)
     credit_balance: int | None = None  # the agency's, when the caller read it already; else read here
+    # Claim first, from a route kept by the web process (services/inbound_routes.py): claim
+    # only while the agency's route_version is still this one, it has credit and no
+    # concurrency limit (the claim checks all three, in the same statement); else
+    # RouteChanged, with nothing written or created.
+    route_version: int | None = None
     on_machine: str | None = None  # outbound: what to do if a machine answers (telephony.answering_machine)
     machine_message: dict[str, Any] | None = None  # outbound: the message to leave ({"text"} or {"audio_url"})
     # Continue the conversation of this Ultravox call (a direct call with priorCallId, which
@@ -193,6 +198,14 @@ class StartedCall:
     # claim (nothing was created). record: the write that stores the answer on the row.
     duplicate: bool = False
     record: CallRecord | None = field(default=None, repr=False)
+
+
+class RouteChanged(Exception):
+    """A route kept by the process may be out of date. Raised by the claim with
+    `NewCall.route_version` when it inserted nothing: the agency's route changed since it
+    was read, or it has no credit or a concurrency limit now, or another delivery holds
+    the claim (one statement cannot tell which). Nothing was written and no Ultravox call
+    created: the caller reads the route again and starts over (services/inbound.py)."""
 
 
 class CallNotStarted(Exception):
@@ -261,6 +274,8 @@ def start_call(session: Session, new: NewCall, *, claim_first: bool = False,
     # record below are transactions of their own).
     end_read(session)
     claim = _claim(session, new, agent_id, call_id)
+    if claim == "route_changed":
+        raise RouteChanged()
     if claim == "duplicate":
         return StartedCall(call_id=None, ultravox_call_id="", join_url="", created_at=utcnow(), duplicate=True)
     claimed = claim == "claimed"
@@ -309,6 +324,8 @@ def _transfer_tool(new: NewCall, call_id: uuid.UUID) -> dict[str, Any] | None:
 
 
 def _has_credit(session: Session, new: NewCall) -> bool:
+    if new.route_version is not None:
+        return True  # the claim itself inserts only while the agency has credit
     balance = new.credit_balance
     if balance is None:
         balance = session.scalar(select(Agency.credit_balance).where(Agency.id == new.agency_id))
@@ -346,21 +363,27 @@ def _insert(session: Session, new: NewCall, agent_id: uuid.UUID, started: Starte
 
 
 def _claim(session: Session, new: NewCall, agent_id: uuid.UUID,
-           call_id: uuid.UUID) -> Literal["claimed", "duplicate", "unrecorded"]:
+           call_id: uuid.UUID) -> Literal["claimed", "duplicate", "route_changed", "unrecorded"]:
     """Claim first: the row, keyed by (source, carrier_call_id), committed (one
-    INSERT ... ON CONFLICT DO NOTHING in autocommit: it inserted, or the key was taken)."""
+    INSERT ... ON CONFLICT DO NOTHING in autocommit: it inserted, or the key was taken).
+    With a route_version, an INSERT ... SELECT that also checks the agency's route is
+    unchanged: no row then is "route_changed" (the caller starts over)."""
+    params = {"id": call_id, "agency_id": new.agency_id, "agent_id": agent_id, "source": new.source,
+              "direction": new.direction, "from_number": new.from_number, "to_number": new.to_number,
+              "carrier_call_id": new.carrier_call_id, "status": call_states.CREATED}
+    statement = _CLAIM
+    if new.route_version is not None:
+        statement, params["route_version"] = _CLAIM_IF_ROUTE_UNCHANGED, new.route_version
     try:
-        claimed = direct_sql.run(session, _CLAIM, {
-            "id": call_id, "agency_id": new.agency_id, "agent_id": agent_id, "source": new.source,
-            "direction": new.direction, "from_number": new.from_number, "to_number": new.to_number,
-            "carrier_call_id": new.carrier_call_id, "status": call_states.CREATED,
-        }).rowcount == 1
+        claimed = direct_sql.run(session, statement, params).rowcount == 1
     except SQLAlchemyError:
         # The caller is connected all the same: losing the row is repairable, losing the
         # call is not. Idempotency is lost for this one request only.
         log.exception("call %s could not be claimed; starting it anyway", call_id)
         return "unrecorded"
-    return "claimed" if claimed else "duplicate"
+    if claimed:
+        return "claimed"
+    return "duplicate" if statement is _CLAIM else "route_changed"
 
 
 @dataclass(frozen=True)
@@ -388,10 +411,22 @@ class CallRecord:
 # crash of the database server within ~600 ms could lose it, and then the call is already
 # connected and its row is rebuilt from the Ultravox call's metadata like any unrecorded
 # call (a carrier retry in that moment would be the one case answered twice).
-_calls = cast(Table, Call.__table__)
+_calls, _agencies = cast(Table, Call.__table__), cast(Table, Agency.__table__)
+_CLAIMED_COLUMNS = ("id", "agency_id", "agent_id", "source", "direction", "from_number", "to_number",
+                    "carrier_call_id", "status")
 _CLAIM = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
-    {name: bindparam(name) for name in ("id", "agency_id", "agent_id", "source", "direction", "from_number",
-                                        "to_number", "carrier_call_id", "status")})
+    {name: bindparam(name) for name in _CLAIMED_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False)
+# The same row, inserted from a one-row SELECT of the agency that is empty unless the
+# route the caller kept is still current (route_version: bumped by triggers on any change
+# to the agency's numbers, agents and credentials) and the agency has credit and no
+# concurrency limit. One primary-key lookup more than the claim above, instead of the
+# route's four-table read before it.
+_CLAIM_IF_ROUTE_UNCHANGED = DirectStatement(lambda dialect: insert_for(dialect)(_calls).from_select(
+    list(_CLAIMED_COLUMNS),
+    select(*[bindparam(name, type_=_calls.c[name].type) for name in _CLAIMED_COLUMNS])
+    .where(_agencies.c.id == bindparam("agency_id"), _agencies.c.route_version == bindparam("route_version"),
+           _agencies.c.credit_balance > 0, _agencies.c.max_concurrent_calls.is_(None)))
     .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False)
 # A status callback may already have moved the call on (a caller who hung up while we
 # waited on Ultravox): only a call still "created" becomes "ringing".

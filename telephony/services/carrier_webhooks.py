@@ -56,6 +56,15 @@ def verified_call(session: Session, adapter: CarrierAdapter, request: WebhookReq
     return VerifiedCall(call_id=row.id, agency_id=row.agency_id, credentials=credentials)
 
 
+def credentials_if_signed(session: Session, adapter: CarrierAdapter, request: WebhookRequest,
+                          agency_id: uuid.UUID) -> ProviderCredentials | None:
+    """The agency's carrier credentials if the request's signature checks out with them,
+    else None, with nothing logged: for a check the caller may make again with fresher
+    credentials (services/inbound.py, a kept route)."""
+    credentials = get_credentials().get(session, agency_id, adapter.name)
+    return credentials if adapter.verify(request, credentials) else None
+
+
 def verified_credentials(session: Session, adapter: CarrierAdapter, request: WebhookRequest,
                          agency_id: uuid.UUID) -> ProviderCredentials:
     """The agency's carrier credentials, once the request's signature checks out with

@@ -1,11 +1,15 @@
 """Answering a carrier's inbound-call webhook: the caller talks to the agency's agent.
 
-The normal path issues three SQL statements, each a transaction of its own run on the
-driver's connection (telephony/direct_sql.py: one round trip each, no BEGIN or COMMIT),
-and holds no database connection while Ultravox is asked for the call:
+The normal path issues two or three SQL statements, each a transaction of its own run on
+the driver's connection (telephony/direct_sql.py: one round trip each, no BEGIN or
+COMMIT), and holds no database connection while Ultravox is asked for the call:
 
-1. SELECT the dialled number, its agent, the agency's credit balance and its credential
-   rows (encrypted).
+1. SELECT the dialled number, its agent, the agency's credit balance, route version and
+   credential rows (encrypted): `inbound_routes.find_route`. Skipped when this process
+   keeps the number's route from an earlier call (inbound_routes.RouteCache); then the
+   claim (2) checks the kept route is still current, and if it is not, or the signature
+   does not check out with the kept credentials, the webhook starts over from this read
+   with nothing written.
    Unknown or carrier-mismatched numbers get a "not in service" message without
    verification: there are no credentials to verify with, and the answer is a fixed
    message that writes nothing and starts nothing. The carrier credentials are
@@ -41,24 +45,23 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import call_states, direct_sql
+from .. import call_states
 from ..carriers.base import Answer, CarrierAdapter, Hold, InboundCall, WebhookRequest
 from ..carriers.registry import get_carriers
 from ..config import get_config
-from ..credentials import ProviderCredentials, get_credentials
+from ..credentials import ProviderCredentials
 from ..db import Database, rollback_quietly
-from ..direct_sql import DirectStatement
 from ..errors import InvalidInput
 from ..logging import agency_id_var
-from ..models import Agency, AgencyCredential, AgentMapping, Call, CallDirection, CallSource, PhoneNumber, utcnow
+from ..models import Call, CallDirection, CallSource, utcnow
 from ..ultravox_errors import UltravoxRateLimited
 from . import calls, capacity, carrier_webhooks
 from .carrier_webhooks import SignatureRejected
+from .inbound_routes import Route, RouteAgent, find_route, remember_credentials, route_cache
 from .phone_numbers import normalize_e164
 
 log = logging.getLogger(__name__)
@@ -73,29 +76,6 @@ DUPLICATE_POLL_SECONDS = 0.05
 # each pause between two tries lasts when no hold audio is configured (HOLD_AUDIO_URL).
 HOLD_MESSAGE = "Thank you for calling. All our lines are busy right now; please hold and we will connect you."
 HOLD_PAUSE_SECONDS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class RouteAgent:
-    """The number's agent as read with the route (calls.CallAgent): plain values, no ORM
-    instance to build on every webhook."""
-
-    id: uuid.UUID
-    ultravox_agent_id: str
-    recording_enabled: bool
-    transfer_targets: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Route:
-    agency_id: uuid.UUID
-    e164: str
-    fallback_number: str | None
-    recording_enabled: bool | None  # the number's own setting; None follows the agent
-    credit_balance: int  # the agency's (no credit: no agent, see calls.start_call)
-    agent: RouteAgent | None
-    max_concurrent_calls: int | None = None  # the agency's capacity (services/capacity.py)
-    inbound_wait_seconds: int = capacity.DEFAULT_INBOUND_WAIT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -122,48 +102,10 @@ class InboundOutcome:
     # failed write (from the Ultravox call's metadata).
     pending_write: calls.CallRecord | None = None
 
-
-def find_route(session: Session, carrier: str, e164: str) -> Route | None:
-    """The number (registered with this carrier), its agent and, in the same query, the
-    owning agency's credential rows, which the signature check and the Ultravox call need
-    next (handed to the credential store still encrypted: one round trip, not two).
-
-    Plain columns, not ORM objects: the route outlives this read transaction, so it holds
-    no ORM state that ending the transaction would expire (and reading it again cost
-    another query)."""
-    rows = direct_sql.run(session, _ROUTE_QUERY, {"e164": e164, "carrier": carrier}).rows
-    if not rows:
-        return None
-    row = rows[0]
-    get_credentials().remember_rows(session, row.agency_id, {
-        r.credential_name: r.ciphertext for r in rows if r.credential_name is not None})
-    agent = None
-    if row.agent_id is not None:
-        agent = RouteAgent(id=row.agent_id, ultravox_agent_id=row.ultravox_agent_id,
-                           recording_enabled=row.agent_recording, transfer_targets=row.transfer_targets or [])
-    return Route(agency_id=row.agency_id, e164=row.e164, fallback_number=row.fallback_number,
-                 recording_enabled=row.recording_enabled, credit_balance=row.credit_balance, agent=agent,
-                 max_concurrent_calls=row.max_concurrent_calls, inbound_wait_seconds=row.inbound_wait_seconds)
-
-
-# Built once, from Core tables, and run on the driver's connection (telephony/direct_sql.py):
-# a webhook is a hot path, and SQLAlchemy's execution path cost more than the statement.
-# One row per credential of the agency (an agency has a handful), or one row with NULL
-# credential columns.
-_numbers, _agents, _secrets = PhoneNumber.__table__, AgentMapping.__table__, AgencyCredential.__table__
-_agencies = Agency.__table__
-_ROUTE_QUERY = DirectStatement(
-    select(_numbers.c.agency_id, _numbers.c.e164, _numbers.c.fallback_number, _numbers.c.recording_enabled,
-           _agencies.c.credit_balance, _agencies.c.max_concurrent_calls, _agencies.c.inbound_wait_seconds,
-           _agents.c.id.label("agent_id"), _agents.c.ultravox_agent_id,
-           _agents.c.recording_enabled.label("agent_recording"), _agents.c.transfer_targets,
-           _secrets.c.name.label("credential_name"), _secrets.c.ciphertext)
-    .select_from(_numbers)
-    .join(_agencies, _agencies.c.id == _numbers.c.agency_id)
-    .outerjoin(_agents, (_agents.c.id == _numbers.c.agent_id) & (_agents.c.agency_id == _numbers.c.agency_id))
-    .outerjoin(_secrets, _secrets.c.agency_id == _numbers.c.agency_id)
-    .where(_numbers.c.e164 == bindparam("e164"), _numbers.c.carrier == bindparam("carrier"))
-)
+    def start_over(self) -> None:
+        """Back to the apology, unverified: a kept route turned out stale (services/inbound_routes.py)."""
+        self.answer, self.agency_id, self.credentials = Answer.say(APOLOGY), None, None
+        self.ultravox_seconds, self.pending_write = None, None
 
 
 def answer_inbound(session: Session, adapter: CarrierAdapter, request: WebhookRequest,
@@ -187,13 +129,43 @@ def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, 
             held: HeldCall | None) -> None:
     call = held.call if held is not None else adapter.parse_inbound(request)
     to_number = _e164(call.to_number)
+    routes = route_cache()
+    kept = routes.get(adapter.name, to_number) if held is None and to_number else None
+    if kept is not None:
+        remember_credentials(session, kept)
+        try:
+            _answer_route(session, adapter, request, outcome, held, call, kept, kept=True)
+            return
+        except calls.RouteChanged:
+            # The route may have changed since it was kept (a rotated token, a number moved,
+            # no credit left): nothing was written or created; read it again, as without one.
+            log.info("inbound %s call to %s: the kept route may be out of date; reading it again", adapter.name,
+                     kept.e164)
+            routes.forget(adapter.name, kept.e164)
+            outcome.start_over()
     route = find_route(session, adapter.name, to_number) if to_number else None
     if route is None:
         session.rollback()
         log.info("inbound %s call to %r: no such number here; not in service", adapter.name, call.to_number)
         outcome.answer = Answer.say(NOT_IN_SERVICE)
         return
-    outcome.credentials = carrier_webhooks.verified_credentials(session, adapter, request, route.agency_id)
+    if held is None:
+        routes.keep(adapter.name, route)
+    _answer_route(session, adapter, request, outcome, held, call, route, kept=False)
+
+
+def _answer_route(session: Session, adapter: CarrierAdapter, request: WebhookRequest, outcome: InboundOutcome,
+                  held: HeldCall | None, call: InboundCall, route: Route, *, kept: bool) -> None:
+    """`kept`: the route is the process's (inbound_routes.RouteCache); calls.RouteChanged
+    when it may be out of date: the signature does not check out with its credentials
+    (they may have been rotated: checked again, and refused, with the fresh ones), or the
+    claim finds the agency's route changed."""
+    if kept:
+        outcome.credentials = carrier_webhooks.credentials_if_signed(session, adapter, request, route.agency_id)
+        if outcome.credentials is None:
+            raise calls.RouteChanged()
+    else:
+        outcome.credentials = carrier_webhooks.verified_credentials(session, adapter, request, route.agency_id)
     outcome.agency_id = route.agency_id
     agency_id_var.set(str(route.agency_id))
     if route.agent is None or not call.carrier_call_id:
@@ -208,11 +180,13 @@ def _answer(session: Session, adapter: CarrierAdapter, request: WebhookRequest, 
         # A redirected XML webhook: the caller's hold state is in its URL.
         waiting = capacity.waiting_from_url(request.public_url, adapter.name, call.carrier_call_id)
     outcome.answer = _connect(session, adapter, route, route.agent, call, outcome,
-                              waiting or capacity.Waiting(since=int(time.time()), round=0), request.public_url)
+                              waiting or capacity.Waiting(since=int(time.time()), round=0), request.public_url,
+                              route_version=route.route_version if kept else None)
 
 
 def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: RouteAgent, call: InboundCall,
-             outcome: InboundOutcome, waiting: capacity.Waiting, public_url: str) -> Answer:
+             outcome: InboundOutcome, waiting: capacity.Waiting, public_url: str, *,
+             route_version: int | None) -> Answer:
     fallback = outcome.answer
     # Every slot taken: the caller waits on hold while they may (then one last try, whose
     # refusal answers the fallback). Counted only for an agency with a limit.
@@ -231,7 +205,7 @@ def _connect(session: Session, adapter: CarrierAdapter, route: Route, agent: Rou
         from_number=from_number, to_number=route.e164, carrier_call_id=call.carrier_call_id,
         template_context={"caller_number": from_number, "called_number": route.e164},
         recording_enabled=route.recording_enabled,  # None: the agent's setting
-        credit_balance=route.credit_balance)
+        credit_balance=route.credit_balance, route_version=route_version)
     try:
         started = calls.start_call(session, new_call, claim_first=True, timeout=_ultravox_timeout())
     except calls.CallNotStarted as exc:
