@@ -40,7 +40,7 @@ GROUPS = (
     ("uuid", "uuid.py"),
     ("telephony: inbound answer (all under it)", "answer_inbound (telephony/services/inbound.py"),
     ("  route lookup", "find_route (telephony/services/inbound_routes.py"),
-    ("  credentials + signature", "verified_credentials ("),
+    ("  credentials + signature", "(telephony/services/carrier_webhooks.py"),
     ("  claim (INSERT ... ON CONFLICT + COMMIT)", "_claim (telephony/services/calls.py"),
     ("  Ultravox client", "create_agent_call (telephony/ultravox.py"),
     ("telephony: after-answer record write", "_store_after_answer"),

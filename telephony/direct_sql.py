@@ -175,6 +175,17 @@ def run_many(engine: Engine, batch: Sequence[tuple[DirectStatement, Mapping[str,
             cursor.execute("COMMIT")
 
 
+def run_values(engine: Engine, sql: str, template: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """PostgreSQL: one statement whose `VALUES %s` takes every row (psycopg2's
+    execute_values, each row through `template`), as a transaction of its own; returns
+    the rows of its RETURNING clause. `rows` hold values already processed for the
+    driver (a plan's `arguments`)."""
+    with _connection(engine, sql, None, autocommit=True) as cursor:
+        engine.dispatch.before_cursor_execute(None, cursor, sql, rows, None, True)
+        return psycopg2.extras.execute_values(cursor, sql, rows, template=template, page_size=max(len(rows), 1),
+                                              fetch=True)
+
+
 def _engine_of(database: Session | Engine) -> Engine:
     engine = database.get_bind() if isinstance(database, Session) else database
     if not isinstance(engine, Engine):

@@ -22,7 +22,7 @@ from tests.inbound_helpers import PlivoCase, TelnyxTexmlCase, TwilioCase, Ultrav
 CASES = [TwilioCase(), TelnyxTexmlCase(), PlivoCase()]
 TRANSACTION_CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
 MAX_STATEMENTS = 5
-# PostgreSQL: the claim's commit does not wait for the disk (services/calls.py _CLAIM).
+# PostgreSQL: the claim's commit does not wait for the disk (services/claims.py CLAIM).
 NO_WAIT_FOR_DISK = "SET LOCAL synchronous_commit TO OFF; "
 
 

@@ -42,14 +42,14 @@ from sqlalchemy.orm import Session
 from .. import call_states, direct_sql
 from ..config import Config, get_config
 from ..credentials import CredentialStore, get_credentials
-from ..db import end_read, insert_for, rollback_quietly
+from ..db import end_read, rollback_quietly
 from ..direct_sql import DirectStatement
 from ..errors import DomainError, Forbidden
 from ..logging import call_id_var
 from ..models import Agency, Call, CallDirection, CallSource, utcnow
 from ..ultravox import UltravoxClient
 from ..ultravox_errors import UltravoxError, UltravoxServerError
-from . import transfer_tool
+from . import claims, transfer_tool
 
 log = logging.getLogger(__name__)
 
@@ -371,11 +371,8 @@ def _claim(session: Session, new: NewCall, agent_id: uuid.UUID,
     params = {"id": call_id, "agency_id": new.agency_id, "agent_id": agent_id, "source": new.source,
               "direction": new.direction, "from_number": new.from_number, "to_number": new.to_number,
               "carrier_call_id": new.carrier_call_id, "status": call_states.CREATED}
-    statement = _CLAIM
-    if new.route_version is not None:
-        statement, params["route_version"] = _CLAIM_IF_ROUTE_UNCHANGED, new.route_version
     try:
-        claimed = direct_sql.run(session, statement, params).rowcount == 1
+        claimed = claims.insert_claim(session, params, new.route_version)
     except SQLAlchemyError:
         # The caller is connected all the same: losing the row is repairable, losing the
         # call is not. Idempotency is lost for this one request only.
@@ -383,7 +380,7 @@ def _claim(session: Session, new: NewCall, agent_id: uuid.UUID,
         return "unrecorded"
     if claimed:
         return "claimed"
-    return "duplicate" if statement is _CLAIM else "route_changed"
+    return "duplicate" if new.route_version is None else "route_changed"
 
 
 @dataclass(frozen=True)
@@ -405,29 +402,7 @@ class CallRecord:
                           "from the call's metadata", self.call_id)
 
 
-# Built once, and run on the driver's connection (inbound webhooks are a hot path:
-# telephony/direct_sql.py). The claim: one winner per carrier call, on PostgreSQL and
-# SQLite alike. The caller waits for it, so its commit does not wait for the disk: only a
-# crash of the database server within ~600 ms could lose it, and then the call is already
-# connected and its row is rebuilt from the Ultravox call's metadata like any unrecorded
-# call (a carrier retry in that moment would be the one case answered twice).
-_calls, _agencies = cast(Table, Call.__table__), cast(Table, Agency.__table__)
-_CLAIMED_COLUMNS = ("id", "agency_id", "agent_id", "source", "direction", "from_number", "to_number",
-                    "carrier_call_id", "status")
-_CLAIM = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
-    {name: bindparam(name) for name in _CLAIMED_COLUMNS})
-    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False)
-# The same row, inserted from a one-row SELECT of the agency that is empty unless the
-# route the caller kept is still current (route_version: bumped by triggers on any change
-# to the agency's numbers, agents and credentials) and the agency has credit and no
-# concurrency limit. One primary-key lookup more than the claim above, instead of the
-# route's four-table read before it.
-_CLAIM_IF_ROUTE_UNCHANGED = DirectStatement(lambda dialect: insert_for(dialect)(_calls).from_select(
-    list(_CLAIMED_COLUMNS),
-    select(*[bindparam(name, type_=_calls.c[name].type) for name in _CLAIMED_COLUMNS])
-    .where(_agencies.c.id == bindparam("agency_id"), _agencies.c.route_version == bindparam("route_version"),
-           _agencies.c.credit_balance > 0, _agencies.c.max_concurrent_calls.is_(None)))
-    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False)
+_calls = cast(Table, Call.__table__)
 # A status callback may already have moved the call on (a caller who hung up while we
 # waited on Ultravox): only a call still "created" becomes "ringing".
 _RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
