@@ -58,6 +58,7 @@ def create_app(config: Config | None = None, *, instance_path: str | None = None
     app.extensions["telephony.config"] = config
     app.extensions["telephony.db"] = Database(config.database_url, timeouts=config.database_timeouts,
                                               pool_size=config.db_pool_size, max_overflow=config.db_max_overflow,
+                                              prepared_statements=config.db_prepared_statements,
                                               write_behind_seconds=config.write_behind_ms / 1000)
     # Before the blueprints: the webhook routes and the credential API are derived from it.
     carriers = carriers if carriers is not None else CarrierRegistry.from_config(config)

@@ -97,6 +97,9 @@ class Config:
     # are busy (overflow). Every process has its own pool; docs/deploy.md adds them up.
     db_pool_size: int = 10
     db_max_overflow: int = 20
+    # The inbound webhook's statements are prepared once per connection (telephony/direct_sql.py);
+    # off behind a pooler in transaction mode (PgBouncer), which also turns them off by itself.
+    db_prepared_statements: bool = True
     extra: Mapping[str, str] = field(default_factory=dict)
     # Played to an inbound caller waiting for a free slot of the agency's Ultravox plan
     # (services/capacity.py); "": a pause between the tries instead.
@@ -195,6 +198,7 @@ class Config:
             worker_metrics_host=env.get("WORKER_METRICS_HOST", "").strip() or "127.0.0.1",
             db_pool_size=_int(env, "DB_POOL_SIZE", 10, 1, 1000),
             db_max_overflow=_int(env, "DB_MAX_OVERFLOW", 20, 0, 1000),
+            db_prepared_statements=_bool(env, "DB_PREPARED_STATEMENTS", default=True),
         )
 
 

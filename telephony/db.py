@@ -17,13 +17,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import direct_sql
 from .config import DatabaseTimeouts
 from .direct_sql import NO_WAIT_FOR_DISK
 from .write_behind import Deferred, WriteBehind
 
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20,
-                timeouts: DatabaseTimeouts | None = None) -> Engine:
+                timeouts: DatabaseTimeouts | None = None, prepared_statements: bool = True) -> Engine:
     if url.startswith("sqlite"):
         # check_same_thread=False: gunicorn threads share the pool; SQLite
         # serialises writers itself and busy_timeout makes them wait, not fail.
@@ -63,6 +64,7 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20,
     engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=timeouts.pool,
                            connect_args=connect_args)
     _ping_idle_connections(engine)
+    direct_sql.use_prepared_statements(engine, prepared_statements)
     return engine
 
 

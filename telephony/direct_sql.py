@@ -18,10 +18,24 @@ dead is invalidated rather than pooled again. The engine's `before_cursor_execut
 listeners are told of each statement, as for any other.
 
 Use it only for a statement that is a whole transaction by itself.
+
+On PostgreSQL a statement made with `prepared=True` is also prepared on each connection
+the first time it runs there (PREPARE, in the same query string as its first EXECUTE),
+and then only EXECUTEd: the server plans it once per connection instead of on every run
+(for the webhook's claim ~0.3 ms of its ~1 ms on an idle server; docs/benchmarks.md,
+session 9). Behind a pooler that hands each transaction to any server connection
+(PgBouncer in transaction mode) a statement prepared on one is unknown on another:
+the first such error turns prepared statements off for the engine (one warning) and
+the statement runs as plain SQL, at once, on the same connection. `DB_PREPARED_STATEMENTS=0`
+turns them off from the start.
 """
 from __future__ import annotations
 
 import collections
+import hashlib
+import logging
+import re
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
@@ -32,10 +46,47 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 
+log = logging.getLogger(__name__)
+
 Processor = Callable[[Any], Any]
 # PostgreSQL: this transaction's commit does not wait for its WAL to reach the disk
 # (db.commit_without_waiting_for_disk says when that is safe).
 NO_WAIT_FOR_DISK = "SET LOCAL synchronous_commit TO OFF"
+
+
+# Engines whose statements run unprepared (DB_PREPARED_STATEMENTS=0, or a pooler seen).
+_UNPREPARED: weakref.WeakSet[Engine] = weakref.WeakSet()
+_PREPARED_ON_CONNECTION = "telephony.prepared"  # key of the pooled connection's info: names prepared
+_PREPARED_SQL: dict[str, str] = {}  # prepared statement name -> its plain SQL (as_planned)
+_EXECUTE = re.compile(r"EXECUTE (telephony_[0-9a-f]+)\(.*\)$", re.DOTALL)
+
+
+def as_planned(sql: str) -> str:
+    """A statement as sent, with a prepared statement's PREPARE / EXECUTE turned back into
+    its plain SQL: what it does, for logs and tests (statement counts)."""
+    if sql.startswith("PREPARE telephony_"):
+        sql = sql.split("; ", 1)[1]  # the EXECUTE (and its SET LOCAL) that follows
+    executed = _EXECUTE.search(sql)
+    if executed is None or executed[1] not in _PREPARED_SQL:
+        return sql
+    return sql[:executed.start()] + _PREPARED_SQL[executed[1]]
+
+
+def use_prepared_statements(engine: Engine, enabled: bool) -> None:
+    """Whether `prepared=True` statements are prepared on this engine's connections."""
+    if enabled:
+        _UNPREPARED.discard(engine)
+    else:
+        _UNPREPARED.add(engine)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A PostgreSQL plan's PREPARE and EXECUTE forms (the EXECUTE takes the plan's arguments)."""
+
+    name: str
+    prepare: str  # PREPARE name (types) AS ... with $1.. parameters
+    execute: str  # [SET LOCAL ...;] EXECUTE name(%(a)s, ...)
 
 
 class Result(NamedTuple):
@@ -53,6 +104,7 @@ class _Plan:
     positional: tuple[str, ...] | None  # the order of the values (qmark drivers), else named
     row: Any  # the named-tuple type of a result row, or None
     result_processors: tuple[Processor | None, ...]
+    prepared: _Prepared | None = None
 
     def arguments(self, params: Mapping[str, Any]) -> Any:
         values: dict[str, Any] = {}
@@ -83,24 +135,29 @@ class DirectStatement:
     per dialect."""
 
     def __init__(self, statement: ClauseElement | Callable[[str], ClauseElement], *,
-                 wait_for_disk: bool = True) -> None:
+                 wait_for_disk: bool = True, prepared: bool = False) -> None:
         """wait_for_disk=False (PostgreSQL): the commit returns without waiting for its WAL
         to reach the disk (synchronous_commit off for this one statement's transaction,
         as db.commit_without_waiting_for_disk): visible to everyone at once and safe from
         any client dying; only a crash of the database server itself within ~600 ms
-        could lose it. For writes whose loss the caller makes safe."""
+        could lose it. For writes whose loss the caller makes safe.
+        prepared=True (PostgreSQL): prepared once per connection (see the module docstring)."""
         self._build = statement if callable(statement) and not isinstance(statement, ClauseElement) \
             else (lambda _dialect_name: statement)
         self.wait_for_disk = wait_for_disk
+        self.prepared = prepared
         self._plans: dict[str, _Plan] = {}
 
     def plan(self, dialect: Dialect) -> _Plan:
         plan = self._plans.get(dialect.name)
         if plan is None:
             plan = _compile(self._build(dialect.name), dialect)
+            prefix = ""
             if not self.wait_for_disk and dialect.name == "postgresql":
                 # One query string, one implicit transaction: the SET LOCAL ends with it.
-                plan = replace(plan, sql=f"{NO_WAIT_FOR_DISK}; {plan.sql}")
+                prefix = f"{NO_WAIT_FOR_DISK}; "
+            prepared = _prepared(plan, dialect, prefix) if self.prepared and dialect.name == "postgresql" else None
+            plan = replace(plan, sql=prefix + plan.sql, prepared=prepared)
             self._plans[dialect.name] = plan
         return plan
 
@@ -125,6 +182,28 @@ def _compile(statement: Any, dialect: Dialect) -> _Plan:
                  result_processors=processors)
 
 
+_PYFORMAT = re.compile(r"%\((\w+)\)s")
+
+
+def _prepared(plan: _Plan, dialect: Dialect, prefix: str) -> _Prepared:
+    """PREPARE / EXECUTE forms of a compiled psycopg2 (pyformat) plan: each distinct
+    parameter becomes $n, declared with its column type (an INSERT ... SELECT's select
+    list would otherwise take text for every parameter)."""
+    types = {name: bind.type.compile(dialect=dialect) for name, bind, _processor in plan.binds}
+    order: list[str] = []
+
+    def numbered(match: re.Match[str]) -> str:
+        if match[1] not in order:
+            order.append(match[1])
+        return f"${order.index(match[1]) + 1}"
+
+    body = _PYFORMAT.sub(numbered, plan.sql)
+    name = "telephony_" + hashlib.sha1(plan.sql.encode()).hexdigest()[:16]
+    _PREPARED_SQL[name] = plan.sql
+    return _Prepared(name=name, prepare=f"PREPARE {name} ({', '.join(types[n] for n in order)}) AS {body}",
+                     execute=f"{prefix}EXECUTE {name}({', '.join(f'%({n})s' for n in order)})")
+
+
 def _default_of(default: Any) -> Callable[[], Any]:
     # SQLAlchemy wraps a callable default to take its execution context; none of ours reads it.
     if default.is_callable:
@@ -139,11 +218,50 @@ def run(database: Session | Engine, statement: DirectStatement, params: Mapping[
     engine = _engine_of(database)
     plan = statement.plan(engine.dialect)
     arguments = plan.arguments(params)
-    with _connection(engine, plan.sql, arguments, autocommit=True) as cursor:
-        engine.dispatch.before_cursor_execute(None, cursor, plan.sql, arguments, None, False)
-        cursor.execute(plan.sql, arguments)
+    with _connection(engine, plan.sql, arguments, autocommit=True) as (connection, cursor):
+        if plan.prepared is not None and engine not in _UNPREPARED:
+            _execute_prepared(engine, connection, cursor, plan, arguments)
+        else:
+            _execute(engine, cursor, plan.sql, arguments)
         rows = plan.rows(cursor.fetchall()) if cursor.description else []
         return Result(rows=rows, rowcount=cursor.rowcount)
+
+
+def _execute_prepared(engine: Engine, connection: Any, cursor: Any, plan: _Plan, arguments: Any) -> None:
+    """EXECUTE the plan's prepared statement (PREPAREd first, in the same query string,
+    on a connection that has not prepared it yet); plain SQL once the server shows
+    prepared statements do not stay with this connection."""
+    prepared = plan.prepared
+    assert prepared is not None
+    prepared_here: set[str] = connection.info.setdefault(_PREPARED_ON_CONNECTION, set())
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    if prepared.name not in prepared_here:
+        try:
+            _execute(engine, cursor, f"{prepared.prepare}; {prepared.execute}", arguments)
+            prepared_here.add(prepared.name)
+            return
+        except dbapi_error as error:
+            if getattr(error, "pgcode", None) != "42P05":
+                raise
+            # Prepared already: a first run that failed after its PREPARE (a PREPARE outlives
+            # its transaction). The failed statement was its own transaction: nothing written.
+            prepared_here.add(prepared.name)
+    try:
+        _execute(engine, cursor, prepared.execute, arguments)
+    except dbapi_error as error:
+        if getattr(error, "pgcode", None) != "26000":
+            raise
+        # Unknown here although this connection prepared it: statements do not stay with
+        # their connection (a pooler in transaction mode). Nothing of it was written.
+        log.warning("prepared statements do not stay with their connection here (a pooler in transaction "
+                    "mode?): running statements unprepared from now on")
+        use_prepared_statements(engine, False)
+        _execute(engine, cursor, plan.sql, arguments)
+
+
+def _execute(engine: Engine, cursor: Any, sql: str, arguments: Any) -> None:
+    engine.dispatch.before_cursor_execute(None, cursor, sql, arguments, None, False)
+    cursor.execute(sql, arguments)
 
 
 def run_many(engine: Engine, batch: Sequence[tuple[DirectStatement, Mapping[str, Any]]]) -> None:
@@ -160,7 +278,7 @@ def run_many(engine: Engine, batch: Sequence[tuple[DirectStatement, Mapping[str,
     if not groups:
         return
     sql = "; ".join(plan.sql for plan, _ in groups)
-    with _connection(engine, sql, None, autocommit=False) as cursor:
+    with _connection(engine, sql, None, autocommit=False) as (_connection_, cursor):
         if dialect.name == "sqlite":
             cursor.execute("BEGIN")  # pysqlite runs in autocommit here (db.py): the batch is one transaction
         for plan, arguments in groups:
@@ -180,7 +298,7 @@ def run_values(engine: Engine, sql: str, template: str, rows: Sequence[Mapping[s
     execute_values, each row through `template`), as a transaction of its own; returns
     the rows of its RETURNING clause. `rows` hold values already processed for the
     driver (a plan's `arguments`)."""
-    with _connection(engine, sql, None, autocommit=True) as cursor:
+    with _connection(engine, sql, None, autocommit=True) as (_connection_, cursor):
         engine.dispatch.before_cursor_execute(None, cursor, sql, rows, None, True)
         return psycopg2.extras.execute_values(cursor, sql, rows, template=template, page_size=max(len(rows), 1),
                                               fetch=True)
@@ -194,9 +312,9 @@ def _engine_of(database: Session | Engine) -> Engine:
 
 
 @contextmanager
-def _connection(engine: Engine, sql: str, arguments: Any, *, autocommit: bool) -> Iterator[Any]:
-    """A cursor on a pooled connection (PostgreSQL: in autocommit if asked), given back
-    as the pool handed it out; driver errors raised as SQLAlchemy's."""
+def _connection(engine: Engine, sql: str, arguments: Any, *, autocommit: bool) -> Iterator[tuple[Any, Any]]:
+    """A pooled connection and a cursor on it (PostgreSQL: in autocommit if asked), given
+    back as the pool handed it out; driver errors raised as SQLAlchemy's."""
     dialect = engine.dialect
     dbapi_error = dialect.loaded_dbapi.Error
     try:
@@ -214,7 +332,7 @@ def _connection(engine: Engine, sql: str, arguments: Any, *, autocommit: bool) -
             driver.rollback()  # type: ignore[union-attr]
             driver.autocommit = autocommit  # type: ignore[union-attr]
         cursor = connection.cursor()
-        yield cursor
+        yield connection, cursor
     except dbapi_error as error:
         invalidated = dialect.is_disconnect(error, connection, cursor)
         if invalidated:

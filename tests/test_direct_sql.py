@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import Iterator
 
 import pytest
-from sqlalchemy import bindparam, create_engine, exc, select, text, update
+from sqlalchemy import bindparam, create_engine, event, exc, select, text, update
 
 from telephony import direct_sql
+from telephony.config import Config
 from telephony.db import Database, insert_for
 from telephony.direct_sql import DirectStatement
 from telephony.models import Agency, Call, CallDirection, CallSource
@@ -169,3 +172,114 @@ def test_a_batch_is_one_transaction_all_or_none(db):
 
 INSERT_CALL_STRICT = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
     {name: bindparam(name) for name in ("id", "agency_id", "source", "direction", "carrier_call_id")}))
+
+
+# -- prepared statements (PostgreSQL) ------------------------------------------------------
+
+PREPARED_INSERT = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
+    {name: bindparam(name) for name in ("id", "agency_id", "source", "direction", "carrier_call_id")})
+    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False, prepared=True)
+PREPARED_READ = DirectStatement(select(_calls.c.id, _calls.c.metadata, _calls.c.created_at)
+                                .where(_calls.c.id == bindparam("id")), prepared=True)
+
+
+@contextmanager
+def sent(db: Database) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *rest):
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+
+
+def _prepared_insert(db: Database, agency_id: uuid.UUID, carrier_call_id: str) -> tuple[uuid.UUID, int]:
+    call_id = uuid.uuid4()
+    result = direct_sql.run(db.engine, PREPARED_INSERT, {
+        "id": call_id, "agency_id": agency_id, "source": CallSource.twilio, "direction": CallDirection.inbound,
+        "carrier_call_id": carrier_call_id})
+    return call_id, result.rowcount
+
+
+def _one_connection(postgresql_url: str, **options) -> Database:
+    return Database(postgresql_url, pool_size=1, max_overflow=0, **options)
+
+
+def test_a_prepared_statement_is_prepared_once_per_connection_then_executed(postgresql_url):
+    db = _one_connection(postgresql_url)
+    try:
+        agency_id = _agency(db)
+        with sent(db) as statements:
+            first, _ = _prepared_insert(db, agency_id, "CA-p1")
+            second, inserted = _prepared_insert(db, agency_id, "CA-p2")
+            _, repeated = _prepared_insert(db, agency_id, "CA-p2")
+            [row] = direct_sql.run(db.engine, PREPARED_READ, {"id": second}).rows
+        assert inserted == 1 and repeated == 0  # ON CONFLICT DO NOTHING, as unprepared
+        assert row.id == second and row.metadata == {} and row.created_at.tzinfo is not None
+        assert statements[0].startswith("PREPARE telephony_") and "EXECUTE telephony_" in statements[0]
+        assert statements[1].startswith("SET LOCAL synchronous_commit TO OFF; EXECUTE telephony_")
+        assert statements[3].startswith("PREPARE telephony_")  # another statement: prepared on first use
+        # For logs and counts, each is the statement it runs.
+        assert direct_sql.as_planned(statements[1]) == PREPARED_INSERT.plan(db.engine.dialect).sql
+        assert direct_sql.as_planned(statements[0]) == direct_sql.as_planned(statements[1])
+    finally:
+        db.dispose()
+
+
+def test_prepared_statements_that_do_not_stay_with_the_connection_turn_themselves_off(postgresql_url, caplog):
+    """A pooler in transaction mode: the server connection that prepared it is not the
+    one the next EXECUTE reaches. Simulated by the server forgetting it (DEALLOCATE)."""
+    db = _one_connection(postgresql_url)
+    try:
+        agency_id = _agency(db)
+        _prepared_insert(db, agency_id, "CA-q1")
+        raw = db.engine.raw_connection()
+        cursor = raw.cursor()
+        cursor.execute("DEALLOCATE ALL")
+        cursor.close()
+        raw.close()
+        with sent(db) as statements:
+            call_id, inserted = _prepared_insert(db, agency_id, "CA-q2")
+            _, after = _prepared_insert(db, agency_id, "CA-q3")
+        assert inserted == 1 and after == 1
+        [row] = direct_sql.run(db.engine, READ_CALL, {"id": call_id}).rows
+        assert row.status == "created"
+        assert "EXECUTE" in statements[0] and "EXECUTE" not in statements[1] + statements[2]
+        assert [r.getMessage() for r in caplog.records if r.name == "telephony.direct_sql"] == [
+            "prepared statements do not stay with their connection here (a pooler in transaction mode?): "
+            "running statements unprepared from now on"]
+    finally:
+        db.dispose()
+
+
+def test_a_first_run_that_failed_after_its_prepare_does_not_turn_them_off(postgresql_url):
+    db = _one_connection(postgresql_url)
+    try:
+        agency_id = _agency(db)
+        with pytest.raises(exc.IntegrityError):  # no such agency: the row is refused, the PREPARE stays
+            _prepared_insert(db, uuid.uuid4(), "CA-r1")
+        with sent(db) as statements:
+            _, inserted = _prepared_insert(db, agency_id, "CA-r2")
+            _, next_one = _prepared_insert(db, agency_id, "CA-r3")
+        assert inserted == 1 and next_one == 1
+        assert statements[-1].startswith("SET LOCAL synchronous_commit TO OFF; EXECUTE telephony_")
+        assert db.engine not in direct_sql._UNPREPARED
+    finally:
+        db.dispose()
+
+
+def test_db_prepared_statements_off_runs_plain_sql(postgresql_url, tmp_path):
+    db = _one_connection(postgresql_url, prepared_statements=False)
+    try:
+        agency_id = _agency(db)
+        with sent(db) as statements:
+            _, inserted = _prepared_insert(db, agency_id, "CA-s1")
+        assert inserted == 1 and statements == [PREPARED_INSERT.plan(db.engine.dialect).sql]
+    finally:
+        db.dispose()
+    assert Config.from_env({"DB_PREPARED_STATEMENTS": "0"}, instance_path=tmp_path).db_prepared_statements is False
+    assert Config.from_env({}, instance_path=tmp_path).db_prepared_statements is True

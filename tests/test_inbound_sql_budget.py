@@ -17,6 +17,7 @@ import pytest
 import responses
 from sqlalchemy import event
 
+from telephony import direct_sql
 from tests.inbound_helpers import PlivoCase, TelnyxTexmlCase, TwilioCase, UltravoxMock, parse_answer, seed
 
 CASES = [TwilioCase(), TelnyxTexmlCase(), PlivoCase()]
@@ -32,7 +33,8 @@ def counted(app) -> Iterator[list[str]]:
     seen: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany):
-        seen.append(" ".join(statement.split()))
+        # A prepared statement (PREPARE ... / EXECUTE ...) counted as the statement it runs.
+        seen.append(" ".join(direct_sql.as_planned(statement).split()))
 
     event.listen(engine, "before_cursor_execute", record)
     try:

@@ -45,7 +45,7 @@ CLAIMED_COLUMNS = ("id", "agency_id", "agent_id", "source", "direction", "from_n
 # any unrecorded call (a carrier retry in that moment would be the one case answered twice).
 CLAIM = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
     {name: bindparam(name) for name in CLAIMED_COLUMNS})
-    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False)
+    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False, prepared=True)
 # The same row, inserted only while the kept route is current (route_version: bumped by
 # triggers on any change to the agency's numbers, agents and credentials) and the agency
 # has credit and no concurrency limit. One primary-key lookup more than the claim above,
@@ -55,7 +55,7 @@ CLAIM_IF_ROUTE_UNCHANGED = DirectStatement(lambda dialect: insert_for(dialect)(_
     select(*[bindparam(name, type_=_calls.c[name].type) for name in CLAIMED_COLUMNS])
     .where(_agencies.c.id == bindparam("agency_id"), _agencies.c.route_version == bindparam("route_version"),
            _agencies.c.credit_balance > 0, _agencies.c.max_concurrent_calls.is_(None)))
-    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False)
+    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False, prepared=True)
 
 _EXTENSION = "telephony.claim_batch"
 

@@ -155,5 +155,6 @@ _ROUTE_QUERY = DirectStatement(
     .join(_agencies, _agencies.c.id == _numbers.c.agency_id)
     .outerjoin(_agents, (_agents.c.id == _numbers.c.agent_id) & (_agents.c.agency_id == _numbers.c.agency_id))
     .outerjoin(_secrets, _secrets.c.agency_id == _numbers.c.agency_id)
-    .where(_numbers.c.e164 == bindparam("e164"), _numbers.c.carrier == bindparam("carrier"))
+    .where(_numbers.c.e164 == bindparam("e164"), _numbers.c.carrier == bindparam("carrier")),
+    prepared=True,  # planning the four-table join cost more than running it
 )
