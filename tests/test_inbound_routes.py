@@ -144,29 +144,29 @@ def test_a_rotated_carrier_token_is_used_at_once_and_the_old_one_refused(app, cl
     assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 1
 
 
-def test_an_agency_out_of_credit_gets_no_call_though_its_route_was_kept(app, client):
-    seed(app, carrier="twilio", fallback=FALLBACK)
+def _second_call_after(app, client, **agency_values):
+    """One call (its route is kept), the agency changed as given, a second call: its
+    answer and the Ultravox requests made."""
     uv = UltravoxMock()
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         uv.answer_with(rsps)
         _call(client)
         with app.extensions["telephony.db"].session() as session:
-            session.execute(update(Agency).values(credit_balance=0))
-        response = _call(client)
+            session.execute(update(Agency).values(**agency_values))
+        return _call(client), uv
+
+
+def test_an_agency_out_of_credit_gets_no_call_though_its_route_was_kept(app, client):
+    seed(app, carrier="twilio", fallback=FALLBACK)
+    response, uv = _second_call_after(app, client, credit_balance=0)
     assert parse_answer(response.get_data(as_text=True)) == ("dial", FALLBACK)
     assert len(uv.requests) == 1
 
 
 def test_a_concurrency_limit_set_after_the_route_was_kept_holds_the_caller(app, client):
     seed(app, carrier="twilio")
-    uv = UltravoxMock()
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        uv.answer_with(rsps)
-        _call(client)
-        with app.extensions["telephony.db"].session() as session:
-            session.execute(update(Agency).values(max_concurrent_calls=1))
-        response = _call(client)  # the first call is live: every slot is taken
-    assert "<Redirect" in response.get_data(as_text=True)
+    response, uv = _second_call_after(app, client, max_concurrent_calls=1)  # the first call is live
+    assert "<Redirect" in response.get_data(as_text=True)  # every slot is taken: held
     assert len(uv.requests) == 1
     assert _kept(app) == 0  # a route with a limit is not kept: its live calls are counted first
 
