@@ -88,11 +88,10 @@ def claim_batch_of(app: Flask) -> ClaimBatch | None:
 
 
 class _Claim:
-    __slots__ = ("params", "arguments", "done", "lead", "inserted", "error")
+    __slots__ = ("params", "done", "lead", "inserted", "error")
 
-    def __init__(self, params: Mapping[str, Any], arguments: dict[str, Any]) -> None:
+    def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = params
-        self.arguments = arguments  # processed for the driver (CLAIM's plan), for a batch
         self.done = threading.Event()
         self.lead = False  # woken to write the next batch, not with its result
         self.inserted = False
@@ -117,9 +116,7 @@ class ClaimBatch:
         """As CLAIM_IF_ROUTE_UNCHANGED (params: CLAIMED_COLUMNS and route_version)."""
         if self._pid != os.getpid():
             self._forked()
-        arguments = self._plan.arguments(params)
-        arguments["route_version"] = params["route_version"]
-        mine = _Claim(params, arguments)
+        mine = _Claim(params)
         with self._lock:
             self._waiting.append(mine)
             lead, self._writing = not self._writing, True
@@ -142,9 +139,10 @@ class ClaimBatch:
         try:
             if len(batch) == 1:  # alone: the single-row statement, cheaper to run and to plan
                 if direct_sql.run(self.engine, CLAIM_IF_ROUTE_UNCHANGED, batch[0].params).rowcount == 1:
-                    inserted = {str(batch[0].arguments["id"])}
+                    inserted = {str(batch[0].params["id"])}
             else:
-                rows = direct_sql.run_values(self.engine, self._sql, self._template, [c.arguments for c in batch])
+                rows = direct_sql.run_values(self.engine, self._sql, self._template,
+                                             [self._arguments(claim.params) for claim in batch])
                 inserted = {str(row[0]) for row in rows}
         except Exception as exc:  # every claim of the batch raises it (a database error: "unrecorded")
             error = exc
@@ -158,10 +156,16 @@ class ClaimBatch:
                 else:
                     successor.lead = True
             for claim in batch:
-                claim.inserted, claim.error = str(claim.arguments["id"]) in inserted, error
+                claim.inserted, claim.error = str(claim.params["id"]) in inserted, error
                 claim.done.set()
             if successor is not None:
                 successor.done.set()
+
+    def _arguments(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """One row of a batch, processed for the driver as CLAIM's plan processes them."""
+        arguments = self._plan.arguments(params)
+        arguments["route_version"] = params["route_version"]
+        return arguments
 
     def _forked(self) -> None:
         # A forked child: any claim in the parent's lists belongs to the parent's threads.
