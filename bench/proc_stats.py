@@ -20,7 +20,8 @@ TICK = 1 / os.sysconf("SC_CLK_TCK")
 class ProcStat:
     pid: int
     ppid: int
-    cpu_seconds: float
+    cpu_seconds: float  # user + system
+    system_seconds: float  # of which in the kernel (system calls, page faults)
 
 
 def stat(pid: int) -> ProcStat | None:
@@ -31,7 +32,8 @@ def stat(pid: int) -> ProcStat | None:
         return None
     fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
     # fields[0] is the state (3rd field of the line): ppid is the 4th, utime the 14th, stime the 15th.
-    return ProcStat(pid=pid, ppid=int(fields[1]), cpu_seconds=(int(fields[11]) + int(fields[12])) * TICK)
+    return ProcStat(pid=pid, ppid=int(fields[1]), cpu_seconds=(int(fields[11]) + int(fields[12])) * TICK,
+                    system_seconds=int(fields[12]) * TICK)
 
 
 def children(pid: int) -> list[int]:
@@ -44,13 +46,13 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu(pids: list[int]) -> dict[int, float]:
-    """pid -> CPU seconds so far, for the processes still alive."""
+def tree_cpu(pids: list[int], *, system_only: bool = False) -> dict[int, float]:
+    """pid -> CPU seconds so far (or only those spent in the kernel), for the processes still alive."""
     cpu = {}
     for pid in pids:
         info = stat(pid)
         if info is not None:
-            cpu[pid] = info.cpu_seconds
+            cpu[pid] = info.system_seconds if system_only else info.cpu_seconds
     return cpu
 
 
@@ -91,8 +93,8 @@ class GunicornProcesses:
     def workers(self) -> list[int]:
         return children(self.master_pid)
 
-    def cpu(self) -> dict[int, float]:
-        return tree_cpu(self.pids())
+    def cpu(self, *, system_only: bool = False) -> dict[int, float]:
+        return tree_cpu(self.pids(), system_only=system_only)
 
 
 class PostgresBackends:
