@@ -135,17 +135,21 @@ class DirectStatement:
     per dialect."""
 
     def __init__(self, statement: ClauseElement | Callable[[str], ClauseElement], *,
-                 wait_for_disk: bool = True, prepared: bool = False) -> None:
+                 wait_for_disk: bool = True, prepared: bool = False, many: DirectStatement | None = None) -> None:
         """wait_for_disk=False (PostgreSQL): the commit returns without waiting for its WAL
         to reach the disk (synchronous_commit off for this one statement's transaction,
         as db.commit_without_waiting_for_disk): visible to everyone at once and safe from
         any client dying; only a crash of the database server itself within ~600 ms
         could lose it. For writes whose loss the caller makes safe.
-        prepared=True (PostgreSQL): prepared once per connection (see the module docstring)."""
+        prepared=True (PostgreSQL): prepared once per connection (see the module docstring).
+        many (PostgreSQL): the same write for any number of rows as one statement, which
+        takes each parameter of this one as an array holding every row's value (unnest);
+        `run_many` runs it for a batch of this statement."""
         self._build = statement if callable(statement) and not isinstance(statement, ClauseElement) \
             else (lambda _dialect_name: statement)
         self.wait_for_disk = wait_for_disk
         self.prepared = prepared
+        self.many = many
         self._plans: dict[str, _Plan] = {}
 
     def plan(self, dialect: Dialect) -> _Plan:
@@ -217,7 +221,11 @@ def run(database: Session | Engine, statement: DirectStatement, params: Mapping[
     the engine's pool (a Session's engine: not in the Session's transaction)."""
     engine = _engine_of(database)
     plan = statement.plan(engine.dialect)
-    arguments = plan.arguments(params)
+    return _run_plan(engine, plan, plan.arguments(params))
+
+
+def _run_plan(engine: Engine, plan: _Plan, arguments: Any) -> Result:
+    """`run`, with the plan's arguments already processed for the driver."""
     with _connection(engine, plan.sql, arguments, autocommit=True) as (connection, cursor):
         if plan.prepared is not None and engine not in _UNPREPARED:
             _execute_prepared(engine, connection, cursor, plan, arguments)
@@ -266,22 +274,36 @@ def _execute(engine: Engine, cursor: Any, sql: str, arguments: Any) -> None:
 
 def run_many(engine: Engine, batch: Sequence[tuple[DirectStatement, Mapping[str, Any]]]) -> None:
     """Execute a batch of (statement, params), in order, as one transaction: all or none.
-    On PostgreSQL consecutive executions of one statement travel together (psycopg2's
-    execute_batch: one round trip per hundred), so a batch costs a few round trips."""
+
+    On PostgreSQL a batch of one statement is one statement sent once: alone, as it is;
+    for many rows, its `many` form with every row's values in arrays (one round trip, one
+    plan, and no BEGIN and COMMIT of their own). Otherwise consecutive executions of one
+    statement travel together (psycopg2's execute_batch: one round trip per hundred)
+    between a BEGIN and a COMMIT."""
     dialect = engine.dialect
-    groups: list[tuple[_Plan, list[Any]]] = []
+    groups: list[tuple[DirectStatement, _Plan, list[Any]]] = []
     for statement, params in batch:
         plan = statement.plan(dialect)
-        if not groups or groups[-1][0] is not plan:
-            groups.append((plan, []))
-        groups[-1][1].append(plan.arguments(params))
+        if not groups or groups[-1][1] is not plan:
+            groups.append((statement, plan, []))
+        groups[-1][2].append(plan.arguments(params))
     if not groups:
         return
-    sql = "; ".join(plan.sql for plan, _ in groups)
+    if dialect.name == "postgresql" and len(groups) == 1:
+        statement, plan, rows = groups[0]
+        if len(rows) == 1:
+            _run_plan(engine, plan, rows[0])
+            return
+        if statement.many is not None:
+            many = statement.many.plan(dialect)
+            arrays = {name: [row[name] for row in rows] for name, bind, _processor in many.binds if bind.required}
+            _run_plan(engine, many, many.arguments(arrays))
+            return
+    sql = "; ".join(plan.sql for _statement, plan, _rows in groups)
     with _connection(engine, sql, None, autocommit=False) as (_connection_, cursor):
         if dialect.name == "sqlite":
             cursor.execute("BEGIN")  # pysqlite runs in autocommit here (db.py): the batch is one transaction
-        for plan, arguments in groups:
+        for _statement, plan, arguments in groups:
             engine.dispatch.before_cursor_execute(None, cursor, plan.sql, arguments, None, True)
             if dialect.name == "postgresql":
                 psycopg2.extras.execute_batch(cursor, plan.sql, arguments)

@@ -5,9 +5,10 @@ claimed call row afterwards (services/inbound.py): no caller waits for that writ
 if it is lost (the process dies first) the Ultravox webhook ingest rebuilds the row from
 the call's metadata. Written one by one, each cost the request's thread a pooled
 connection and a round trip; here a background thread gathers what arrives within
-`window_seconds` and writes it as one transaction (direct_sql.run_many: a few round
-trips for the whole batch). A batch that fails is written again item by item, so one
-bad row costs only itself (each item logs its own failure).
+`window_seconds` and writes it as one transaction (direct_sql.run_many: for the records
+of answered calls, one statement taking every row's values in arrays). A batch that fails
+is written again item by item, so one bad row costs only itself (each item logs its own
+failure).
 
 The thread starts with the first write of each process (gunicorn forks its workers from
 a master that built the app, and threads do not survive a fork), and what is queued

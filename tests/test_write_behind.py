@@ -54,10 +54,10 @@ def test_writes_arriving_together_are_one_batch(postgresql_url):
     db = Database(database_url, write_behind_seconds=0.2)
     try:
         ids = _claimed_calls(db, 25)
-        executions: list[bool] = []
+        executions: list[str] = []
 
         def seen(conn, cursor, sql, params, context, many):
-            executions.append(many)
+            executions.append(direct_sql.as_planned(sql))
 
         event.listen(db.engine, "before_cursor_execute", seen)
         for call_id in ids:
@@ -67,7 +67,37 @@ def test_writes_arriving_together_are_one_batch(postgresql_url):
         rows = _rows(db)
         assert all((rows[i].status, rows[i].ultravox_call_id, rows[i].join_url) ==
                    ("ringing", f"uv-{i}", f"wss://j/{i}") for i in ids)
-        assert executions == [True]  # 25 updates, one batched execution
+        # 25 updates, one statement (the rows' values in arrays), no BEGIN or COMMIT of its own
+        [execution] = executions
+        assert execution.count("UPDATE calls") == 1 and "FROM unnest(" in execution
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_a_batch_moves_on_only_calls_still_waiting(postgresql_url, together):
+    """A status callback may have moved a call on while Ultravox answered: the record makes
+    only a "created" call "ringing", and a call that ended keeps its status and no joinUrl,
+    alone (the single-row statement) or in a batch (the one that takes arrays)."""
+    db = Database(postgresql_url, write_behind_seconds=0.2)
+    try:
+        ids = _claimed_calls(db, 4)
+        ended, in_progress, waiting = ids[0], ids[1], ids[2:]
+        with db.session() as session:
+            session.get(Call, ended).status = "completed"
+            session.get(Call, in_progress).status = "in-progress"
+            session.commit()
+        for call_id in ids:
+            db.write_later(_started(call_id))
+            if not together:  # each alone: a batch of one
+                assert db.write_behind is not None and db.write_behind.flush()
+        assert db.write_behind is not None and db.write_behind.flush()
+        found = _rows(db)
+        assert (found[ended].status, found[ended].join_url, found[ended].ultravox_call_id) == \
+            ("completed", None, f"uv-{ended}")
+        assert (found[in_progress].status, found[in_progress].join_url) == ("in-progress", f"wss://j/{in_progress}")
+        assert all((found[i].status, found[i].join_url) == ("ringing", f"wss://j/{i}") for i in waiting)
+        assert all(found[i].updated_at >= found[i].created_at for i in ids)
     finally:
         db.dispose()
 

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, cast
 
-from sqlalchemy import Table, bindparam, case, delete, literal, select, update
+from sqlalchemy import ARRAY, DateTime, Table, Text, Uuid, bindparam, case, delete, func, literal, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -313,6 +314,8 @@ def release_claim(session: Session, call_id: uuid.UUID) -> None:
     except SQLAlchemyError:
         log.exception("call %s: could not give back its claim", call_id)
         rollback_quietly(session)
+
+
 def _transfer_tool(new: NewCall, call_id: uuid.UUID) -> dict[str, Any] | None:
     """The call's transferCall tool: carrier calls of agents with transfer targets only
     (a web or WebSocket call has no carrier leg to redirect)."""
@@ -405,16 +408,34 @@ class CallRecord:
 _calls = cast(Table, Call.__table__)
 # A status callback may already have moved the call on (a caller who hung up while we
 # waited on Ultravox): only a call still "created" becomes "ringing".
-_RECORD_BASE = (update(_calls).where(_calls.c.id == bindparam("call_id"))
-                .values(status=case((_calls.c.status == call_states.CREATED, call_states.RINGING),
-                                    else_=_calls.c.status)))
-# A call that ended meanwhile (its terminal callback cleared the joinUrl) keeps none.
-# (The terminal statuses as plain bound values: an IN list SQLAlchemy expands per
-# execution cannot be compiled once.)
-_RECORD_STARTED = DirectStatement(_RECORD_BASE.values(
-    ultravox_call_id=bindparam("ultravox_call_id"),
-    join_url=case((_calls.c.status.in_([literal(s) for s in sorted(call_states.TERMINAL)]), None),
-                  else_=bindparam("join_url"))))
+_RINGING = case((_calls.c.status == call_states.CREATED, call_states.RINGING), else_=_calls.c.status)
+_RECORD_BASE = update(_calls).where(_calls.c.id == bindparam("call_id")).values(status=_RINGING)
+
+
+def _started_values(ultravox_call_id: Any, join_url: Any) -> dict[str, Any]:
+    # A call that ended meanwhile (its terminal callback cleared the joinUrl) keeps none.
+    # (The terminal statuses as plain bound values: an IN list SQLAlchemy expands per
+    # execution cannot be compiled once.)
+    return {"status": _RINGING, "ultravox_call_id": ultravox_call_id,
+            "join_url": case((_calls.c.status.in_([literal(s) for s in sorted(call_states.TERMINAL)]), None),
+                             else_=join_url)}
+
+
+# The write-behind's batch of these (telephony/write_behind.py) is one UPDATE ... FROM
+# unnest(arrays), the same for any number of rows: prepared once, one round trip. Its
+# commit does not wait for the disk: a record lost to a crash of the database server is
+# repaired from the Ultravox call's metadata, as any lost record.
+_STARTED_ROWS = func.unnest(
+    sql_cast(bindparam("call_id", type_=ARRAY(Text)), ARRAY(Uuid)), bindparam("ultravox_call_id", type_=ARRAY(Text)),
+    bindparam("join_url", type_=ARRAY(Text)), bindparam("updated_at", type_=ARRAY(DateTime(timezone=True))),
+).table_valued("call_id", "ultravox_call_id", "join_url", "updated_at").render_derived(name="started")
+_RECORD_STARTED = DirectStatement(
+    _RECORD_BASE.values(_started_values(bindparam("ultravox_call_id", type_=_calls.c.ultravox_call_id.type),
+                                        bindparam("join_url", type_=_calls.c.join_url.type))),
+    wait_for_disk=False, prepared=True,
+    many=DirectStatement(update(_calls).where(_calls.c.id == _STARTED_ROWS.c.call_id).values(
+        {**_started_values(_STARTED_ROWS.c.ultravox_call_id, _STARTED_ROWS.c.join_url),
+         "updated_at": _STARTED_ROWS.c.updated_at}), wait_for_disk=False, prepared=True))
 _RECORD_FAILURE = DirectStatement(_RECORD_BASE.values(metadata=bindparam("metadata")))
 
 
