@@ -44,7 +44,10 @@ def test_request_id_is_echoed_or_generated(client):
 
 def test_access_log_is_json_with_request_and_agency_ids(client, make_tenant, capsys):
     tenant = make_tenant()
-    client.get("/api/v1/agents", headers={**tenant.admin(), "X-Request-ID": "req-42"})
+    response = client.get("/api/v1/agents", headers={**tenant.admin(), "X-Request-ID": "req-42"}, buffered=False)
+    # The access line is written once the response is sent (the server closes it), not before.
+    assert '"logger": "telephony.access"' not in capsys.readouterr().err
+    response.close()
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     access = [line for line in lines if line["logger"] == "telephony.access" and line.get("request_id") == "req-42"]
     assert access, lines

@@ -1,6 +1,8 @@
 """Per-request plumbing: request ids, access logs, HTTP metrics."""
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import re
 import time
@@ -32,11 +34,18 @@ def register(app: Flask) -> None:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         # The route template, not the path: ids in paths would explode cardinality.
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(request.method, route).observe(elapsed)
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        if route not in ("/healthz", "/metrics"):
-            log.info("%s %s %s", request.method, route, response.status_code,
-                     extra={"method": request.method, "route": route, "status": response.status_code,
-                            "duration_ms": round(elapsed * 1000, 2)})
+        # Counted and logged once the response is sent (the WSGI server closes it then):
+        # nobody waits for either, and the line carries this request's context (request,
+        # agency and call ids) as it is now.
+        response.call_on_close(functools.partial(contextvars.copy_context().run, _record_request, request.method,
+                                                 route, response.status_code, elapsed))
         return response
+
+
+def _record_request(method: str, route: str, status: int, elapsed: float) -> None:
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_LATENCY.labels(method, route).observe(elapsed)
+    if route not in ("/healthz", "/metrics"):
+        log.info("%s %s %s", method, route, status,
+                 extra={"method": method, "route": route, "status": status, "duration_ms": round(elapsed * 1000, 2)})
