@@ -74,12 +74,15 @@ def test_writes_arriving_together_are_one_batch(postgresql_url):
         db.dispose()
 
 
+@pytest.mark.parametrize("prepared", [True, False])
 @pytest.mark.parametrize("together", [False, True])
-def test_a_batch_moves_on_only_calls_still_waiting(postgresql_url, together):
+def test_a_batch_moves_on_only_calls_still_waiting(postgresql_url, together, prepared):
     """A status callback may have moved a call on while Ultravox answered: the record makes
     only a "created" call "ringing", and a call that ended keeps its status and no joinUrl,
-    alone (the single-row statement) or in a batch (the one that takes arrays)."""
+    alone (the single-row statement) or in a batch (the one that takes arrays), prepared or
+    as plain SQL (behind a transaction-mode pooler)."""
     db = Database(postgresql_url, write_behind_seconds=0.2)
+    direct_sql.use_prepared_statements(db.engine, prepared)
     try:
         ids = _claimed_calls(db, 4)
         ended, in_progress, waiting = ids[0], ids[1], ids[2:]
