@@ -105,6 +105,24 @@ def test_a_batch_moves_on_only_calls_still_waiting(postgresql_url, together, pre
         db.dispose()
 
 
+def test_a_batch_of_both_kinds_of_record_is_written_whole(postgresql_url):
+    """Records of answered calls and of calls Ultravox refused, queued together: one
+    transaction of two statements, each with its rows."""
+    db = Database(postgresql_url, write_behind_seconds=0.2)
+    try:
+        answered, refused, also_answered = _claimed_calls(db, 3)
+        failure = call_service.CallRecord(refused, call_service._RECORD_FAILURE, {
+            "call_id": refused, "metadata": {"start_error": "UltravoxServerError"}})
+        for record in (_started(answered), failure, _started(also_answered)):
+            db.write_later(record)
+        assert db.write_behind is not None and db.write_behind.flush()
+        rows = _rows(db)
+        assert all((rows[i].status, rows[i].join_url) == ("ringing", f"wss://j/{i}") for i in (answered, also_answered))
+        assert rows[refused].metadata_ == {"start_error": "UltravoxServerError"} and rows[refused].join_url is None
+    finally:
+        db.dispose()
+
+
 def test_a_row_that_fails_costs_only_itself(postgresql_url, caplog):
     database_url = postgresql_url
     db = Database(database_url, write_behind_seconds=0.2)
