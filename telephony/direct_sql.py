@@ -41,10 +41,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import psycopg2.extras
-from sqlalchemy import exc
+from sqlalchemy import ARRAY, String, Text, TypeDecorator, Uuid, bindparam, cast, exc, func
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, ColumnElement
+from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.types import TypeEngine
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +179,8 @@ def _compile(statement: Any, dialect: Dialect) -> _Plan:
         defaults[column.key] = _default_of(column.onupdate)
     row: Any = None
     processors: tuple[Processor | None, ...] = ()
-    selected = getattr(statement, "selected_columns", None)
-    if selected is not None:
+    selected = getattr(statement, "exported_columns", None)  # a SELECT's columns, or a DML's RETURNING
+    if selected:
         row = collections.namedtuple("Row", list(selected.keys()), rename=True)  # type: ignore[misc, no-redef]
         processors = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in selected)
     positional = tuple(compiled.positiontup) if compiled.positional else None
@@ -295,9 +297,7 @@ def run_many(engine: Engine, batch: Sequence[tuple[DirectStatement, Mapping[str,
             _run_plan(engine, plan, rows[0])
             return
         if statement.many is not None:
-            many = statement.many.plan(dialect)
-            arrays = {name: [row[name] for row in rows] for name, bind, _processor in many.binds if bind.required}
-            _run_plan(engine, many, many.arguments(arrays))
+            _run_rows(engine, statement.many, rows)
             return
     sql = "; ".join(plan.sql for _statement, plan, _rows in groups)
     with _connection(engine, sql, None, autocommit=False) as (_connection_, cursor):
@@ -315,15 +315,37 @@ def run_many(engine: Engine, batch: Sequence[tuple[DirectStatement, Mapping[str,
             cursor.execute("COMMIT")
 
 
-def run_values(engine: Engine, sql: str, template: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """PostgreSQL: one statement whose `VALUES %s` takes every row (psycopg2's
-    execute_values, each row through `template`), as a transaction of its own; returns
-    the rows of its RETURNING clause. `rows` hold values already processed for the
-    driver (a plan's `arguments`)."""
-    with _connection(engine, sql, None, autocommit=True) as (_connection_, cursor):
-        engine.dispatch.before_cursor_execute(None, cursor, sql, rows, None, True)
-        return psycopg2.extras.execute_values(cursor, sql, rows, template=template, page_size=max(len(rows), 1),
-                                              fetch=True)
+def run_rows(engine: Engine, statement: DirectStatement, rows: Sequence[Mapping[str, Any]]) -> Result:
+    """PostgreSQL: `statement` (which has a `many` form) for every one of `rows` (the
+    params of each) as one statement and a transaction of its own; its result (RETURNING
+    rows, rowcount) covers them all."""
+    plan = statement.plan(engine.dialect)
+    assert statement.many is not None, "run_rows needs a statement with a many form"
+    return _run_rows(engine, statement.many, [plan.arguments(row) for row in rows])
+
+
+def _run_rows(engine: Engine, many: DirectStatement, rows: Sequence[Mapping[str, Any]]) -> Result:
+    """`many` with each of its array parameters holding every row's value (the rows
+    already processed for the driver by the single-row statement's plan)."""
+    plan = many.plan(engine.dialect)
+    arrays = {name: [row[name] for row in rows] for name, bind, _processor in plan.binds if bind.required}
+    return _run_plan(engine, plan, plan.arguments(arrays))
+
+
+def unnest_rows(name: str, columns: Sequence[tuple[str, TypeEngine]]) -> TableValuedAlias:
+    """PostgreSQL: the rows a `many` statement reads, `unnest(...) AS name(column, ...)`:
+    one array parameter per column, named after it, holding every row's value as the
+    single-row statement's plan hands it to the driver (a uuid as text, cast back here)."""
+    arrays: list[ColumnElement[Any]] = []
+    for column, type_ in columns:
+        base = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+        if isinstance(base, Uuid):
+            arrays.append(cast(bindparam(column, type_=ARRAY(Text)), ARRAY(Uuid)))
+        elif isinstance(base, String):  # also Enum and Text: the driver is handed strings
+            arrays.append(bindparam(column, type_=ARRAY(Text)))
+        else:
+            arrays.append(bindparam(column, type_=ARRAY(base)))
+    return func.unnest(*arrays).table_valued(*[column for column, _type in columns]).render_derived(name=name)
 
 
 def _engine_of(database: Session | Engine) -> Engine:

@@ -44,7 +44,7 @@ def _claim_together(app, monkeypatch, params: list[dict[str, Any]]) -> tuple[lis
     assert batch is not None
     sizes: list[int] = []
     release = threading.Event()
-    run, run_values = direct_sql.run, direct_sql.run_values
+    run, run_rows = direct_sql.run, direct_sql.run_rows
 
     def hold_the_first() -> None:
         if len(sizes) == 1:
@@ -55,13 +55,13 @@ def _claim_together(app, monkeypatch, params: list[dict[str, Any]]) -> tuple[lis
         hold_the_first()
         return run(database, statement, params)
 
-    def held_run_values(engine, sql, template, rows):  # a batch
+    def held_run_rows(engine, statement, rows):  # a batch
         sizes.append(len(rows))
         hold_the_first()
-        return run_values(engine, sql, template, rows)
+        return run_rows(engine, statement, rows)
 
     monkeypatch.setattr(direct_sql, "run", held_run)
-    monkeypatch.setattr(direct_sql, "run_values", held_run_values)
+    monkeypatch.setattr(direct_sql, "run_rows", held_run_rows)
     results: list[Any] = [None] * len(params)
 
     def claim(i: int) -> None:
@@ -111,16 +111,16 @@ def test_each_claim_of_a_batch_gets_its_own_answer(app, agency, monkeypatch):
 
 def test_a_failed_batch_fails_each_of_its_claims_and_the_next_claims_work(app, agency, monkeypatch):
     seeded, version = agency
-    run_values = direct_sql.run_values
+    run_rows = direct_sql.run_rows
     failed = []
 
-    def fails_once(engine, sql, template, rows):
+    def fails_once(engine, statement, rows):
         if not failed:
             failed.append(len(rows))
             raise OperationalError("INSERT INTO calls ...", {}, Exception("server closed the connection"))
-        return run_values(engine, sql, template, rows)
+        return run_rows(engine, statement, rows)
 
-    monkeypatch.setattr(direct_sql, "run_values", fails_once)
+    monkeypatch.setattr(direct_sql, "run_rows", fails_once)
     results, sizes = _claim_together(app, monkeypatch, [_params(seeded, version) for _ in range(4)])
     assert results[0] is True and sizes == [1, 3] and failed == [3]
     assert all(isinstance(r, OperationalError) for r in results[1:])
@@ -152,4 +152,4 @@ def test_the_engines_listeners_see_each_statement_alone_or_batched(app, agency, 
         event.remove(engine, "before_cursor_execute", listener)
     assert results == [True] * 3 and sizes == [1, 2] and len(seen) == 2
     assert "WHERE agencies.id" in seen[0] and "RETURNING calls.id" not in seen[0]  # alone
-    assert "FROM (VALUES" in seen[1] and "RETURNING calls.id" in seen[1]  # together
+    assert "FROM unnest(" in seen[1] and "RETURNING calls.id" in seen[1]  # together

@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, cast
 
-from sqlalchemy import ARRAY, DateTime, Table, Text, Uuid, bindparam, case, delete, func, literal, select, update
-from sqlalchemy import cast as sql_cast
+from sqlalchemy import Table, bindparam, case, delete, literal, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -425,10 +424,8 @@ def _started_values(ultravox_call_id: Any, join_url: Any) -> dict[str, Any]:
 # unnest(arrays), the same for any number of rows: prepared once, one round trip. Its
 # commit does not wait for the disk: a record lost to a crash of the database server is
 # repaired from the Ultravox call's metadata, as any lost record.
-_STARTED_ROWS = func.unnest(
-    sql_cast(bindparam("call_id", type_=ARRAY(Text)), ARRAY(Uuid)), bindparam("ultravox_call_id", type_=ARRAY(Text)),
-    bindparam("join_url", type_=ARRAY(Text)), bindparam("updated_at", type_=ARRAY(DateTime(timezone=True))),
-).table_valued("call_id", "ultravox_call_id", "join_url", "updated_at").render_derived(name="started")
+_STARTED_ROWS = direct_sql.unnest_rows("started", [("call_id", _calls.c.id.type)] + [
+    (name, _calls.c[name].type) for name in ("ultravox_call_id", "join_url", "updated_at")])
 _RECORD_STARTED = DirectStatement(
     _RECORD_BASE.values(_started_values(bindparam("ultravox_call_id", type_=_calls.c.ultravox_call_id.type),
                                         bindparam("join_url", type_=_calls.c.join_url.type))),

@@ -20,18 +20,17 @@ alone, it is exactly the one statement it was (CLAIM_IF_ROUTE_UNCHANGED).
 from __future__ import annotations
 
 import os
-import re
 import threading
 from typing import Any, Mapping, cast
 
 from flask import Flask, current_app
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, and_, bindparam, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from .. import direct_sql
 from ..db import insert_for
-from ..direct_sql import NO_WAIT_FOR_DISK, DirectStatement
+from ..direct_sql import DirectStatement
 from ..models import Agency, Call
 
 _calls, _agencies = cast(Table, Call.__table__), cast(Table, Agency.__table__)
@@ -50,12 +49,30 @@ CLAIM = DirectStatement(lambda dialect: insert_for(dialect)(_calls).values(
 # triggers on any change to the agency's numbers, agents and credentials) and the agency
 # has credit and no concurrency limit. One primary-key lookup more than the claim above,
 # instead of the route's four-table read before it.
-CLAIM_IF_ROUTE_UNCHANGED = DirectStatement(lambda dialect: insert_for(dialect)(_calls).from_select(
-    list(CLAIMED_COLUMNS),
-    select(*[bindparam(name, type_=_calls.c[name].type) for name in CLAIMED_COLUMNS])
-    .where(_agencies.c.id == bindparam("agency_id"), _agencies.c.route_version == bindparam("route_version"),
-           _agencies.c.credit_balance > 0, _agencies.c.max_concurrent_calls.is_(None)))
-    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False, prepared=True)
+
+
+def _route_unchanged(agency_id: Any, route_version: Any) -> list[Any]:
+    return [_agencies.c.id == agency_id, _agencies.c.route_version == route_version,
+            _agencies.c.credit_balance > 0, _agencies.c.max_concurrent_calls.is_(None)]
+
+
+# Many of them at once (ClaimBatch): the claims' values in arrays, each row joined to its
+# agency's current route, one prepared statement for any number of claims, returning the
+# ids it inserted.
+_CLAIMED_ROWS = direct_sql.unnest_rows("claimed", [(name, _calls.c[name].type) for name in CLAIMED_COLUMNS]
+                                       + [("route_version", _agencies.c.route_version.type)])
+CLAIM_IF_ROUTE_UNCHANGED = DirectStatement(
+    lambda dialect: insert_for(dialect)(_calls).from_select(
+        list(CLAIMED_COLUMNS),
+        select(*[bindparam(name, type_=_calls.c[name].type) for name in CLAIMED_COLUMNS])
+        .where(*_route_unchanged(bindparam("agency_id"), bindparam("route_version"))))
+    .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]), wait_for_disk=False, prepared=True,
+    many=DirectStatement(lambda dialect: insert_for(dialect)(_calls).from_select(
+        list(CLAIMED_COLUMNS),
+        select(*[_CLAIMED_ROWS.c[name] for name in CLAIMED_COLUMNS])
+        .join(_agencies, and_(*_route_unchanged(_CLAIMED_ROWS.c.agency_id, _CLAIMED_ROWS.c.route_version))))
+        .on_conflict_do_nothing(index_elements=["source", "carrier_call_id"]).returning(_calls.c.id),
+        wait_for_disk=False, prepared=True))
 
 _EXTENSION = "telephony.claim_batch"
 
@@ -108,9 +125,6 @@ class ClaimBatch:
         self._lock = threading.Lock()
         self._waiting: list[_Claim] = []
         self._writing = False  # a batch is in flight: new claims wait for the next one
-        plan = CLAIM.plan(engine.dialect)
-        self._plan = plan
-        self._sql, self._template = _batch_statement(plan.sql)
 
     def claim(self, params: Mapping[str, Any]) -> bool:
         """As CLAIM_IF_ROUTE_UNCHANGED (params: CLAIMED_COLUMNS and route_version)."""
@@ -141,9 +155,8 @@ class ClaimBatch:
                 if direct_sql.run(self.engine, CLAIM_IF_ROUTE_UNCHANGED, batch[0].params).rowcount == 1:
                     inserted = {str(batch[0].params["id"])}
             else:
-                rows = direct_sql.run_values(self.engine, self._sql, self._template,
-                                             [self._arguments(claim.params) for claim in batch])
-                inserted = {str(row[0]) for row in rows}
+                written = direct_sql.run_rows(self.engine, CLAIM_IF_ROUTE_UNCHANGED, [c.params for c in batch])
+                inserted = {str(row.id) for row in written.rows}
         except Exception as exc:  # every claim of the batch raises it (a database error: "unrecorded")
             error = exc
         finally:
@@ -161,35 +174,6 @@ class ClaimBatch:
             if successor is not None:
                 successor.done.set()
 
-    def _arguments(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """One row of a batch, processed for the driver as CLAIM's plan processes them."""
-        arguments = self._plan.arguments(params)
-        arguments["route_version"] = params["route_version"]
-        return arguments
-
     def _forked(self) -> None:
         # A forked child: any claim in the parent's lists belongs to the parent's threads.
         self._lock, self._waiting, self._writing, self._pid = threading.Lock(), [], False, os.getpid()
-
-
-_SINGLE_ROW = re.compile(r"^(?P<prefix>.*)INSERT INTO calls \((?P<columns>[^)]*)\) VALUES (?P<row>\(.*\)) "
-                         r"(?P<conflict>ON CONFLICT \(source, carrier_call_id\) DO NOTHING)$", re.DOTALL)
-
-
-def _batch_statement(single_row_sql: str) -> tuple[str, str]:
-    """CLAIM_IF_ROUTE_UNCHANGED for many rows, from CLAIM's compiled PostgreSQL SQL (its
-    column list and row template, with each column's casts): the rows are a VALUES list
-    (psycopg2's execute_values fills `%s`), joined to the agency's current route, and the
-    statement returns the ids it inserted."""
-    match = _SINGLE_ROW.match(single_row_sql)
-    if match is None or not match["prefix"].startswith(NO_WAIT_FOR_DISK):
-        raise RuntimeError(f"unexpected claim statement: {single_row_sql!r}")
-    columns = [name.strip() for name in match["columns"].split(",")]
-    sql = (f"{match['prefix']}INSERT INTO calls ({', '.join(columns)}) "
-           f"SELECT {', '.join('v.' + name for name in columns)} "
-           f"FROM (VALUES %s) AS v ({', '.join(columns)}, route_version) "
-           "JOIN agencies ON agencies.id = v.agency_id AND agencies.route_version = v.route_version "
-           "AND agencies.credit_balance > 0 AND agencies.max_concurrent_calls IS NULL "
-           f"{match['conflict']} RETURNING calls.id")
-    template = match["row"][:-1] + ", %(route_version)s)"
-    return sql, template
